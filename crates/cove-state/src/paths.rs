@@ -1,0 +1,191 @@
+//! Every directory and file name cove uses, in one place.
+//!
+//! cove honours the XDG base directory variables so that tests (and users)
+//! can isolate a whole installation by pointing them somewhere else:
+//! - `$XDG_STATE_HOME/cove`: the SQLite store and one directory per VM
+//!   (disk overlay, console log, supervisor log).
+//! - `$XDG_RUNTIME_DIR/cove/<vm>`: sockets, which must stay short (see
+//!   [`MAX_SOCKET_PATH`]).
+//! - `$XDG_CACHE_HOME/cove`: downloads and build caches, safe to delete.
+//! - `$XDG_DATA_HOME/cove`: built images and persistent data disks.
+
+use std::path::{Path, PathBuf};
+
+/// `sun_path` is 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// Neither the XDG variable nor `$HOME` is set, so cove cannot place its files.
+    #[error("cannot find a home directory: set $HOME or ${0}")]
+    NoHome(&'static str),
+    #[error(
+        "socket path {path} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of unix sockets; \
+         set $XDG_RUNTIME_DIR to a shorter directory"
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+}
+
+/// The roots of cove's directories, resolved once from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub runtime: PathBuf,
+    pub cache: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Paths {
+    /// Resolves the directories from the XDG variables, falling back to the
+    /// XDG defaults under `$HOME` (and `/tmp/cove-<uid>` for runtime files).
+    pub fn from_env() -> Result<Self, PathError> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let xdg = |var: &'static str, default: &str| -> Result<PathBuf, PathError> {
+            match std::env::var_os(var).filter(|v| !v.is_empty()) {
+                Some(v) => Ok(PathBuf::from(v).join("cove")),
+                None => home
+                    .as_ref()
+                    .map(|h| h.join(default).join("cove"))
+                    .ok_or(PathError::NoHome(var)),
+            }
+        };
+        let runtime = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(v).join("cove"),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            None => PathBuf::from(format!("/tmp/cove-{}", unsafe { libc::getuid() })),
+        };
+        Ok(Self {
+            state: xdg("XDG_STATE_HOME", ".local/state")?,
+            runtime,
+            cache: xdg("XDG_CACHE_HOME", ".cache")?,
+            data: xdg("XDG_DATA_HOME", ".local/share")?,
+        })
+    }
+
+    /// All four roots below one directory; for tests.
+    pub fn under(root: &Path) -> Self {
+        Self {
+            state: root.join("state"),
+            runtime: root.join("run"),
+            cache: root.join("cache"),
+            data: root.join("data"),
+        }
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.state.join("cove.db")
+    }
+
+    /// Where `create` builds a VM before it is visible under [`Paths::vm`].
+    pub fn vm_staging(&self) -> PathBuf {
+        self.state.join("staging")
+    }
+
+    pub fn vms(&self) -> PathBuf {
+        self.state.join("vms")
+    }
+
+    pub fn vm(&self, name: &str) -> VmPaths {
+        VmPaths {
+            dir: self.vms().join(name),
+            run: self.runtime.join(name),
+        }
+    }
+
+    /// Downloaded packages, keyed by their file name (which carries the version).
+    pub fn downloads(&self) -> PathBuf {
+        self.cache.join("downloads")
+    }
+
+    /// Content-addressed build caches (debootstrap trees and the like).
+    pub fn build_cache(&self) -> PathBuf {
+        self.cache.join("build")
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.data.join("images")
+    }
+
+    /// Persistent data disks, which outlive the VMs that use them.
+    pub fn data_disks(&self) -> PathBuf {
+        self.data.join("disks")
+    }
+
+    /// A small file remembering whether KVM really runs vCPUs on this boot of the host.
+    pub fn accel_probe_cache(&self) -> PathBuf {
+        self.cache.join("accel-probe.json")
+    }
+}
+
+/// The files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    /// Persistent: disk overlay, logs. Removed by `delete`.
+    pub dir: PathBuf,
+    /// Runtime: sockets. Removed when the supervisor exits.
+    pub run: PathBuf,
+}
+
+impl VmPaths {
+    pub fn root_disk(&self) -> PathBuf {
+        self.dir.join("root.qcow2")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+    /// The QEMU command line the supervisor ran, for `why` and for humans.
+    pub fn qemu_cmdline(&self) -> PathBuf {
+        self.dir.join("qemu.cmdline")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("control.sock")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.run.join("console.sock")
+    }
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run.join("agent.sock")
+    }
+
+    /// Checks that every socket path of this VM fits in `sun_path`.
+    pub fn check_socket_paths(&self) -> Result<(), PathError> {
+        for path in [
+            self.control_socket(),
+            self.qmp_socket(),
+            self.console_socket(),
+            self.agent_socket(),
+        ] {
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(PathError::SocketPathTooLong { path, len });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlong_runtime_dir_is_reported_with_the_fix() {
+        let long = "x".repeat(120);
+        let paths = Paths::under(Path::new(&format!("/tmp/{long}")));
+        let err = paths.vm("a").check_socket_paths().unwrap_err();
+        assert!(err.to_string().contains("XDG_RUNTIME_DIR"), "{err}");
+    }
+
+    #[test]
+    fn short_paths_pass() {
+        let paths = Paths::under(Path::new("/tmp/t"));
+        paths.vm("web").check_socket_paths().unwrap();
+        assert_eq!(paths.vm("web").control_socket(), Path::new("/tmp/t/run/web/control.sock"));
+    }
+}

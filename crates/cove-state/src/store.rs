@@ -1,0 +1,336 @@
+//! The SQLite store: one file, opened per command, safe for concurrent
+//! commands (WAL, a busy timeout and `BEGIN IMMEDIATE` for every write that
+//! reads first).
+
+use crate::paths::Paths;
+use crate::vm::{VmName, VmRecord, VmState};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create directory {path}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a VM named `{0}` already exists; pick another name or `cove delete {0}` first")]
+    AlreadyExists(VmName),
+    #[error("no VM named `{0}`; `cove list` shows the VMs that exist")]
+    NoSuchVm(String),
+    #[error("the state database is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error("while finishing the change")]
+    Finish(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS vms (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_name ON images(name, created_at);
+"#;
+
+/// One image row: its content id, its tag, and the builder's manifest (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRow {
+    pub id: String,
+    pub name: String,
+    pub manifest: String,
+    pub created_at: i64,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (and creates, on first use) the store and cove's directories.
+    pub fn open(paths: &Paths) -> Result<Self, StoreError> {
+        for dir in [&paths.state, &paths.vms(), &paths.vm_staging()] {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let path = paths.database();
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Inserts a new VM atomically. `finish` runs inside the write
+    /// transaction after the name was found free (typically: move the staged
+    /// VM directory into place); if it fails, nothing is recorded.
+    pub fn create_vm<E>(
+        &mut self,
+        record: &VmRecord,
+        finish: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), StoreError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM vms WHERE name = ?1",
+                [record.name.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(StoreError::AlreadyExists(record.name.clone()));
+        }
+        finish().map_err(|e| StoreError::Finish(Box::new(e)))?;
+        tx.execute(
+            "INSERT INTO vms (name, record) VALUES (?1, ?2)",
+            params![record.name.as_str(), encode(record)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get_vm(&self, name: &str) -> Result<VmRecord, StoreError> {
+        self.find_vm(name)?
+            .ok_or_else(|| StoreError::NoSuchVm(name.to_owned()))
+    }
+
+    pub fn find_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        self.conn
+            .query_row("SELECT record FROM vms WHERE name = ?1", [name], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .map(|json| decode(&json))
+            .transpose()
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT record FROM vms ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|json| decode(&json?)).collect()
+    }
+
+    /// Read-modify-write of one VM under the write lock, so concurrent
+    /// commands never lose each other's updates.
+    pub fn update_vm<T>(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut VmRecord) -> T,
+    ) -> Result<(T, VmRecord), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let json: String = tx
+            .query_row("SELECT record FROM vms WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchVm(name.to_owned()))?;
+        let mut record = decode(&json)?;
+        let out = change(&mut record);
+        tx.execute(
+            "UPDATE vms SET record = ?2 WHERE name = ?1",
+            params![name, encode(&record)],
+        )?;
+        tx.commit()?;
+        Ok((out, record))
+    }
+
+    /// Sets the state, keeping everything else.
+    pub fn set_state(&mut self, name: &str, state: VmState) -> Result<VmRecord, StoreError> {
+        Ok(self.update_vm(name, |r| r.state = state)?.1)
+    }
+
+    pub fn delete_vm(&mut self, name: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    pub fn put_image(&mut self, row: &ImageRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO images (id, name, manifest, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![row.id, row.name, row.manifest, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// Finds an image by content id, id prefix (at least 8 characters) or tag;
+    /// a tag resolves to its newest build.
+    pub fn find_image(&self, name_or_id: &str) -> Result<Option<ImageRow>, StoreError> {
+        let by_name = self
+            .conn
+            .query_row(
+                "SELECT id, name, manifest, created_at FROM images WHERE name = ?1 \
+                 ORDER BY created_at DESC LIMIT 1",
+                [name_or_id],
+                image_row,
+            )
+            .optional()?;
+        if by_name.is_some() || name_or_id.len() < 8 {
+            return Ok(by_name);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, manifest, created_at FROM images WHERE id LIKE ?1 || '%' \
+                 ORDER BY created_at DESC LIMIT 1",
+                [name_or_id],
+                image_row,
+            )
+            .optional()?)
+    }
+
+    pub fn list_images(&self) -> Result<Vec<ImageRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, manifest, created_at FROM images ORDER BY name, created_at DESC",
+        )?;
+        let rows = stmt.query_map([], image_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_image(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM images WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        manifest: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+// Records are stored as JSON so that adding a field needs no migration;
+// serde's defaults fill what older rows lack.
+fn encode(record: &VmRecord) -> String {
+    serde_json::to_string(record).expect("a VmRecord always serializes")
+}
+
+fn decode(json: &str) -> Result<VmRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{e} in {json}")))
+}
+
+/// Seconds since the Unix epoch, for record timestamps.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::VmName;
+
+    fn record(name: &str) -> VmRecord {
+        VmRecord {
+            name: VmName::new(name).unwrap(),
+            image_id: "abc".into(),
+            image_name: "minimal".into(),
+            cpus: 1,
+            memory_mib: 256,
+            state: VmState::Created,
+            supervisor_pid: None,
+            vmm_pid: None,
+            accel: None,
+            machine: "microvm".into(),
+            ports: vec![],
+            data_disks: vec![],
+            last_exit: None,
+            last_error: None,
+            created_at: now(),
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn second_create_of_a_name_fails_and_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let mut store = Store::open(&paths).unwrap();
+        store
+            .create_vm(&record("a"), || Ok::<_, std::io::Error>(()))
+            .unwrap();
+        let mut ran = false;
+        let err = store
+            .create_vm(&record("a"), || {
+                ran = true;
+                Ok::<_, std::io::Error>(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)));
+        assert!(!ran);
+    }
+
+    #[test]
+    fn failed_finish_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&Paths::under(dir.path())).unwrap();
+        let err = store.create_vm(&record("b"), || {
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert!(store.find_vm("b").unwrap().is_none());
+    }
+
+    #[test]
+    fn update_changes_only_what_it_touches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&Paths::under(dir.path())).unwrap();
+        store
+            .create_vm(&record("c"), || Ok::<_, std::io::Error>(()))
+            .unwrap();
+        store.set_state("c", VmState::Running).unwrap();
+        let r = store.get_vm("c").unwrap();
+        assert_eq!(r.state, VmState::Running);
+        assert_eq!(r.memory_mib, 256);
+        assert!(matches!(store.get_vm("zz"), Err(StoreError::NoSuchVm(_))));
+    }
+
+    #[test]
+    fn image_tag_resolves_to_newest_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&Paths::under(dir.path())).unwrap();
+        for (id, t) in [("1111111111", 1), ("2222222222", 2)] {
+            store
+                .put_image(&ImageRow {
+                    id: id.into(),
+                    name: "minimal".into(),
+                    manifest: "{}".into(),
+                    created_at: t,
+                })
+                .unwrap();
+        }
+        assert_eq!(store.find_image("minimal").unwrap().unwrap().id, "2222222222");
+        assert_eq!(store.find_image("11111111").unwrap().unwrap().id, "1111111111");
+        assert!(store.find_image("nope").unwrap().is_none());
+    }
+}

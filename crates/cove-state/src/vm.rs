@@ -1,0 +1,207 @@
+//! The typed VM record and its lifecycle state.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Lifecycle of a VM as recorded in the store.
+///
+/// `Starting`, `Running` and `Stopping` are claims that a supervisor is alive;
+/// every read checks the claim against reality (see `cove-supervisor`'s
+/// reconcile) and turns a dead claim into `Stopped` or `Crashed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Crashed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Crashed => "crashed",
+        }
+    }
+
+    /// True when a supervisor process is supposed to exist.
+    pub fn is_active(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+    }
+
+    pub fn can_start(self) -> bool {
+        !self.is_active()
+    }
+
+    /// Resources may only change while nothing runs the VM.
+    pub fn can_reconfigure(self) -> bool {
+        !self.is_active()
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown VM state {0:?}")]
+pub struct UnknownState(String);
+
+impl FromStr for VmState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "created" => VmState::Created,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "stopping" => VmState::Stopping,
+            "stopped" => VmState::Stopped,
+            "crashed" => VmState::Crashed,
+            other => return Err(UnknownState(other.to_owned())),
+        })
+    }
+}
+
+/// Why a VM name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("VM name is empty; pick a name such as `web` or `pg-1`")]
+    Empty,
+    #[error("VM name {0:?} is longer than {max} characters", max = VmName::MAX_LEN)]
+    TooLong(String),
+    #[error(
+        "VM name {0:?} may only contain ASCII letters, digits, `-` and `_`, and must start with a letter or digit"
+    )]
+    BadCharacters(String),
+}
+
+/// A validated VM name: safe as a directory name and a socket path component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmName(String);
+
+impl VmName {
+    /// Short enough that `$XDG_RUNTIME_DIR/cove/<name>/control.sock` fits a unix socket.
+    pub const MAX_LEN: usize = 40;
+
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(NameError::TooLong(name.to_owned()));
+        }
+        let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !first_ok || !rest_ok {
+            return Err(NameError::BadCharacters(name.to_owned()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<VmName> for String {
+    fn from(n: VmName) -> String {
+        n.0
+    }
+}
+
+impl FromStr for VmName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A host port forwarded to a guest port over user-mode networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+/// Everything the store knows about one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub name: VmName,
+    /// The image's content id (not its tag, so a rebuilt tag never changes a VM under it).
+    pub image_id: String,
+    /// The tag the user asked for, for display.
+    pub image_name: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub state: VmState,
+    /// The supervisor's pid while one runs.
+    pub supervisor_pid: Option<u32>,
+    /// The VMM's pid while one runs.
+    pub vmm_pid: Option<u32>,
+    /// `kvm` or `tcg`, as chosen at the last start.
+    pub accel: Option<String>,
+    pub machine: String,
+    pub ports: Vec<PortForward>,
+    /// Names of persistent data disks attached in order after the root disk.
+    pub data_disks: Vec<String>,
+    /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
+    pub last_exit: Option<String>,
+    /// A one-line explanation of the last failure, if any.
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_or_break_paths_are_refused() {
+        assert_eq!(VmName::new(""), Err(NameError::Empty));
+        assert!(matches!(VmName::new("../x"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(VmName::new("-rf"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(VmName::new("a b"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(VmName::new(&"a".repeat(41)), Err(NameError::TooLong(_))));
+        assert_eq!(VmName::new("pg-1_a").unwrap().as_str(), "pg-1_a");
+    }
+
+    #[test]
+    fn state_round_trips_through_text() {
+        for s in [
+            VmState::Created,
+            VmState::Starting,
+            VmState::Running,
+            VmState::Stopping,
+            VmState::Stopped,
+            VmState::Crashed,
+        ] {
+            assert_eq!(s.as_str().parse::<VmState>().unwrap(), s);
+        }
+    }
+}
