@@ -1,14 +1,8 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! cove-diagnose: name why a microVM fails.
+//!
+//! - [`kernel`]: read a kernel's configuration (embedded IKCONFIG or config file), check it
+//!   against requirement profiles, map syscalls to options, merge config fragments.
+//! - [`doctor`]: host checks.
+//! - [`why`]: console-log analysis of a failed VM.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod kernel;

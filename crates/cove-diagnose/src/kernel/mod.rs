@@ -1,0 +1,35 @@
+//! Kernel images, configs, requirement profiles and the syscall → option map.
+
+pub mod image;
+
+pub use image::{
+    Compression, EmbeddedConfig, ImageKind, decompress_bzimage, extract_ikconfig, ikconfig_in,
+    is_bzimage, vmlinux_from_bzimage,
+};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading a kernel or its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read {path}: {source}; check the path and its permissions")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not an x86 bzImage (no `HdrS` setup header at 0x202); pass a bzImage, vmlinux, Image or config file")]
+    NotBzImage,
+    #[error("no compressed payload found in the bzImage (tried payload_offset and a scan for gzip/xz/lzma/lz4/zstd/bzip2 magics); the file may be truncated or use an unsupported compression (lzo)")]
+    NoPayload,
+    #[error("the bzImage payload decompressed but is not an ELF vmlinux; the image may be corrupt")]
+    NotElf,
+    #[error("cannot decompress {format} data: {source}; the image may be truncated or corrupt")]
+    Decompress {
+        format: Compression,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kernel has no embedded config (built without CONFIG_IKCONFIG); pass its config file instead (`config-<version>` next to the kernel, e.g. in /boot)")]
+    NoIkconfig,
+}
