@@ -1,0 +1,275 @@
+//! Control messages. They travel as JSON in Hello/Open/Msg frames: small, self-describing and easy
+//! to read in a hex dump; bulk bytes travel raw in Data frames.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. A peer with a different major version is refused at handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who sent a Hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Host,
+    Agent,
+}
+
+/// Session (re)start. See [`crate::Session`] for the rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub role: Role,
+    /// Software version of the sender (the agent's crate version, or the host's).
+    pub version: String,
+    /// Optional features the sender supports, e.g. "exec", "tty", "file", "ps", "shutdown".
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Random per-session value; a reply echoes the request's nonce.
+    pub nonce: u64,
+    /// False for a request (receiver resets and replies), true for a reply.
+    #[serde(default)]
+    pub reply: bool,
+}
+
+/// Terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Run a command in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Added to (and overriding) the agent's base environment (PATH, HOME, USER, TERM).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// User name or numeric uid, optionally `:group`/`:gid`; resolved from /etc/passwd and
+    /// /etc/group in the guest.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Allocate a PTY of this size (stdout and stderr merged on the Stdout channel).
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// Write a file or directory in the guest. Content follows as Data frames on [`crate::Channel::Data`]
+/// then an Eof: raw bytes for a file, a tar archive (entries relative to `path`) for a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub path: String,
+    pub kind: FileKind,
+    /// Permission bits for a file or the top directory.
+    pub mode: u32,
+}
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// What the host asks for when it opens a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum OpenRequest {
+    Exec(ExecRequest),
+    /// Read a file (raw bytes) or a directory (tar archive) after a [`StreamMsg::FileMeta`].
+    FileGet {
+        path: String,
+    },
+    FilePut(PutRequest),
+    /// Answered by [`StreamMsg::Stat`].
+    Stat {
+        path: String,
+    },
+    /// Answered by one [`StreamMsg::Proc`] per process.
+    Ps,
+    /// sync + poweroff (or reboot); answered by [`StreamMsg::Done`] just before.
+    Shutdown {
+        #[serde(default)]
+        reboot: bool,
+    },
+}
+
+/// Metadata of a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+/// One process, read from /proc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub user: String,
+    /// CPU use averaged over the process lifetime, percent of one CPU.
+    pub cpu_percent: f32,
+    pub rss_bytes: u64,
+    pub state: String,
+    /// Full command line, or `[comm]` for kernel threads.
+    pub command: String,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Class of a remote failure, so callers can map it to an exit code or a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    PermissionDenied,
+    InvalidRequest,
+    Unsupported,
+    Io,
+    Internal,
+}
+
+/// A failure reported by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorMsg {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ErrorMsg {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorMsg {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Maps an OS error to a kind and a message that names what was attempted.
+    pub fn from_io(what: &str, e: &std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Io,
+        };
+        ErrorMsg::new(kind, format!("{what}: {e}"))
+    }
+}
+
+/// Messages within a stream (both directions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum StreamMsg {
+    /// Agent: the request was accepted (first message on every successful stream).
+    Started {
+        #[serde(default)]
+        pid: Option<u32>,
+    },
+    /// Host: new terminal size for a TTY exec.
+    Resize(TtySize),
+    /// Host: deliver a signal to the exec'd process group.
+    Signal { signal: i32 },
+    /// Agent: the exec'd process ended; all its output was sent before this.
+    Exit(ExitStatus),
+    /// Agent: metadata of the path a FileGet is about to send.
+    FileMeta(FileMeta),
+    /// Agent: answer to Stat; `None` if the path does not exist.
+    Stat { meta: Option<FileMeta> },
+    /// Agent: one process of a Ps.
+    Proc(ProcInfo),
+    /// Agent: the operation completed.
+    Done,
+    /// Either side: the operation failed.
+    Error(ErrorMsg),
+}
+
+/// A message that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what} message: {source}; the peer speaks an incompatible protocol version")]
+pub struct MsgError {
+    pub what: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// JSON-encodes a message (infallible for these types).
+pub fn to_payload<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these plain data types cannot fail (no maps with non-string keys).
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+/// Parses a JSON payload.
+pub fn from_payload<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, MsgError> {
+    serde_json::from_slice(bytes).map_err(|source| MsgError { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_request_roundtrip_and_shape() {
+        let req = OpenRequest::Exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        });
+        let bytes = to_payload(&req);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"op\":\"exec\""), "{text}");
+        assert_eq!(from_payload::<OpenRequest>("open", &bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn stream_msgs_roundtrip() {
+        for m in [
+            StreamMsg::Exit(ExitStatus::Signal(9)),
+            StreamMsg::Signal { signal: 2 },
+            StreamMsg::Error(ErrorMsg::new(ErrorKind::NotFound, "no such file")),
+            StreamMsg::Stat { meta: None },
+        ] {
+            assert_eq!(
+                from_payload::<StreamMsg>("msg", &to_payload(&m)).unwrap(),
+                m
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_payload_is_a_typed_error() {
+        let err = from_payload::<StreamMsg>("msg", b"\xff{").unwrap_err();
+        assert!(err.to_string().contains("malformed msg"));
+    }
+
+    #[test]
+    fn shell_code_convention() {
+        assert_eq!(ExitStatus::Code(3).shell_code(), 3);
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+}
