@@ -20,7 +20,10 @@ fn debian_bzimage_payload_is_an_elf_vmlinux() {
     );
     let elf = goblin::elf::Elf::parse(&vmlinux).expect("payload parses as ELF");
     assert_eq!(elf.header.e_machine, goblin::elf::header::EM_X86_64);
-    assert!(vmlinux.len() > data.len(), "vmlinux is bigger than the compressed image");
+    assert!(
+        vmlinux.len() > data.len(),
+        "vmlinux is bigger than the compressed image"
+    );
     // The Debian cloud kernel has no IKCONFIG: say so instead of failing obscurely.
     assert!(matches!(
         kernel::extract_ikconfig(&data),

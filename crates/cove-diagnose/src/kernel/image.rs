@@ -270,10 +270,7 @@ pub fn decompress_bzimage(data: &[u8]) -> Result<(Compression, Vec<u8>), KernelE
 }
 
 /// Find a compressed stream anywhere in `data` whose decompressed content satisfies `accept`.
-fn scan_decompress(
-    data: &[u8],
-    accept: impl Fn(&[u8]) -> bool,
-) -> Option<(Compression, Vec<u8>)> {
+fn scan_decompress(data: &[u8], accept: impl Fn(&[u8]) -> bool) -> Option<(Compression, Vec<u8>)> {
     for c in Compression::ALL {
         for pos in memmem::find_iter(data, c.magic()) {
             if let Ok(out) = c.decompress(&data[pos..])

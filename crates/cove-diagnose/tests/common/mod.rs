@@ -35,7 +35,10 @@ pub fn debian_cloud_kernel() -> (PathBuf, PathBuf) {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("apt-get download left a .deb");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root.join("x")));
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.join("x")));
     find_kernel(&boot).expect("package has /boot/vmlinuz-* and /boot/config-*")
 }
 
