@@ -5,6 +5,7 @@ pub mod config;
 pub mod explain;
 pub mod image;
 pub mod initramfs;
+pub mod merge;
 pub mod profile;
 
 pub use check::{CheckReport, Finding, OptionState, Status, check};
@@ -15,6 +16,9 @@ pub use image::{
     is_bzimage, vmlinux_from_bzimage,
 };
 pub use initramfs::{InitramfsModules, ModuleInfo};
+pub use merge::{
+    BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, merge, merge_files, verify,
+};
 pub use profile::{BUILTIN_PROFILES, Profile, Requirement, builtin_profile, parse_profiles};
 
 use std::path::PathBuf;
