@@ -1,0 +1,384 @@
+//! The virtual-disk layer: every read is compared byte for byte with
+//! `qemu-img convert -O raw` of the same image.
+
+mod common;
+
+use common::{Fixture, assert_same_as_qemu, map, run};
+use cove_disk::{DiskImage, Error, Format};
+use std::io::{Read, Seek, SeekFrom};
+
+/// A raw base full of a pattern, so that a read that wrongly falls through
+/// to the backing file (instead of honouring a zero cluster) shows up.
+fn patterned_base(dir: &std::path::Path) {
+    run(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "pat.raw", "8M"],
+    );
+    run(
+        dir,
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x11 0 8M", "pat.raw"],
+    );
+}
+
+#[test]
+fn overlay_with_allocated_backing_and_zero_clusters_matches_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    patterned_base(d);
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "pat.raw", "-F", "raw", "ov.qcow2",
+        ],
+    );
+    run(
+        d,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 1M 64k", // allocated clusters
+            "-c",
+            "write -z 2M 128k", // zero clusters over non-zero backing data
+            "-c",
+            "write -P 0xcd 3146240 4k", // partial cluster: copy-on-write of the rest
+            "-c",
+            "write -P 0xef 8384512 4k", // the last cluster
+            "ov.qcow2",
+        ],
+    );
+    // Prove the image really has what the test claims to cover.
+    let m = map(d, "ov.qcow2");
+    assert!(
+        m.contains("\"zero\": true, \"data\": false"),
+        "no zero clusters: {m}"
+    );
+    assert!(m.contains("\"depth\": 1"), "no backing fall-through: {m}");
+    assert!(
+        m.contains("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true"),
+        "{m}"
+    );
+    assert_same_as_qemu(d, "ov.qcow2");
+
+    let disk = DiskImage::open(d.join("ov.qcow2")).unwrap();
+    assert_eq!(disk.format(), Format::Qcow2);
+    assert_eq!(disk.layers().len(), 2);
+    assert_eq!(disk.layers()[1].format, Format::Raw);
+    let mut b = [0u8; 4];
+    disk.read_exact_at(&mut b, 2 << 20).unwrap();
+    assert_eq!(
+        b, [0; 4],
+        "zero cluster must not fall through to the 0x11 backing"
+    );
+    disk.read_exact_at(&mut b, 4 << 20).unwrap();
+    assert_eq!(
+        b, [0x11; 4],
+        "unallocated cluster falls through to the backing file"
+    );
+}
+
+#[test]
+fn ext4_overlay_fixture_matches_qemu_and_differs_from_base() {
+    let f = Fixture::new("64M");
+    let m = map(f.path(), "overlay.qcow2");
+    assert!(
+        m.contains("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true"),
+        "{m}"
+    );
+    assert_same_as_qemu(f.path(), "overlay.qcow2");
+    assert_same_as_qemu(f.path(), "base.raw");
+}
+
+#[test]
+fn cluster_sizes_and_header_versions_match_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    patterned_base(d);
+    for (i, opts) in [
+        "cluster_size=512",
+        "cluster_size=4096",
+        "cluster_size=2M",
+        "compat=0.10",
+        "compat=0.10,cluster_size=1024",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("c{i}.qcow2");
+        run(
+            d,
+            "qemu-img",
+            &[
+                "create", "-q", "-f", "qcow2", "-o", opts, "-b", "pat.raw", "-F", "raw", &name,
+            ],
+        );
+        run(
+            d,
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x5a 100k 300k",
+                "-c",
+                "write -z 6M 1M",
+                "-c",
+                "write -P 0x77 7340035 9",
+                &name,
+            ],
+        );
+        assert_same_as_qemu(d, &name);
+        let disk = DiskImage::open(d.join(&name)).unwrap();
+        let expect_v = if opts.contains("compat=0.10") { 2 } else { 3 };
+        assert_eq!(disk.layers()[0].qcow2_version, Some(expect_v), "{opts}");
+    }
+}
+
+#[test]
+fn compressed_clusters_are_read() {
+    let f = Fixture::new("32M");
+    let d = f.path();
+    run(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-c",
+            "-O",
+            "qcow2",
+            "base.raw",
+            "comp.qcow2",
+        ],
+    );
+    // The 5 MiB pseudo-random file does not compress; everything else does.
+    let raw_used = std::fs::metadata(d.join("base.raw")).unwrap();
+    let comp = std::fs::metadata(d.join("comp.qcow2")).unwrap().len();
+    assert!(comp < raw_used.len() / 3, "not compressed? {comp} bytes");
+    assert_same_as_qemu(d, "comp.qcow2");
+    // And a compressed qcow2 as the backing file of an overlay.
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "comp.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    run(
+        d,
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x42 20M 1M", "top.qcow2"],
+    );
+    assert_same_as_qemu(d, "top.qcow2");
+}
+
+#[test]
+fn three_layer_chain_with_relative_names_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("images/base")).unwrap();
+    std::fs::create_dir_all(d.join("vms/web")).unwrap();
+    run(
+        &d.join("images/base"),
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "b.raw", "4M"],
+    );
+    run(
+        &d.join("images/base"),
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x01 0 4M", "b.raw"],
+    );
+    // mid.qcow2 names its backing relative to images/, top relative to vms/web/.
+    run(
+        &d.join("images"),
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base/b.raw",
+            "-F",
+            "raw",
+            "mid.qcow2",
+        ],
+    );
+    run(
+        &d.join("images"),
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x02 1M 1M", "mid.qcow2"],
+    );
+    run(
+        &d.join("vms/web"),
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../../images/mid.qcow2",
+            "-F",
+            "qcow2",
+            "root.qcow2",
+        ],
+    );
+    run(
+        &d.join("vms/web"),
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x03 1572864 1M",
+            "-c",
+            "write -z 3M 64k",
+            "root.qcow2",
+        ],
+    );
+    assert_same_as_qemu(&d.join("vms/web"), "root.qcow2");
+    // Opened through an absolute path while the process cwd is elsewhere.
+    let disk = DiskImage::open(d.join("vms/web/root.qcow2")).unwrap();
+    let formats: Vec<_> = disk.layers().iter().map(|l| l.format).collect();
+    assert_eq!(formats, [Format::Qcow2, Format::Qcow2, Format::Raw]);
+}
+
+#[test]
+fn read_and_seek_walk_the_virtual_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    patterned_base(d);
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "pat.raw", "-F", "raw", "ov.qcow2",
+        ],
+    );
+    run(
+        d,
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x99 64k 64k", "ov.qcow2"],
+    );
+    let mut disk = DiskImage::open(d.join("ov.qcow2")).unwrap();
+    disk.seek(SeekFrom::Start(64 * 1024 - 2)).unwrap();
+    let mut b = [0u8; 4];
+    disk.read_exact(&mut b).unwrap();
+    assert_eq!(b, [0x11, 0x11, 0x99, 0x99]);
+    disk.seek(SeekFrom::End(-3)).unwrap();
+    let mut rest = Vec::new();
+    disk.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, [0x11; 3]);
+    let mut past = [0u8; 1];
+    assert!(
+        disk.read_exact_at(&mut past, 8 << 20).is_err(),
+        "read past the end must fail"
+    );
+}
+
+fn open_err(dir: &std::path::Path, name: &str) -> Error {
+    DiskImage::open(dir.join(name)).expect_err("open must fail")
+}
+
+#[test]
+fn encrypted_external_data_zstd_and_missing_backing_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=pw",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0",
+            "enc.qcow2",
+            "4M",
+        ],
+    );
+    let e = open_err(d, "enc.qcow2");
+    assert!(matches!(e, Error::Encrypted { method: "LUKS", .. }), "{e}");
+    assert!(e.to_string().contains("encrypted (LUKS)"), "{e}");
+
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=ext.raw",
+            "ext.qcow2",
+            "4M",
+        ],
+    );
+    let e = open_err(d, "ext.qcow2");
+    assert!(
+        matches!(&e, Error::ExternalDataFile { data_file, .. } if data_file == "ext.raw"),
+        "{e}"
+    );
+
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            "z.qcow2",
+            "4M",
+        ],
+    );
+    let e = open_err(d, "z.qcow2");
+    assert!(e.to_string().contains("zstd"), "{e}");
+
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "gone.raw", "4M"],
+    );
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.raw",
+            "-F",
+            "raw",
+            "orphan.qcow2",
+        ],
+    );
+    std::fs::remove_file(d.join("gone.raw")).unwrap();
+    let e = open_err(d, "orphan.qcow2");
+    assert!(matches!(e, Error::BackingMissing { .. }), "{e}");
+    assert!(e.to_string().contains("gone.raw"), "{e}");
+
+    let e = open_err(d, "does-not-exist.qcow2");
+    assert!(matches!(e, Error::Open { .. }), "{e}");
+}
