@@ -136,6 +136,19 @@ impl VmPaths {
     pub fn supervisor_log(&self) -> PathBuf {
         self.dir.join("supervisor.log")
     }
+    /// The previous boot's console, kept when a new boot starts.
+    pub fn previous_console_log(&self) -> PathBuf {
+        self.dir.join("console.log.1")
+    }
+    /// What QEMU itself printed (its errors, e.g. a port already in use).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    /// Held (flock) by the VM's supervisor for its whole life: the one
+    /// liveness test that survives pid reuse and needs no socket.
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.dir.join("supervisor.lock")
+    }
     /// The QEMU command line the supervisor ran, for `why` and for humans.
     pub fn qemu_cmdline(&self) -> PathBuf {
         self.dir.join("qemu.cmdline")

@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! A VM's life: the CLI-side operations ([`lifecycle`]) and the per-VM
+//! supervisor process they start ([`supervisor`]).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod boot_image;
+pub mod console_log;
+mod error;
+pub mod lifecycle;
+pub mod liveness;
+pub mod supervisor;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::LifecycleError;

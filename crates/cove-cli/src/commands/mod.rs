@@ -1,0 +1,54 @@
+//! One module per verb: its `Args` and its `run`.
+
+pub mod console;
+pub mod cp;
+pub mod create;
+pub mod delete;
+pub mod disk;
+pub mod doctor;
+pub mod exec;
+pub mod image;
+pub mod kernel;
+pub mod kill;
+pub mod list;
+pub mod logs;
+pub mod ps;
+pub mod restart;
+pub mod set;
+pub mod shell;
+pub mod show;
+pub mod start;
+pub mod stop;
+pub mod supervise;
+pub mod why;
+
+use crate::cli::{Cli, Command};
+use crate::context::Ctx;
+use std::process::ExitCode;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::from_env(cli.json)?;
+    match cli.command {
+        Command::Image(a) => image::run(&ctx, a),
+        Command::Create(a) => create::run(&ctx, a),
+        Command::Start(a) => start::run(&ctx, a),
+        Command::Stop(a) => stop::run(&ctx, a),
+        Command::Restart(a) => restart::run(&ctx, a),
+        Command::Kill(a) => kill::run(&ctx, a),
+        Command::Delete(a) => delete::run(&ctx, a),
+        Command::List(a) => list::run(&ctx, a),
+        Command::Show(a) => show::run(&ctx, a),
+        Command::Set(a) => set::run(&ctx, a),
+        Command::Logs(a) => logs::run(&ctx, a),
+        Command::Console(a) => console::run(&ctx, a),
+        Command::Exec(a) => exec::run(&ctx, a),
+        Command::Cp(a) => cp::run(&ctx, a),
+        Command::Ps(a) => ps::run(&ctx, a),
+        Command::Shell(a) => shell::run(&ctx, a),
+        Command::Kernel(a) => kernel::run(&ctx, a),
+        Command::Doctor(a) => doctor::run(&ctx, a),
+        Command::Disk(a) => disk::run(&ctx, a),
+        Command::Why(a) => why::run(&ctx, a),
+        Command::Supervise(a) => supervise::run(&ctx, a),
+    }
+}

@@ -1,0 +1,85 @@
+//! `cove show NAME`: one VM in detail.
+
+use crate::context::Ctx;
+use crate::output;
+use anyhow::Result;
+use cove_state::{PortForward, VmRecord};
+use cove_supervisor::{console_log, lifecycle};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub name: String,
+}
+
+/// The stable JSON shape of a VM for `show --json` and `list --json`.
+pub fn summary(r: &VmRecord) -> Value {
+    json!({
+        "name": r.name,
+        "state": r.state,
+        "pid": r.vmm_pid,
+        "supervisor_pid": r.supervisor_pid,
+        "cpus": r.cpus,
+        "memory": r.memory_mib * 1024 * 1024,
+        "memory_mib": r.memory_mib,
+        "image": r.image_name,
+        "image_id": r.image_id,
+        "accel": r.accel,
+        "machine": r.machine,
+        "ports": r.ports,
+        "data_disks": r.data_disks,
+        "last_exit": r.last_exit,
+        "last_error": r.last_error,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+    })
+}
+
+pub fn ports_text(ports: &[PortForward]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(|p| format!("{}:{}->{}", p.host_addr, p.host_port, p.guest_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let r = lifecycle::show(&ctx.paths, &args.name)?;
+    let vm = ctx.paths.vm(&args.name);
+    if ctx.json {
+        let mut value = summary(&r);
+        value["console_log"] = json!(vm.console_log());
+        output::print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let field = |k: &str, v: String| println!("{k:<12} {v}");
+    field("name", r.name.to_string());
+    field("state", r.state.to_string());
+    field("image", format!("{} ({})", r.image_name, &r.image_id[..r.image_id.len().min(12)]));
+    field("cpus", r.cpus.to_string());
+    field("memory", output::mib(r.memory_mib));
+    field("machine", r.machine.clone());
+    field("accel", r.accel.clone().unwrap_or_else(|| "-".into()));
+    field("pid", r.vmm_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    field("ports", ports_text(&r.ports));
+    field("console", vm.console_log().display().to_string());
+    if let Some(exit) = &r.last_exit {
+        field("last exit", exit.clone());
+    }
+    if let Some(err) = &r.last_error {
+        field("last error", err.clone());
+        let tail = console_log::tail_lines(&vm.console_log(), 8);
+        if !tail.is_empty() {
+            println!("last console lines:");
+            for line in tail {
+                println!("  | {line}");
+            }
+        }
+        println!("next: `cove why {}`", r.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}

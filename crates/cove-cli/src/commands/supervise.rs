@@ -1,0 +1,28 @@
+//! `cove __supervise NAME`: become the VM's supervisor (started by `cove start`).
+
+use crate::context::Ctx;
+use anyhow::Result;
+use cove_supervisor::supervisor::{self, SuperviseOptions};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub name: String,
+    #[arg(long, default_value_t = 90)]
+    pub boot_timeout: u64,
+    #[arg(long)]
+    pub lock_fd: Option<i32>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    supervisor::run(
+        ctx.paths.clone(),
+        SuperviseOptions {
+            name: args.name,
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            lock_fd: args.lock_fd,
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,460 @@
+//! The CLI side of a VM's life: create, start (spawn its supervisor), stop,
+//! kill, delete, reconfigure, and the reconcile that makes every read true.
+
+use crate::boot_image;
+use crate::error::LifecycleError;
+use crate::liveness;
+use cove_api::{Request, Response};
+use cove_backend::Machine;
+use cove_state::store::now;
+use cove_state::{Paths, PortForward, Store, VmName, VmRecord, VmState};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The hidden subcommand that turns the `cove` binary into a supervisor.
+pub const SUPERVISE_VERB: &str = "__supervise";
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub name: VmName,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub machine: Machine,
+    pub ports: Vec<PortForward>,
+    pub data_disks: Vec<String>,
+}
+
+/// Creates a VM: a copy-on-write overlay of its image and a record, both or
+/// neither (the overlay is staged and moved into place inside the store's
+/// write transaction).
+pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let vm = paths.vm(opts.name.as_str());
+    vm.check_socket_paths()?;
+    validate_resources(Some(opts.cpus), Some(opts.memory_mib))?;
+    if store.find_vm(opts.name.as_str())?.is_some() {
+        return Err(cove_state::StoreError::AlreadyExists(opts.name.clone()).into());
+    }
+    let image = boot_image::resolve(&store, &opts.image)?;
+    let staging = tempfile_dir(&paths.vm_staging(), opts.name.as_str())?;
+    let overlay = staging.join("root.qcow2");
+    create_overlay(&image.rootfs, &overlay)?;
+    let record = VmRecord {
+        name: opts.name.clone(),
+        image_id: image.id.clone(),
+        image_name: image.name.clone(),
+        cpus: opts.cpus,
+        memory_mib: opts.memory_mib,
+        state: VmState::Created,
+        supervisor_pid: None,
+        vmm_pid: None,
+        accel: None,
+        machine: opts.machine.as_str().to_owned(),
+        ports: opts.ports.clone(),
+        data_disks: opts.data_disks.clone(),
+        last_exit: None,
+        last_error: None,
+        created_at: now(),
+        started_at: None,
+    };
+    let result = store.create_vm(&record, || {
+        // No record exists (we hold the write lock), so a directory here is
+        // what an interrupted create or delete left behind: replace it.
+        if vm.dir.exists() {
+            std::fs::remove_dir_all(&vm.dir)?;
+        }
+        std::fs::rename(&staging, &vm.dir)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result?;
+    Ok(record)
+}
+
+/// Refuses resources no guest can boot with, before anything is written.
+fn validate_resources(cpus: Option<u32>, memory_mib: Option<u64>) -> Result<(), LifecycleError> {
+    if let Some(c) = cpus.filter(|c| *c == 0 || *c > 64) {
+        return Err(LifecycleError::BadResources(format!(
+            "--cpus {c} is out of range (1-64)"
+        )));
+    }
+    if let Some(m) = memory_mib.filter(|m| *m < 64) {
+        return Err(LifecycleError::BadResources(format!(
+            "--memory {m}M is too small; the kernel needs at least 64M (try 256M)"
+        )));
+    }
+    Ok(())
+}
+
+fn tempfile_dir(parent: &Path, name: &str) -> Result<std::path::PathBuf, LifecycleError> {
+    std::fs::create_dir_all(parent)?;
+    let dir = parent.join(format!("{name}.{}.{}", std::process::id(), now()));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// A qcow2 overlay costs the same whatever the size of its backing image:
+/// only a header and empty tables are written.
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
+    let base = std::fs::canonicalize(base)?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| LifecycleError::Tool {
+            tool: "qemu-img",
+            detail: e.to_string(),
+            fix: "apt-get install qemu-utils",
+        })?;
+    if !out.status.success() {
+        return Err(LifecycleError::Tool {
+            tool: "qemu-img",
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            fix: "check that the image file exists and is readable (`cove image list`)",
+        });
+    }
+    Ok(())
+}
+
+/// Reads a VM and makes its recorded state true: a VM whose supervisor is
+/// gone is never `running`, and a VM whose VMM died is `crashed` at once,
+/// even before its supervisor has written down the details.
+pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
+    let record = store.get_vm(name)?;
+    if !record.state.is_active() {
+        return Ok(record);
+    }
+    let vm = paths.vm(name);
+    let supervisor_alive = liveness::is_locked(&vm.supervisor_lock())?;
+    let vmm_alive = record.vmm_pid.map(liveness::process_running);
+    let verdict = match (supervisor_alive, vmm_alive) {
+        (true, Some(false)) if record.state != VmState::Stopping => Some((
+            VmState::Crashed,
+            "the VMM exited unexpectedly".to_owned(),
+        )),
+        (true, _) => None,
+        (false, _) if record.state == VmState::Stopping => {
+            Some((VmState::Stopped, String::new()))
+        }
+        (false, _) => Some((
+            VmState::Crashed,
+            format!(
+                "the supervisor exited without recording why; see {}",
+                vm.supervisor_log().display()
+            ),
+        )),
+    };
+    let Some((state, why)) = verdict else {
+        return Ok(record);
+    };
+    let (_, record) = store.update_vm(name, |r| {
+        // Only overrule a claim that is still the one we judged; the
+        // supervisor may have recorded the outcome meanwhile.
+        if r.state.is_active() {
+            r.state = state;
+            if !why.is_empty() && r.last_error.is_none() {
+                r.last_error = Some(why.clone());
+            }
+            if !supervisor_alive {
+                r.supervisor_pid = None;
+                r.vmm_pid = None;
+            }
+        }
+    })?;
+    Ok(record)
+}
+
+/// Every VM, reconciled.
+pub fn list(paths: &Paths) -> Result<Vec<VmRecord>, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let names: Vec<String> = store
+        .list_vms()?
+        .into_iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    names
+        .iter()
+        .map(|n| reconcile(&mut store, paths, n))
+        .collect()
+}
+
+pub fn show(paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    reconcile(&mut store, paths, name)
+}
+
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// How long the guest may take to answer before `start` fails.
+    pub boot_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub record: VmRecord,
+    pub boot_ms: u64,
+}
+
+/// Starts a VM's supervisor, detached from this process, and waits until
+/// the guest is ready or the boot failed.
+pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    if record.state.is_active() {
+        return Err(LifecycleError::AlreadyRunning(name.to_owned(), record.state));
+    }
+    let image = boot_image::load(&store, &record.image_id)?;
+    for port in &record.ports {
+        check_port_free(port)?;
+    }
+    drop(image);
+    let vm = paths.vm(name);
+    // The lock is taken here and handed to the supervisor, so that from this
+    // moment on the VM counts as having a live supervisor; two concurrent
+    // starts cannot both get past this line.
+    let lock = liveness::try_lock(&vm.supervisor_lock())?
+        .ok_or_else(|| LifecycleError::AlreadyRunning(name.to_owned(), VmState::Starting))?;
+    store.update_vm(name, |r| {
+        r.state = VmState::Starting;
+        r.last_error = None;
+        r.last_exit = None;
+        r.vmm_pid = None;
+        r.supervisor_pid = None;
+    })?;
+    let child = spawn_supervisor(paths, name, opts, &lock)?;
+    drop(lock);
+    store.update_vm(name, |r| {
+        if r.supervisor_pid.is_none() {
+            r.supervisor_pid = Some(child);
+        }
+    })?;
+    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
+    Ok(Started {
+        record: reconcile(&mut store, paths, name)?,
+        boot_ms,
+    })
+}
+
+/// The fd the supervisor finds its inherited lock on.
+pub const LOCK_FD: i32 = 3;
+
+fn spawn_supervisor(
+    paths: &Paths,
+    name: &str,
+    opts: &StartOptions,
+    lock: &nix::fcntl::Flock<std::fs::File>,
+) -> Result<u32, LifecycleError> {
+    let vm = paths.vm(name);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(vm.supervisor_log())?;
+    let exe = std::env::current_exe()?;
+    let lock_fd = lock.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg(SUPERVISE_VERB)
+        .arg(name)
+        .arg("--boot-timeout")
+        .arg(opts.boot_timeout.as_secs().to_string())
+        .arg("--lock-fd")
+        .arg(LOCK_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, dup2) run between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: the terminal's Ctrl-C and hang-up, and the
+            // death of this CLI, never reach the supervisor.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // dup2 clears close-on-exec on the new descriptor, so the lock
+            // (an open file description) lives on in the supervisor.
+            if libc::dup2(lock_fd, LOCK_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+fn wait_ready(paths: &Paths, name: &str, boot_timeout: Duration) -> Result<u64, LifecycleError> {
+    let vm = paths.vm(name);
+    let socket = vm.control_socket();
+    // The supervisor binds its socket within milliseconds; boot itself is
+    // bounded by the supervisor, which knows the timeout too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    loop {
+        match runtime.block_on(cove_api::call(&socket, &Request::WaitReady)) {
+            Ok(Response::Ready { boot_ms }) => return Ok(boot_ms),
+            Ok(Response::Failed(f)) => return Err(LifecycleError::BootFailed(f)),
+            Ok(other) => return Err(LifecycleError::Protocol(format!("{other:?}"))),
+            Err(_) if !liveness::is_locked(&vm.supervisor_lock())? => {
+                return Err(supervisor_died(paths, name));
+            }
+            Err(_) if Instant::now() > deadline + boot_timeout => {
+                return Err(LifecycleError::SupervisorUnreachable(name.to_owned()));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Builds the error for a supervisor that exited before answering, from
+/// what it recorded and what the console shows.
+fn supervisor_died(paths: &Paths, name: &str) -> LifecycleError {
+    let recorded = Store::open(paths)
+        .ok()
+        .and_then(|s| s.find_vm(name).ok().flatten())
+        .and_then(|r| r.last_error);
+    LifecycleError::BootFailed(cove_api::Failure {
+        message: recorded.unwrap_or_else(|| {
+            "the supervisor exited before the VM became ready".to_owned()
+        }),
+        hint: Some(format!(
+            "run `cove why {name}`; the supervisor's own log is {}",
+            paths.vm(name).supervisor_log().display()
+        )),
+        console_tail: crate::console_log::tail_lines(&paths.vm(name).console_log(), 15),
+    })
+}
+
+fn check_port_free(port: &PortForward) -> Result<(), LifecycleError> {
+    std::net::TcpListener::bind((port.host_addr.as_str(), port.host_port))
+        .map(drop)
+        .map_err(|e| LifecycleError::PortTaken {
+            addr: format!("{}:{}", port.host_addr, port.host_port),
+            detail: e.to_string(),
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    AlreadyStopped,
+    Stopped,
+}
+
+/// Asks the supervisor for a graceful stop, forced after `timeout`.
+pub fn stop(paths: &Paths, name: &str, timeout: Duration) -> Result<(StopOutcome, String), LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    if !record.state.is_active() {
+        return Ok((StopOutcome::AlreadyStopped, String::new()));
+    }
+    let request = Request::Stop {
+        timeout_secs: timeout.as_secs(),
+    };
+    let detail = control_call(paths, name, &request)?;
+    Ok((StopOutcome::Stopped, detail))
+}
+
+/// Ends the VMM at once.
+pub fn kill(paths: &Paths, name: &str) -> Result<StopOutcome, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    if !record.state.is_active() {
+        return Ok(StopOutcome::AlreadyStopped);
+    }
+    if control_call(paths, name, &Request::Kill).is_err() {
+        // A supervisor that cannot answer must not keep a VM alive.
+        if let Some(pid) = record.vmm_pid.filter(|p| liveness::process_running(*p)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    wait_inactive(&mut store, paths, name, Duration::from_secs(10))?;
+    Ok(StopOutcome::Stopped)
+}
+
+fn control_call(paths: &Paths, name: &str, request: &Request) -> Result<String, LifecycleError> {
+    let socket = paths.vm(name).control_socket();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(cove_api::call(&socket, request)) {
+        Ok(Response::Done { detail }) => Ok(detail),
+        Ok(Response::Failed(f)) => Err(LifecycleError::BootFailed(f)),
+        Ok(other) => Err(LifecycleError::Protocol(format!("{other:?}"))),
+        Err(_) => Err(LifecycleError::SupervisorUnreachable(name.to_owned())),
+    }
+}
+
+fn wait_inactive(
+    store: &mut Store,
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+) -> Result<VmRecord, LifecycleError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let record = reconcile(store, paths, name)?;
+        if !record.state.is_active() || Instant::now() > deadline {
+            return Ok(record);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes a VM and every file of it. A running VM is refused unless `force`.
+pub fn delete(paths: &Paths, name: &str, force: bool) -> Result<(), LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    if record.state.is_active() {
+        if !force {
+            return Err(LifecycleError::Running(name.to_owned(), record.state));
+        }
+        kill(paths, name)?;
+        let record = reconcile(&mut store, paths, name)?;
+        if record.state.is_active() {
+            return Err(LifecycleError::Running(name.to_owned(), record.state));
+        }
+    }
+    let vm = paths.vm(name);
+    // Files first, record last: an interrupted delete leaves a record whose
+    // next delete finishes the job.
+    for dir in [&vm.run, &vm.dir] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    store.delete_vm(name)?;
+    Ok(())
+}
+
+/// Changes a stopped VM's resources.
+pub fn set(
+    paths: &Paths,
+    name: &str,
+    cpus: Option<u32>,
+    memory_mib: Option<u64>,
+) -> Result<VmRecord, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    validate_resources(cpus, memory_mib)?;
+    if !record.state.can_reconfigure() {
+        return Err(LifecycleError::Running(name.to_owned(), record.state));
+    }
+    let (_, record) = store.update_vm(name, |r| {
+        if let Some(c) = cpus {
+            r.cpus = c;
+        }
+        if let Some(m) = memory_mib {
+            r.memory_mib = m;
+        }
+    })?;
+    Ok(record)
+}

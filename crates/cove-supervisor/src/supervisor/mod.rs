@@ -1,0 +1,238 @@
+//! The per-VM supervisor process (`cove __supervise NAME`): owns the VMM
+//! child, its console log, the agent link and the control socket, and
+//! writes every state change to the store. It is detached from the CLI that
+//! started it, so no request and no CLI process bounds a VM's life (the bug
+//! of seed 004).
+
+mod console;
+mod control;
+mod vmm;
+
+pub use console::READY_MARKER;
+
+use crate::boot_image::{self, BootImage};
+use crate::liveness;
+use cove_api::Failure;
+use cove_state::store::now;
+use cove_state::{Paths, Store, VmState};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, watch};
+
+#[derive(Debug, Clone)]
+pub struct SuperviseOptions {
+    pub name: String,
+    pub boot_timeout: Duration,
+    /// A lock on the VM's lock file inherited from `cove start`.
+    pub lock_fd: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("another supervisor already runs VM `{0}`")]
+    AlreadySupervised(String),
+    #[error(transparent)]
+    Store(#[from] cove_state::StoreError),
+    #[error(transparent)]
+    Image(#[from] boot_image::ImageError),
+    #[error(transparent)]
+    Backend(#[from] cove_backend::BackendError),
+    #[error("{0}")]
+    Boot(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the boot stands, shared with every control connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Booting,
+    Ready { boot_ms: u64 },
+    Stopping,
+    Exited { state: VmState, failure: Option<Failure>, detail: String },
+}
+
+/// How a stop was asked for, which decides how the VMM's exit is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    Graceful,
+    Kill,
+}
+
+pub struct Shared {
+    pub paths: Paths,
+    pub name: String,
+    pub image: BootImage,
+    pub accel: String,
+    pub machine: String,
+    pub phase: watch::Sender<Phase>,
+    pub console: Arc<console::ConsoleHub>,
+    pub qmp: cove_qemu::QmpClient,
+    pub vmm_pid: u32,
+    pub stop: Mutex<Option<(StopKind, Instant)>>,
+    /// Set when the supervisor itself ended the boot (e.g. it timed out).
+    pub boot_failure: Mutex<Option<String>>,
+}
+
+/// Runs the supervisor until its VMM has exited and the outcome is recorded.
+pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
+    let vm = paths.vm(&opts.name);
+    // Hold the lock for the life of this process: it is how everyone else
+    // knows a supervisor is alive.
+    let _lock: Box<dyn std::any::Any> = match opts.lock_fd {
+        // SAFETY: `cove start` placed an open, locked file on this fd for us
+        // (see lifecycle::spawn_supervisor) and nothing else owns it.
+        Some(fd) => Box::new(unsafe { File::from_raw_fd(fd) }),
+        None => Box::new(
+            liveness::try_lock(&vm.supervisor_lock())?
+                .ok_or_else(|| SuperviseError::AlreadySupervised(opts.name.clone()))?,
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(supervise(&paths, &opts));
+    if let Err(err) = &result {
+        // Whatever failed, the record must not keep claiming a live VM.
+        eprintln!("supervisor: {err}");
+        record_exit(&paths, &opts.name, VmState::Crashed, None, Some(err.to_string()));
+    }
+    let _ = std::fs::remove_dir_all(&vm.run);
+    result
+}
+
+async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), SuperviseError> {
+    let vm = paths.vm(&opts.name);
+    let mut store = Store::open(paths)?;
+    let record = store.get_vm(&opts.name)?;
+    let image = boot_image::load(&store, &record.image_id)?;
+    let listener = control::bind(&vm)?;
+    let log = rotate_console_log(&vm.console_log(), &vm.previous_console_log())?;
+
+    let started = Instant::now();
+    let launch = vmm::launch(paths, &record, &image).await?;
+    store.update_vm(&opts.name, |r| {
+        r.supervisor_pid = Some(std::process::id());
+        r.vmm_pid = Some(launch.pid);
+        r.accel = Some(launch.accel.clone());
+        r.started_at = Some(now());
+    })?;
+    let mut child = launch.child;
+    let (qmp, console_stream) = match vmm::connect(&vm, launch.pid).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = child.start_kill();
+            let status = child.wait().await.ok();
+            return Err(SuperviseError::Boot(format!(
+                "{e}{}",
+                status.map(|s| format!(" (QEMU {})", vmm::describe_exit(&s))).unwrap_or_default()
+            )));
+        }
+    };
+    let hub = console::start(console_stream, log);
+    qmp.cont().await.map_err(|e| SuperviseError::Boot(e.to_string()))?;
+
+    let (phase, _) = watch::channel(Phase::Booting);
+    let shared = Arc::new(Shared {
+        paths: paths.clone(),
+        name: opts.name.clone(),
+        accel: launch.accel,
+        machine: record.machine.clone(),
+        image,
+        phase,
+        console: hub,
+        qmp,
+        vmm_pid: launch.pid,
+        stop: Mutex::new(None),
+        boot_failure: Mutex::new(None),
+    });
+    let server = tokio::spawn(control::serve(listener, Arc::clone(&shared)));
+    let readiness = tokio::spawn(wait_ready(Arc::clone(&shared), started, opts.boot_timeout));
+
+    let status = child.wait().await?;
+    readiness.abort();
+    let outcome = vmm::outcome(&shared, &status).await;
+    record_exit(
+        paths,
+        &opts.name,
+        outcome.state,
+        Some(vmm::describe_exit(&status)),
+        outcome.failure.as_ref().map(|f| f.message.clone()),
+    );
+    shared.phase.send_replace(Phase::Exited {
+        state: outcome.state,
+        failure: outcome.failure,
+        detail: outcome.detail,
+    });
+    // Let waiting control connections deliver their answers before exiting.
+    control::drain(server, Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Marks the VM ready when the guest's init says so, or kills a boot that
+/// takes longer than `timeout`.
+async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
+    let mut marker = shared.console.marker_seen.subscribe();
+    let ready = tokio::time::timeout(timeout, async {
+        marker.wait_for(|seen| *seen).await.is_ok()
+    })
+    .await;
+    if ready == Ok(true) {
+        let boot_ms = started.elapsed().as_millis() as u64;
+        if let Ok(mut store) = Store::open(&shared.paths) {
+            let _ = store.update_vm(&shared.name, |r| {
+                if r.state == VmState::Starting {
+                    r.state = VmState::Running;
+                }
+            });
+        }
+        shared.phase.send_if_modified(|p| {
+            if *p == Phase::Booting {
+                *p = Phase::Ready { boot_ms };
+                true
+            } else {
+                false
+            }
+        });
+        return;
+    }
+    // Mark the stop as ours before killing, so the outcome says "timed out"
+    // instead of "crashed by itself".
+    *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));
+    vmm::set_boot_timeout(&shared, timeout).await;
+    vmm::kill(&shared);
+}
+
+/// Starts a fresh console log for this boot, keeping the previous boot's.
+fn rotate_console_log(current: &PathBuf, previous: &PathBuf) -> std::io::Result<File> {
+    if current.exists() {
+        std::fs::rename(current, previous)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(current)
+}
+
+/// Writes how the VM ended. Best effort: this runs on every exit path,
+/// including failures of the store itself.
+fn record_exit(
+    paths: &Paths,
+    name: &str,
+    state: VmState,
+    last_exit: Option<String>,
+    last_error: Option<String>,
+) {
+    let Ok(mut store) = Store::open(paths) else {
+        return;
+    };
+    let _ = store.update_vm(name, |r| {
+        r.state = state;
+        r.supervisor_pid = None;
+        r.vmm_pid = None;
+        if last_exit.is_some() {
+            r.last_exit = last_exit.clone();
+        }
+        r.last_error = last_error.clone();
+    });
+}

@@ -1,0 +1,237 @@
+//! Launching the VMM, connecting to it, stopping it, and judging its exit.
+
+use super::{Phase, Shared, StopKind, SuperviseError};
+use crate::boot_image::BootImage;
+use crate::console_log::tail_lines;
+use cove_api::Failure;
+use cove_backend::{Backend, DataDisk, Machine, VmSpec};
+use cove_state::{Paths, VmPaths, VmRecord, VmState};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the VMM may take to open its sockets.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `quit` may take before the VMM is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+
+pub struct Launch {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub accel: String,
+}
+
+pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Result<Launch, SuperviseError> {
+    let vm = paths.vm(record.name.as_str());
+    for socket in [vm.qmp_socket(), vm.console_socket(), vm.agent_socket()] {
+        let _ = std::fs::remove_file(socket);
+    }
+    let choice = cove_qemu::accel::probe(paths);
+    let machine: Machine = record.machine.parse()?;
+    let spec = VmSpec {
+        name: record.name.to_string(),
+        cpus: record.cpus,
+        memory_mib: record.memory_mib,
+        kernel: image.kernel.clone(),
+        vmlinux: image.vmlinux.clone(),
+        initrd: Some(image.initrd.clone()),
+        cmdline_extra: image.cmdline_extra.clone(),
+        root_disk: vm.root_disk(),
+        data_disks: record
+            .data_disks
+            .iter()
+            .map(|d| DataDisk {
+                path: paths.data_disks().join(format!("{d}.qcow2")),
+                serial: format!("data-{d}"),
+            })
+            .collect(),
+        ports: record.ports.clone(),
+        machine,
+        accel: choice.accel,
+        qmp_socket: vm.qmp_socket(),
+        console_socket: vm.console_socket(),
+        agent_socket: vm.agent_socket(),
+    };
+    let qemu = cove_qemu::Qemu::find(cove_qemu::tsc::host_tsc_khz_cached(paths))?;
+    let mut cmd = qemu.command(&spec)?;
+    std::fs::write(vm.qemu_cmdline(), render_cmdline(&cmd))?;
+    let vmm_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(vm.vmm_log())?;
+    cove_qemu::process::supervise(&mut cmd)
+        .stdin(Stdio::null())
+        .stdout(vmm_log.try_clone()?)
+        .stderr(vmm_log);
+    let child = tokio::process::Command::from(cmd).spawn().map_err(|e| {
+        SuperviseError::Boot(format!("cannot start {}: {e}", qemu.binary.display()))
+    })?;
+    let pid = child.id().unwrap_or_default();
+    tracing::info!(pid, accel = %choice.accel, reason = %choice.reason, "VMM started");
+    Ok(Launch {
+        child,
+        pid,
+        accel: choice.accel.to_string(),
+    })
+}
+
+fn render_cmdline(cmd: &std::process::Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line.push('\n');
+    line
+}
+
+/// Connects QMP and the console; the agent link connects on its own.
+pub async fn connect(
+    vm: &VmPaths,
+    pid: u32,
+) -> Result<(cove_qemu::QmpClient, tokio::net::UnixStream), String> {
+    let alive = || crate::liveness::process_running(pid);
+    let qmp_stream = cove_qemu::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
+        .await
+        .map_err(|e| format!("QEMU's QMP socket: {e}"))?;
+    let qmp = cove_qemu::QmpClient::from_stream(qmp_stream, &vm.qmp_socket())
+        .await
+        .map_err(|e| e.to_string())?;
+    let console =
+        cove_qemu::sockets::connect_when_ready(&vm.console_socket(), SOCKET_TIMEOUT, alive)
+            .await
+            .map_err(|e| format!("QEMU's console socket: {e}"))?;
+    Ok((qmp, console))
+}
+
+/// Graceful stop: ask the guest, wait up to `timeout`, then `quit`, then kill.
+/// Returns how it went, for the person who asked.
+pub async fn stop(shared: &Shared, timeout: Duration) -> String {
+    let began = Instant::now();
+    {
+        let mut stop = shared.stop.lock().await;
+        if stop.is_none() {
+            *stop = Some((StopKind::Graceful, began));
+        }
+    }
+    shared.phase.send_if_modified(|p| {
+        if matches!(p, Phase::Booting | Phase::Ready { .. }) {
+            *p = Phase::Stopping;
+            true
+        } else {
+            false
+        }
+    });
+    if let Ok(mut store) = cove_state::Store::open(&shared.paths) {
+        let _ = store.update_vm(&shared.name, |r| {
+            if r.state.is_active() {
+                r.state = VmState::Stopping;
+            }
+        });
+    }
+    let _ = shared.qmp.system_powerdown().await;
+    if wait_exited(shared, timeout).await {
+        return format!("shut down by the guest in {:.1}s", began.elapsed().as_secs_f64());
+    }
+    let _ = tokio::time::timeout(QUIT_GRACE, shared.qmp.quit()).await;
+    if wait_exited(shared, QUIT_GRACE).await {
+        return format!(
+            "the guest did not shut down within {}s; QEMU was told to quit",
+            timeout.as_secs()
+        );
+    }
+    kill(shared);
+    wait_exited(shared, QUIT_GRACE).await;
+    format!(
+        "the guest did not shut down within {}s and QEMU did not quit; it was killed",
+        timeout.as_secs()
+    )
+}
+
+async fn wait_exited(shared: &Shared, timeout: Duration) -> bool {
+    let mut phase = shared.phase.subscribe();
+    tokio::time::timeout(timeout, phase.wait_for(|p| matches!(p, Phase::Exited { .. })))
+        .await
+        .is_ok()
+}
+
+/// SIGKILL to the VMM's process group; its exit is then seen by `wait`.
+pub fn kill(shared: &Shared) {
+    let _ = cove_qemu::process::kill_group(shared.vmm_pid, libc::SIGKILL);
+}
+
+pub async fn set_boot_timeout(shared: &Shared, timeout: Duration) {
+    *shared.boot_failure.lock().await = Some(format!(
+        "the guest did not become ready within {}s (no `{}` from its init)",
+        timeout.as_secs(),
+        super::READY_MARKER
+    ));
+}
+
+pub struct Outcome {
+    pub state: VmState,
+    pub failure: Option<Failure>,
+    pub detail: String,
+}
+
+/// Judges how the VMM ended: a stop somebody asked for or a guest that
+/// powered itself off is `stopped`; anything else is `crashed`, with the
+/// console lines that show why.
+pub async fn outcome(shared: &Shared, status: &ExitStatus) -> Outcome {
+    let log = shared.paths.vm(&shared.name).console_log();
+    let tail = tail_lines(&log, 15);
+    let failure = |message: String| Failure {
+        message,
+        hint: Some(format!("run `cove why {}` or `cove logs {}`", shared.name, shared.name)),
+        console_tail: tail.clone(),
+    };
+    if let Some(message) = shared.boot_failure.lock().await.clone() {
+        return Outcome {
+            state: VmState::Crashed,
+            failure: Some(failure(message)),
+            detail: String::new(),
+        };
+    }
+    let panic = tail.iter().find(|l| l.contains("Kernel panic")).cloned();
+    match *shared.stop.lock().await {
+        Some((StopKind::Graceful, _)) => Outcome {
+            state: VmState::Stopped,
+            failure: None,
+            detail: "stopped".into(),
+        },
+        Some((StopKind::Kill, _)) => Outcome {
+            state: VmState::Stopped,
+            failure: None,
+            detail: "killed".into(),
+        },
+        None if status.success() && panic.is_none() => Outcome {
+            state: VmState::Stopped,
+            failure: Some(failure("the guest powered off".into())).filter(|_| {
+                matches!(*shared.phase.borrow(), Phase::Booting)
+            }),
+            detail: "the guest powered off".into(),
+        },
+        None => Outcome {
+            state: VmState::Crashed,
+            failure: Some(failure(match panic {
+                Some(line) => format!("the guest kernel panicked: {line}"),
+                None => format!("QEMU {} unexpectedly", describe_exit(status)),
+            })),
+            detail: String::new(),
+        },
+    }
+}
+
+/// `exit status 1`, `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| "unknown".into());
+            format!("was killed by signal {sig} ({name})")
+        }
+        _ => "ended".into(),
+    }
+}
