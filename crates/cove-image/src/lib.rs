@@ -1,14 +1,41 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! cove's images: specs, builders and the content-addressed image cache.
+//!
+//! An image is a kernel (bzImage, and its uncompressed `vmlinux` when it can
+//! be extracted), an initramfs cove generates (busybox, the virtio modules in
+//! load order, an `/init` that finds the root filesystem by label) and a raw
+//! ext4 root filesystem labelled `cove-root` that VMs overlay with qcow2.
+//!
+//! Builders:
+//! - [`build_minimal`]: busybox root filesystem, Debian's cloud kernel.
+//!
+//! Every build first computes the image id from the spec and the hashes of
+//! its inputs; an image with that id already in `Paths::images()` is
+//! returned at once. Images are built in a temporary directory beside their
+//! final place and renamed into it, then recorded in the store.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod apt;
+mod archive;
+mod assemble;
+mod cache;
+mod error;
+mod ext4;
+mod initramfs;
+mod kernel;
+pub mod kmod;
+mod manifest;
+mod minimal;
+mod progress;
+mod rootfs;
+mod util;
+pub mod vmlinux;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use cache::{image_dir, list, remove, resolve};
+pub use error::{ImageError, Result};
+pub use ext4::{ROOT_LABEL, auto_size};
+pub use initramfs::INIT_SCRIPT as INITRAMFS_INIT;
+pub use kernel::{DEFAULT_KERNEL_PACKAGE, KernelSource, bzimage_version, kernel_source_from_arg};
+pub use manifest::{ImageManifest, ImageSizes, InitKind, Service, files};
+pub use minimal::{BUSYBOX_PACKAGE, MinimalOptions, build_minimal};
+pub use progress::{NoProgress, Progress};
+pub use rootfs::{AGENT_PATH, check_agent, cove_init_script};
+pub use util::sha256_file;

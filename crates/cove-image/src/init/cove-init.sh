@@ -1,0 +1,61 @@
+#!/bin/sh
+# cove's init in the root filesystem (PID 1): mount the API filesystems,
+# keep the cove agent running, start the image's services, then reap
+# orphans forever.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+cd /
+
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -e /sys/kernel ] || mount -t sysfs sysfs /sys
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+[ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+mkdir -p /var/log /run/cove
+[ -f /etc/hostname ] && hostname "$(cat /etc/hostname)"
+echo "cove-init: root filesystem up" > /dev/console
+
+echo "cove-init: starting agent" > /dev/console
+if [ -x /usr/lib/cove/cove-agent ]; then
+    (
+        while :; do
+            /usr/lib/cove/cove-agent </dev/null >/dev/null 2>/dev/console
+            echo "cove-init: cove-agent exited with status $?, restarting" > /dev/console
+            sleep 0.2
+        done
+    ) &
+else
+    echo "cove-init: this image has no agent (/usr/lib/cove/cove-agent)" > /dev/console
+fi
+
+# run_service NAME USER COMMAND: keep COMMAND running as USER, its output in
+# /var/log/cove/NAME.log.
+run_service() {
+    mkdir -p /var/log/cove
+    echo "cove-init: starting service $1" > /dev/console
+    (
+        while :; do
+            if [ "$2" = root ]; then
+                sh -c "$3" </dev/null >>"/var/log/cove/$1.log" 2>&1
+            else
+                su -s /bin/sh -c "$3" "$2" </dev/null >>"/var/log/cove/$1.log" 2>&1
+            fi
+            echo "cove-init: service $1 exited with status $?, restarting in 1 s" > /dev/console
+            sleep 1
+        done
+    ) &
+}
+
+#COVE_SERVICES#
+
+echo "cove-init: ready" > /dev/console
+trap 'echo "cove-init: powering off" > /dev/console; kill -TERM -1; sleep 1; poweroff -f' TERM USR2
+trap 'reboot -f' INT
+while :; do
+    wait
+    sleep 1
+done

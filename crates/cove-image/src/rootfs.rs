@@ -1,0 +1,200 @@
+//! What cove puts into every root filesystem (its init, the agent, network
+//! settings for QEMU user-mode networking) and the tree of the `minimal`
+//! image.
+
+use crate::error::{ImageError, Result, io_err};
+use crate::manifest::{InitKind, Service};
+use crate::util::{self, create_dir_all, set_mode, symlink, write_file};
+use std::path::Path;
+
+/// `/sbin/cove-init` before the services are filled in.
+pub const COVE_INIT_TEMPLATE: &str = include_str!("init/cove-init.sh");
+/// Where the agent lives in every image.
+pub const AGENT_PATH: &str = "usr/lib/cove/cove-agent";
+/// QEMU user-mode networking's DNS server.
+pub const RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+
+/// Quotes `s` for a POSIX shell.
+pub(crate) fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `/sbin/cove-init` script with `services` started by it.
+pub fn cove_init_script(services: &[Service]) -> String {
+    let lines: Vec<String> = services
+        .iter()
+        .map(|s| {
+            format!(
+                "run_service {} {} {}",
+                shell_quote(&s.name),
+                shell_quote(&s.user),
+                shell_quote(&s.command)
+            )
+        })
+        .collect();
+    COVE_INIT_TEMPLATE.replace("#COVE_SERVICES#", &lines.join("\n"))
+}
+
+/// The systemd unit that keeps the agent running in systemd images.
+pub const AGENT_UNIT: &str = "[Unit]
+Description=cove guest agent
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+ExecStart=/usr/lib/cove/cove-agent
+Restart=always
+RestartSec=200ms
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+fn service_unit(s: &Service) -> String {
+    format!(
+        "[Unit]\nDescription=cove service {name}\nAfter=network.target\n\n[Service]\n\
+         User={user}\nExecStart=/bin/sh -c {cmd}\nRestart=always\nRestartSec=1\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        name = s.name,
+        user = s.user,
+        cmd = shell_quote(&s.command)
+    )
+}
+
+/// Refuses an agent binary that would not run in the guest: it must be an
+/// x86-64 ELF executable with no interpreter (statically linked).
+pub fn check_agent(path: &Path) -> Result<()> {
+    let data = std::fs::read(path).map_err(io_err("cannot read the agent binary", path))?;
+    let bad = |reason: &str| ImageError::AgentNotElf {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let elf = goblin::elf::Elf::parse(&data).map_err(|e| bad(&e.to_string()))?;
+    if elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(bad("it is built for another architecture"));
+    }
+    if !matches!(elf.header.e_type, goblin::elf::header::ET_EXEC | goblin::elf::header::ET_DYN) {
+        return Err(bad("it is not an executable"));
+    }
+    if elf.interpreter.is_some() {
+        return Err(ImageError::AgentNotStatic(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Installs cove's pieces into a root filesystem tree: the init (or, for
+/// systemd, the units), the agent and the network settings.
+pub(crate) fn install_cove_files(
+    root: &Path,
+    init: InitKind,
+    agent: Option<&Path>,
+    services: &[Service],
+) -> Result<()> {
+    for d in ["sbin", "etc", "usr/lib/cove", "proc", "sys", "dev", "run", "tmp", "var/log", "root"] {
+        create_dir_all(&root.join(d))?;
+    }
+    set_mode(&root.join("tmp"), 0o1777)?;
+    let init_path = root.join("sbin/cove-init");
+    let _ = std::fs::remove_file(&init_path);
+    write_file(&init_path, cove_init_script(services))?;
+    set_mode(&init_path, 0o755)?;
+    if let Some(agent) = agent {
+        let dest = root.join(AGENT_PATH);
+        std::fs::copy(agent, &dest).map_err(io_err("cannot copy the agent to", &dest))?;
+        set_mode(&dest, 0o755)?;
+    }
+    // resolv.conf is often a symlink into /run in Debian trees; replace it.
+    let resolv = root.join("etc/resolv.conf");
+    let _ = std::fs::remove_file(&resolv);
+    write_file(&resolv, RESOLV_CONF)?;
+    if !root.join("etc/hostname").exists() {
+        write_file(&root.join("etc/hostname"), "cove\n")?;
+    }
+    if init == InitKind::Systemd {
+        let units = root.join("etc/systemd/system");
+        let wants = units.join("multi-user.target.wants");
+        create_dir_all(&wants)?;
+        if agent.is_some() {
+            write_file(&units.join("cove-agent.service"), AGENT_UNIT)?;
+            symlink("/etc/systemd/system/cove-agent.service", &wants.join("cove-agent.service"))?;
+        }
+        for s in services {
+            let unit = format!("cove-{}.service", s.name);
+            write_file(&units.join(&unit), service_unit(s))?;
+            symlink(&format!("/etc/systemd/system/{unit}"), &wants.join(&unit))?;
+        }
+        // Configure eth0 like the initramfs does, for systemd-networkd if present.
+        let net = root.join("etc/systemd/network");
+        create_dir_all(&net)?;
+        write_file(
+            &net.join("10-cove.network"),
+            "[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n",
+        )?;
+    }
+    Ok(())
+}
+
+/// The tree of the `minimal` image: busybox and its applets, a few files in
+/// /etc, and cove's files.
+pub(crate) fn minimal_tree(root: &Path, busybox: &Path, applets: &[String]) -> Result<()> {
+    create_dir_all(&root.join("bin"))?;
+    let bb = root.join("bin/busybox");
+    std::fs::copy(busybox, &bb).map_err(io_err("cannot copy busybox to", &bb))?;
+    set_mode(&bb, 0o755)?;
+    for applet in applets {
+        let depth = applet.matches('/').count();
+        symlink(&format!("{}bin/busybox", "../".repeat(depth)), &root.join(applet))?;
+    }
+    for d in ["home", "mnt", "var/tmp", "usr/bin", "usr/sbin"] {
+        create_dir_all(&root.join(d))?;
+    }
+    let etc = root.join("etc");
+    create_dir_all(&etc)?;
+    write_file(&etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    write_file(&etc.join("group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
+    write_file(&etc.join("shadow"), "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n")?;
+    set_mode(&etc.join("shadow"), 0o600)?;
+    write_file(&etc.join("hostname"), "cove\n")?;
+    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n127.0.1.1 cove\n")?;
+    write_file(&etc.join("os-release"), "NAME=\"cove minimal\"\nID=cove-minimal\nPRETTY_NAME=\"cove minimal (busybox)\"\n")?;
+    util::tree_size(root).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_quoted_into_the_init() {
+        let s = cove_init_script(&[Service {
+            name: "web".into(),
+            command: "echo 'hi' && httpd -f".into(),
+            user: "nobody".into(),
+        }]);
+        assert!(s.contains(r#"run_service 'web' 'nobody' 'echo '\''hi'\'' && httpd -f'"#), "{s}");
+        assert!(!s.contains("#COVE_SERVICES#"));
+        assert!(s.contains("cove-init: ready"));
+    }
+
+    #[test]
+    fn dynamic_binaries_are_refused_as_agents() {
+        // The test binary itself is dynamically linked (gnu target default).
+        let me = std::env::current_exe().unwrap();
+        match check_agent(&me) {
+            Err(ImageError::AgentNotStatic(_)) => {}
+            other => panic!("expected AgentNotStatic, got {other:?}"),
+        }
+        let err = check_agent(Path::new("/etc/passwd")).unwrap_err();
+        assert!(matches!(err, ImageError::AgentNotElf { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_static_binary_is_accepted_as_agent() {
+        // busybox-static is installed on the build hosts (see common notes).
+        let bb = Path::new("/bin/busybox");
+        if bb.exists() {
+            check_agent(bb).unwrap();
+        }
+    }
+}

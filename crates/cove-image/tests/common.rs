@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use cove_image::{ImageManifest, MinimalOptions, NoProgress, build_minimal};
+use cove_state::{Paths, Store};
+use std::path::PathBuf;
+
+/// A cove installation under a temporary directory.
+pub struct Env {
+    pub _dir: tempfile::TempDir,
+    pub paths: Paths,
+    pub store: Store,
+}
+
+pub fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = Paths::under(dir.path());
+    let store = Store::open(&paths).unwrap();
+    Env {
+        _dir: dir,
+        paths,
+        store,
+    }
+}
+
+pub fn build(env: &mut Env, opts: &MinimalOptions) -> ImageManifest {
+    build_minimal(&env.paths, &mut env.store, opts, &NoProgress)
+        .unwrap_or_else(|e| panic!("build_minimal failed: {e}"))
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo's `cpu MHz`.
+pub fn tsc_khz() -> u64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let mhz: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())
+        .expect("/proc/cpuinfo has a cpu MHz line");
+    (mhz * 1000.0).round() as u64
+}
+
+pub fn tmp_file(env: &Env, name: &str) -> PathBuf {
+    env.paths.cache.join(name)
+}
