@@ -1,0 +1,336 @@
+//! Running commands: pipes (separate stdout/stderr) or a PTY (merged, resizable, with a
+//! controlling terminal). Output is read only as fast as the host grants credit.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use cove_proto::{
+    Channel, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, FRAME_COST, MAX_PAYLOAD, StreamMsg,
+    TtySize,
+};
+
+use crate::mux::{AgentStream, Inbound, StreamSender};
+use crate::users::{User, resolve};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn current_user() -> User {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    resolve(&uid.to_string(), std::path::Path::new("/")).unwrap_or(User {
+        name: if uid == 0 {
+            "root".into()
+        } else {
+            uid.to_string()
+        },
+        uid,
+        gid,
+        groups: vec![gid],
+        home: if uid == 0 { "/root".into() } else { "/".into() },
+        shell: "/bin/sh".into(),
+    })
+}
+
+fn openpty(size: TtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out-pointers; name and termios may be null per openpty(3).
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that we now own.
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&m, &s] {
+        // SAFETY: fcntl on an owned, open descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((m, s))
+}
+
+fn set_winsize(fd: &OwnedFd, size: TtySize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+/// Reads `r` into the stream, never more than the host's credit allows.
+fn pump(mut r: impl Read, s: StreamSender, chan: Channel) {
+    let mut buf = vec![0u8; MAX_PAYLOAD];
+    loop {
+        let Ok(credit) = s.wait_credit(FRAME_COST + 1024) else {
+            return;
+        };
+        let max = ((credit - FRAME_COST) as usize).min(MAX_PAYLOAD);
+        let n = match r.read(&mut buf[..max]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break, // EIO on a PTY master: every slave is closed
+        };
+        if s.data(chan, &buf[..n]).is_err() {
+            return;
+        }
+    }
+    let _ = s.eof(chan);
+}
+
+fn io_thread<F: FnOnce() + Send + 'static>(
+    name: &str,
+    f: F,
+) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f).ok()
+}
+
+pub fn run(stream: AgentStream, req: ExecRequest) {
+    let Some(argv0) = req.argv.first().cloned() else {
+        return stream.fail(ErrorMsg::new(
+            ErrorKind::InvalidRequest,
+            "exec needs a command (argv is empty)",
+        ));
+    };
+    let user = match &req.user {
+        Some(u) => match resolve(u, std::path::Path::new("/")) {
+            Ok(u) => Some(u),
+            Err(e) => return stream.fail(ErrorMsg::new(ErrorKind::NotFound, e)),
+        },
+        None => None,
+    };
+    let who = user.clone().unwrap_or_else(current_user);
+    let cwd = req.cwd.clone().unwrap_or_else(|| {
+        if std::path::Path::new(&who.home).is_dir() {
+            who.home.clone()
+        } else {
+            "/".into()
+        }
+    });
+    if let Err(e) = std::fs::metadata(&cwd) {
+        return stream.fail(ErrorMsg::from_io(&format!("working directory {cwd}"), &e));
+    }
+    let Ok(cwd_c) = CString::new(cwd.clone()) else {
+        return stream.fail(ErrorMsg::new(
+            ErrorKind::InvalidRequest,
+            "cwd contains a NUL byte",
+        ));
+    };
+
+    let mut cmd = Command::new(&argv0);
+    cmd.args(&req.argv[1..]).env_clear();
+    cmd.env("PATH", DEFAULT_PATH)
+        .env("HOME", &who.home)
+        .env("USER", &who.name)
+        .env("LOGNAME", &who.name);
+    cmd.env("SHELL", &who.shell);
+    if req.tty.is_some() {
+        cmd.env("TERM", "xterm-256color");
+    }
+    for (k, v) in &req.env {
+        cmd.env(k, v);
+    }
+
+    let pty = match req.tty.map(openpty).transpose() {
+        Ok(p) => p,
+        Err(e) => return stream.fail(ErrorMsg::from_io("openpty", &e)),
+    };
+    if let Some((_, slave)) = &pty {
+        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        match (dup(slave), dup(slave), dup(slave)) {
+            (Ok(a), Ok(b), Ok(c)) => cmd.stdin(a).stdout(b).stderr(c),
+            _ => {
+                return stream.fail(ErrorMsg::new(
+                    ErrorKind::Io,
+                    "cannot duplicate the PTY descriptor",
+                ));
+            }
+        };
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    let tty = pty.is_some();
+    let ids = user.map(|u| (u.uid, u.gid, u.groups));
+    // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::chdir(cwd_c.as_ptr()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(cmd); // closes our copies of the PTY slave, so the master sees EIO when the child ends
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return stream.fail(ErrorMsg::from_io(&format!("cannot run {argv0}"), &e)),
+    };
+    let pid = child.id();
+    stream.shared().pgid.store(pid as i32, Ordering::SeqCst);
+    let s = stream.sender();
+    if s.msg(&StreamMsg::Started { pid: Some(pid) }).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
+
+    let mut outputs = Vec::new();
+    let stdin: Option<Box<dyn Write + Send>>;
+    let master = pty.map(|(m, _)| m);
+    if let Some(m) = &master {
+        let (Ok(r), Ok(w)) = (m.try_clone(), m.try_clone()) else {
+            let _ = child.kill();
+            return stream.fail(ErrorMsg::new(
+                ErrorKind::Io,
+                "cannot duplicate the PTY master",
+            ));
+        };
+        let s2 = s.clone();
+        outputs.extend(io_thread("pty-out", move || {
+            pump(File::from(r), s2, Channel::Stdout)
+        }));
+        stdin = Some(Box::new(File::from(w)));
+    } else {
+        if let Some(o) = child.stdout.take() {
+            let s2 = s.clone();
+            outputs.extend(io_thread("stdout", move || pump(o, s2, Channel::Stdout)));
+        }
+        if let Some(e) = child.stderr.take() {
+            let s2 = s.clone();
+            outputs.extend(io_thread("stderr", move || pump(e, s2, Channel::Stderr)));
+        }
+        stdin = child
+            .stdin
+            .take()
+            .map(|w| Box::new(w) as Box<dyn Write + Send>);
+    }
+
+    // stdin is written on its own thread so a child that does not read cannot stop signals and
+    // resizes from being handled; credit is returned only once bytes reached the child.
+    let (in_tx, in_rx) = mpsc::channel::<(Vec<u8>, u32)>();
+    let s_in = s.clone();
+    let stdin_thread = io_thread("stdin", move || {
+        let mut w = stdin;
+        for (bytes, c) in in_rx {
+            if let Some(pipe) = w.as_mut()
+                && pipe.write_all(&bytes).is_err()
+            {
+                w = None; // child closed stdin; keep draining to return credit
+            }
+            s_in.consumed(c);
+        }
+    });
+    let mut in_tx = Some(in_tx);
+
+    let waker = stream.waker();
+    let waiter = std::thread::Builder::new()
+        .name("wait".into())
+        .spawn(move || {
+            let st = child.wait();
+            let _ = waker.send(Inbound::ChildExited);
+            st
+        });
+    let Ok(waiter) = waiter else {
+        return stream.fail(ErrorMsg::new(
+            ErrorKind::Internal,
+            "cannot start the wait thread",
+        ));
+    };
+
+    let pgid = pid as i32;
+    loop {
+        match stream.recv() {
+            Inbound::Data(bytes, c) => match &in_tx {
+                Some(tx) => {
+                    let _ = tx.send((bytes, c));
+                }
+                None => stream.consumed(c),
+            },
+            Inbound::Eof(Channel::Data) => in_tx = None,
+            Inbound::Eof(_) => {}
+            Inbound::Msg(m, c) => {
+                match m {
+                    StreamMsg::Resize(size) => {
+                        if let Some(m) = &master {
+                            set_winsize(m, size);
+                        }
+                    }
+                    // SAFETY: kill has no memory-safety preconditions.
+                    StreamMsg::Signal { signal } => unsafe {
+                        libc::kill(-pgid, signal);
+                    },
+                    _ => {}
+                }
+                stream.consumed(c);
+            }
+            Inbound::Reset | Inbound::ChildExited => break,
+        }
+    }
+    drop(in_tx);
+    let status = waiter.join().ok().and_then(|r| r.ok());
+    stream.shared().pgid.store(0, Ordering::SeqCst);
+    for t in outputs {
+        let _ = t.join();
+    }
+    drop(master);
+    if let Some(t) = stdin_thread {
+        let _ = t.join();
+    }
+    if stream.is_cancelled() {
+        return;
+    }
+    let exit = match status {
+        Some(st) => match (st.code(), st.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            _ => ExitStatus::Code(-1),
+        },
+        None => {
+            return stream.fail(ErrorMsg::new(
+                ErrorKind::Internal,
+                "waiting for the child failed",
+            ));
+        }
+    };
+    if s.msg(&StreamMsg::Exit(exit)).is_ok() {
+        stream.finish();
+    }
+}
