@@ -5,4 +5,5 @@
 //! - [`doctor`]: host checks.
 //! - [`why`]: console-log analysis of a failed VM.
 
+pub mod doctor;
 pub mod kernel;

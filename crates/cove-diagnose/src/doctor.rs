@@ -1,0 +1,425 @@
+//! `cove doctor`: host checks with typed results (ok/warn/fail, detail, the command that
+//! fixes it).
+//!
+//! Whether KVM really works is not probed here: that needs a child process running a vCPU
+//! (cove-qemu's accel probe). The caller passes its result in [`HostFacts`], which keeps this
+//! crate free of a dependency on cove-qemu.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One host check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Level,
+    pub detail: String,
+    /// The command (or step) that fixes it, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn new(name: &str, status: Level, detail: impl Into<String>, fix: Option<&str>) -> Check {
+        Check {
+            name: name.to_string(),
+            status,
+            detail: detail.into(),
+            fix: fix.map(str::to_string),
+        }
+    }
+}
+
+/// The KVM probe's verdict, as the caller got it from `cove_qemu::accel::probe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KvmFact {
+    /// A vCPU ran real code at hardware speed.
+    pub usable: bool,
+    /// The probe's explanation.
+    pub reason: String,
+}
+
+/// What the caller knows about the host that this crate must not find out by itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFacts {
+    /// `None` when the probe was not run.
+    pub kvm: Option<KvmFact>,
+    /// cove's state directory (VM disks live here).
+    pub state_dir: PathBuf,
+    /// cove's cache directory (images live here).
+    pub cache_dir: PathBuf,
+}
+
+/// All checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// The worst level among the checks.
+    pub fn worst(&self) -> Level {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            let tag = match c.status {
+                Level::Ok => "ok  ",
+                Level::Warn => "WARN",
+                Level::Fail => "FAIL",
+            };
+            writeln!(f, "{tag} {:<22} {}", c.name, c.detail)?;
+            if let Some(fix) = &c.fix {
+                writeln!(f, "     {:<22} fix: {fix}", "")?;
+            }
+        }
+        let fails = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Level::Fail)
+            .count();
+        let warns = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Level::Warn)
+            .count();
+        write!(f, "{fails} failed, {warns} warning(s)")
+    }
+}
+
+/// Run every host check.
+pub fn doctor(facts: &HostFacts) -> DoctorReport {
+    let mut checks = vec![qemu(), kvm(facts.kvm.as_ref())];
+    checks.push(device(
+        "vhost-vsock",
+        Path::new("/dev/vhost-vsock"),
+        "the agent falls back to virtio-serial",
+        "sudo modprobe vhost_vsock && sudo chmod 666 /dev/vhost-vsock",
+    ));
+    checks.push(device(
+        "tun",
+        Path::new("/dev/net/tun"),
+        "TAP networking is unavailable; user-mode networking still works",
+        "sudo modprobe tun",
+    ));
+    checks.push(free_space("state dir space", &facts.state_dir));
+    checks.push(free_space("cache dir space", &facts.cache_dir));
+    let tools: &[(&str, &[&str], Level, &str)] = &[
+        (
+            "mkfs.ext4",
+            &["mkfs.ext4"],
+            Level::Fail,
+            "sudo apt-get install e2fsprogs",
+        ),
+        (
+            "debugfs",
+            &["debugfs"],
+            Level::Fail,
+            "sudo apt-get install e2fsprogs",
+        ),
+        (
+            "debootstrap",
+            &["mmdebstrap", "debootstrap"],
+            Level::Warn,
+            "sudo apt-get install mmdebstrap",
+        ),
+        ("cpio", &["cpio"], Level::Fail, "sudo apt-get install cpio"),
+        (
+            "dpkg-deb",
+            &["dpkg-deb"],
+            Level::Warn,
+            "sudo apt-get install dpkg",
+        ),
+        (
+            "apt-get",
+            &["apt-get"],
+            Level::Warn,
+            "distribution kernels and packages need a Debian-like host",
+        ),
+        (
+            "qemu-img",
+            &["qemu-img"],
+            Level::Fail,
+            "sudo apt-get install qemu-utils",
+        ),
+    ];
+    for (name, candidates, missing_level, fix) in tools {
+        checks.push(tool(name, candidates, *missing_level, fix));
+    }
+    DoctorReport { checks }
+}
+
+/// Find an executable in `$PATH` and the sbin directories (mkfs.ext4 lives in /sbin, which a
+/// user's PATH may lack). Hand-written: a few lines, no crate needed.
+pub fn find_executable(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A required or optional host tool; `candidates` are alternatives.
+pub fn tool(name: &str, candidates: &[&str], missing: Level, fix: &str) -> Check {
+    match candidates.iter().find_map(|c| find_executable(c)) {
+        Some(p) => Check::new(name, Level::Ok, p.display().to_string(), None),
+        None => Check::new(
+            name,
+            missing,
+            format!("not found (looked for {})", candidates.join(", ")),
+            Some(fix),
+        ),
+    }
+}
+
+/// QEMU: present, its version and the accelerators it was built with.
+pub fn qemu() -> Check {
+    let name = "qemu-system-x86_64";
+    let fix = Some("sudo apt-get install qemu-system-x86");
+    let Some(bin) = find_executable(name) else {
+        return Check::new(name, Level::Fail, "not found in PATH", fix);
+    };
+    let version = Command::new(&bin).arg("--version").output();
+    let version = match version {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.split("version ").nth(1))
+            .map(|v| v.split_whitespace().next().unwrap_or(v).to_string())
+            .unwrap_or_else(|| "unknown version".into()),
+        Ok(o) => {
+            return Check::new(
+                name,
+                Level::Fail,
+                format!(
+                    "{} --version failed: {}",
+                    bin.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                fix,
+            );
+        }
+        Err(e) => {
+            return Check::new(
+                name,
+                Level::Fail,
+                format!("cannot run {}: {e}", bin.display()),
+                fix,
+            );
+        }
+    };
+    let accels = accelerators(&bin);
+    let detail = format!(
+        "{} version {version}, accelerators: {}",
+        bin.display(),
+        accels.join(", ")
+    );
+    if accels.iter().any(|a| a == "tcg" || a == "kvm") {
+        Check::new(name, Level::Ok, detail, None)
+    } else {
+        Check::new(name, Level::Fail, detail, fix)
+    }
+}
+
+/// Parse `qemu-system-x86_64 -accel help`.
+pub fn accelerators(bin: &Path) -> Vec<String> {
+    let Ok(out) = Command::new(bin).args(["-accel", "help"]).output() else {
+        return Vec::new();
+    };
+    parse_accel_help(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_accel_help(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Accelerators supported"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// KVM as the probe saw it.
+pub fn kvm(fact: Option<&KvmFact>) -> Check {
+    let name = "kvm";
+    match fact {
+        Some(k) if k.usable => Check::new(name, Level::Ok, k.reason.clone(), None),
+        Some(k) => Check::new(
+            name,
+            Level::Warn,
+            format!("{}; VMs run under TCG (much slower)", k.reason),
+            Some(if Path::new("/dev/kvm").exists() {
+                "check that hardware virtualisation is enabled (nested virtualisation on a cloud VM) and that you are in the kvm group: sudo usermod -aG kvm $USER"
+            } else {
+                "enable virtualisation in the firmware and load the module: sudo modprobe kvm_intel (or kvm_amd)"
+            }),
+        ),
+        None => Check::new(name, Level::Warn, "not probed", None),
+    }
+}
+
+/// A device node that must exist and open read-write.
+pub fn device(name: &str, path: &Path, without: &str, fix: &str) -> Check {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(_) => Check::new(
+            name,
+            Level::Ok,
+            format!("{} opens read-write", path.display()),
+            None,
+        ),
+        Err(e) => Check::new(
+            name,
+            Level::Warn,
+            format!("{}: {e}; {without}", path.display()),
+            Some(fix),
+        ),
+    }
+}
+
+/// Below this, building an image will likely fail.
+const SPACE_FAIL: u64 = 512 << 20;
+/// Below this, warn: a Debian image with PostgreSQL is several hundred MiB.
+const SPACE_WARN: u64 = 4 << 30;
+
+/// Free space on the filesystem holding `dir` (or its nearest existing ancestor).
+pub fn free_space(name: &str, dir: &Path) -> Check {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    match rustix::fs::statvfs(existing) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let detail = format!("{} free on {}", human_bytes(free), dir.display());
+            let fix = Some("free disk space, or point XDG_STATE_HOME / XDG_CACHE_HOME elsewhere");
+            if free < SPACE_FAIL {
+                Check::new(name, Level::Fail, detail, fix)
+            } else if free < SPACE_WARN {
+                Check::new(name, Level::Warn, detail, fix)
+            } else {
+                Check::new(name, Level::Ok, detail, None)
+            }
+        }
+        Err(e) => Check::new(
+            name,
+            Level::Warn,
+            format!("statvfs {}: {e}", existing.display()),
+            None,
+        ),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else {
+        format!("{} MiB", n >> 20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_reports_version_and_tcg() {
+        // qemu-system-x86 is installed on the build machines.
+        let c = qemu();
+        assert_eq!(c.status, Level::Ok, "{c:?}");
+        assert!(c.detail.contains("version "), "{}", c.detail);
+        assert!(c.detail.contains("tcg"), "{}", c.detail);
+    }
+
+    #[test]
+    fn accel_help_is_parsed() {
+        let text = "Accelerators supported in QEMU binary:\ntcg\nkvm\n";
+        assert_eq!(parse_accel_help(text), vec!["tcg", "kvm"]);
+    }
+
+    #[test]
+    fn missing_tool_fails_with_the_install_command() {
+        let c = tool(
+            "frob",
+            &["cove-no-such-tool"],
+            Level::Fail,
+            "sudo apt-get install frob",
+        );
+        assert_eq!(c.status, Level::Fail);
+        assert_eq!(c.fix.as_deref(), Some("sudo apt-get install frob"));
+        let c = tool("sh", &["cove-no-such-tool", "sh"], Level::Fail, "x");
+        assert_eq!(c.status, Level::Ok);
+    }
+
+    #[test]
+    fn unusable_kvm_is_a_warning_not_a_failure() {
+        let fact = KvmFact {
+            usable: false,
+            reason: "vCPU did not finish the probe in 1 s".into(),
+        };
+        let c = kvm(Some(&fact));
+        assert_eq!(c.status, Level::Warn);
+        assert!(c.detail.contains("TCG"));
+        assert!(c.fix.is_some());
+    }
+
+    #[test]
+    fn device_checks_match_the_host() {
+        let c = device("tun", Path::new("/dev/net/tun"), "", "modprobe tun");
+        let opens = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .is_ok();
+        assert_eq!(c.status == Level::Ok, opens);
+        let c = device("none", Path::new("/dev/cove-missing"), "", "x");
+        assert_eq!(c.status, Level::Warn);
+    }
+
+    #[test]
+    fn free_space_uses_nearest_existing_ancestor_and_full_report_serializes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = free_space("space", &dir.path().join("not/yet/created"));
+        assert!(c.detail.contains("free on"), "{c:?}");
+        let report = doctor(&HostFacts {
+            kvm: None,
+            state_dir: dir.path().join("state"),
+            cache_dir: dir.path().join("cache"),
+        });
+        assert!(report.checks.len() >= 12);
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(
+            json["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "qemu-img")
+        );
+        assert!(report.to_string().contains("qemu-system-x86_64"));
+    }
+}
