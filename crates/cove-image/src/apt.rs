@@ -70,12 +70,20 @@ impl<'a> Apt<'a> {
         }
         let mut cmd = Command::new("apt-cache");
         cmd.args(["show", "--no-all-versions", package]);
-        let out = match util::run(self.rep, &format!("apt-cache show {package}"), &mut cmd, "apt") {
+        let out = match util::run(
+            self.rep,
+            &format!("apt-cache show {package}"),
+            &mut cmd,
+            "apt",
+        ) {
             Ok(out) => out,
             Err(ImageError::StepFailed { output, .. }) => {
                 // Offline or no lists: a package downloaded earlier still serves.
                 if let Some(r) = self.newest_download(package) {
-                    self.rep.message(&format!("apt-cache failed; using the downloaded {}", r.deb_name()));
+                    self.rep.message(&format!(
+                        "apt-cache failed; using the downloaded {}",
+                        r.deb_name()
+                    ));
                     return Ok(r);
                 }
                 return Err(ImageError::AptUnknown {
@@ -138,8 +146,12 @@ impl<'a> Apt<'a> {
     pub(crate) fn fetch(&self, r: &Resolved) -> Result<PathBuf> {
         let dir = self.paths.downloads();
         let path = dir.join(r.deb_name());
-        if std::fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false) {
-            self.rep.message(&format!("cached download {}", path.display()));
+        if std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+        {
+            self.rep
+                .message(&format!("cached download {}", path.display()));
             return Ok(path);
         }
         util::create_dir_all(&dir)?;
@@ -152,7 +164,12 @@ impl<'a> Apt<'a> {
         let spec = format!("{}={}", r.package, r.version);
         let mut cmd = Command::new("apt-get");
         cmd.args(["download", "-q", &spec]).current_dir(tmp.path());
-        match util::run(self.rep, &format!("apt-get download {spec}"), &mut cmd, "apt") {
+        match util::run(
+            self.rep,
+            &format!("apt-get download {spec}"),
+            &mut cmd,
+            "apt",
+        ) {
             Ok(_) => {}
             Err(ImageError::StepFailed { output, .. }) => {
                 return Err(ImageError::AptDownload {
@@ -191,7 +208,12 @@ impl<'a> Apt<'a> {
             .map_err(io_err("cannot create a temporary directory in", &cache))?;
         let mut cmd = Command::new("dpkg-deb");
         cmd.arg("-x").arg(deb).arg(tmp.path());
-        util::run(self.rep, &format!("dpkg-deb -x {}", deb.display()), &mut cmd, "dpkg")?;
+        util::run(
+            self.rep,
+            &format!("dpkg-deb -x {}", deb.display()),
+            &mut cmd,
+            "dpkg",
+        )?;
         util::write_file(&tmp.path().join(".complete"), &hash)?;
         let tmp = tmp.keep();
         if let Err(e) = std::fs::rename(&tmp, &dir) {
@@ -210,7 +232,12 @@ impl<'a> Apt<'a> {
 pub(crate) fn deb_depends(rep: &Reporter, deb: &Path) -> Result<Vec<(String, Option<String>)>> {
     let mut cmd = Command::new("dpkg-deb");
     cmd.arg("-f").arg(deb).arg("Depends");
-    let out = util::run(rep, &format!("dpkg-deb -f {} Depends", deb.display()), &mut cmd, "dpkg")?;
+    let out = util::run(
+        rep,
+        &format!("dpkg-deb -f {} Depends", deb.display()),
+        &mut cmd,
+        "dpkg",
+    )?;
     Ok(parse_depends(&out))
 }
 
@@ -277,11 +304,16 @@ mod tests {
 
     #[test]
     fn depends_with_pins_and_alternatives() {
-        let deps = parse_depends("linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2), kmod | busybox, initramfs-tools (>= 0.120)\n");
+        let deps = parse_depends(
+            "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2), kmod | busybox, initramfs-tools (>= 0.120)\n",
+        );
         assert_eq!(
             deps,
             vec![
-                ("linux-image-6.1.0-56-cloud-amd64".to_owned(), Some("6.1.192-2".to_owned())),
+                (
+                    "linux-image-6.1.0-56-cloud-amd64".to_owned(),
+                    Some("6.1.192-2".to_owned())
+                ),
                 ("kmod".to_owned(), None),
                 ("initramfs-tools".to_owned(), None),
             ]
@@ -295,6 +327,9 @@ mod tests {
             version: "1:1.35.0-4+deb12u1+b1".into(),
             arch: "amd64".into(),
         };
-        assert_eq!(r.deb_name(), "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb");
+        assert_eq!(
+            r.deb_name(),
+            "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb"
+        );
     }
 }

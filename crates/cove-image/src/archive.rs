@@ -32,7 +32,9 @@ pub struct Archive {
 }
 
 fn clean(path: &str) -> String {
-    path.trim_start_matches('/').trim_end_matches('/').to_owned()
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 impl Archive {
@@ -157,7 +159,16 @@ mod tests {
         let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(
             names,
-            ["init", "bin", "bin/sh", "lib", "lib/modules", "lib/modules/virtio_blk.ko", "dev", "dev/console"]
+            [
+                "init",
+                "bin",
+                "bin/sh",
+                "lib",
+                "lib/modules",
+                "lib/modules/virtio_blk.ko",
+                "dev",
+                "dev/console"
+            ]
         );
         assert_eq!(seen[0].2, b"#!/bin/sh\necho hi\n");
         assert_eq!(seen[0].1, 0o100755);
@@ -176,11 +187,25 @@ mod tests {
             .stdin(std::fs::File::open(&path).unwrap())
             .output()
             .expect("the cpio tool is installed");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("bin/sh -> busybox"), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("crw-------") && l.contains("dev/console")), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("crw-------") && l.contains("dev/console")),
+            "{listing}"
+        );
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")),
+            "{listing}"
+        );
     }
 
     #[test]

@@ -48,12 +48,17 @@ pub(crate) fn assemble(
     let dir = staging.path().to_path_buf();
     let k = rep.stage("unpack kernel", || kernel::prepare(&apt, p.kernel))?;
     let kernel_dst = dir.join(files::KERNEL);
-    std::fs::copy(&k.bzimage, &kernel_dst)
-        .map_err(crate::error::io_err("cannot copy the kernel to", &kernel_dst))?;
+    std::fs::copy(&k.bzimage, &kernel_dst).map_err(crate::error::io_err(
+        "cannot copy the kernel to",
+        &kernel_dst,
+    ))?;
     let config = match &k.config {
         Some(c) => {
             let dst = dir.join(files::CONFIG);
-            std::fs::copy(c, &dst).map_err(crate::error::io_err("cannot copy the kernel config to", &dst))?;
+            std::fs::copy(c, &dst).map_err(crate::error::io_err(
+                "cannot copy the kernel config to",
+                &dst,
+            ))?;
             Some(cache::final_path(paths, &p.id, files::CONFIG))
         }
         None => None,
@@ -61,7 +66,8 @@ pub(crate) fn assemble(
 
     let vmlinux_size = if p.vmlinux {
         rep.stage("extract vmlinux", || -> Result<Option<u64>> {
-            let bz = std::fs::read(&kernel_dst).map_err(crate::error::io_err("cannot read", &kernel_dst))?;
+            let bz = std::fs::read(&kernel_dst)
+                .map_err(crate::error::io_err("cannot read", &kernel_dst))?;
             match vmlinux::vmlinux_from_bzimage(&bz) {
                 Ok(elf) => {
                     util::write_file(&dir.join(files::VMLINUX), &elf)?;
@@ -87,7 +93,10 @@ pub(crate) fn assemble(
         let mods = index.resolve(&wanted)?;
         rep.message(&format!(
             "modules in load order: {}",
-            mods.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" ")
+            mods.iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         Ok(mods)
     })?;
@@ -100,7 +109,9 @@ pub(crate) fn assemble(
 
     let (content, _) = util::tree_size(root)?;
     let rootfs = dir.join(files::ROOTFS);
-    let rootfs_size = rep.stage("make ext4 root filesystem", || ext4::make_ext4(rep, root, &rootfs, p.size))?;
+    let rootfs_size = rep.stage("make ext4 root filesystem", || {
+        ext4::make_ext4(rep, root, &rootfs, p.size)
+    })?;
     if root.starts_with(&dir) {
         // The tree is in the image directory only while it is built.
         let _ = std::fs::remove_dir_all(root);
@@ -135,6 +146,9 @@ pub(crate) fn assemble(
         created_at: cove_state::store::now(),
         build_seconds: p.started.elapsed().as_secs_f64(),
     };
-    rep.message(&format!("image {} ({}) built in {:.1} s", m.name, m.id, m.build_seconds));
+    rep.message(&format!(
+        "image {} ({}) built in {:.1} s",
+        m.name, m.id, m.build_seconds
+    ));
     cache::install(paths, store, staging, &m, &rep.text())
 }

@@ -45,18 +45,26 @@ pub enum ImageError {
          `RUSTFLAGS='-C target-feature=+crt-static'`)"
     )]
     AgentNotStatic(PathBuf),
-    #[error("the agent binary {path} is not an x86-64 ELF executable: {reason}; pass the built `cove-agent` binary")]
+    #[error(
+        "the agent binary {path} is not an x86-64 ELF executable: {reason}; pass the built `cove-agent` binary"
+    )]
     AgentNotElf { path: PathBuf, reason: String },
-    #[error("the kernel package {deb} contains no /boot/vmlinuz-*; name a `linux-image-*` package or a bzImage")]
+    #[error(
+        "the kernel package {deb} contains no /boot/vmlinuz-*; name a `linux-image-*` package or a bzImage"
+    )]
     NoKernelInPackage { deb: PathBuf },
     #[error(
         "kernel module `{module}` is neither in {dir} nor built in (modules.builtin); \
          use a kernel that has it, or drop it from the module list"
     )]
     ModuleMissing { module: String, dir: PathBuf },
-    #[error("kernel module {path} is unreadable: {reason}; the kernel package may be corrupt, delete it from the download cache")]
+    #[error(
+        "kernel module {path} is unreadable: {reason}; the kernel package may be corrupt, delete it from the download cache"
+    )]
     BadModule { path: PathBuf, reason: String },
-    #[error("kernel modules depend on each other in a cycle: {0}; the kernel package is inconsistent")]
+    #[error(
+        "kernel modules depend on each other in a cycle: {0}; the kernel package is inconsistent"
+    )]
     ModuleCycle(String),
     #[error("no image named or with id `{0}`; `cove image list` shows the images that exist")]
     NotFound(String),
@@ -66,7 +74,9 @@ pub enum ImageError {
         id: String,
         used_by: Vec<String>,
     },
-    #[error("the stored manifest of image {id} is corrupt ({reason}); `cove image rm {id}` and rebuild it")]
+    #[error(
+        "the stored manifest of image {id} is corrupt ({reason}); `cove image rm {id}` and rebuild it"
+    )]
     CorruptManifest { id: String, reason: String },
     #[error("invalid image spec {path}: {reason}")]
     Spec { path: PathBuf, reason: String },
@@ -82,7 +92,10 @@ pub enum ImageError {
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
 
 /// Shorthand for wrapping an `io::Error` with the path it concerns.
-pub(crate) fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> ImageError {
     let path = path.into();
     move |source| ImageError::Io {
         action,

@@ -42,11 +42,13 @@ pub(crate) fn make_ext4(rep: &Reporter, dir: &Path, out: &Path, size: Option<u64
     f.set_len(size).map_err(io_err("cannot size", out))?;
     drop(f);
     let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-i", "8192", "-m", "0", "-L", ROOT_LABEL])
-        .args(["-E", "root_owner=0:0"])
-        .arg("-d")
-        .arg(dir)
-        .arg(out);
+    cmd.args([
+        "-q", "-F", "-t", "ext4", "-b", "4096", "-i", "8192", "-m", "0", "-L", ROOT_LABEL,
+    ])
+    .args(["-E", "root_owner=0:0"])
+    .arg("-d")
+    .arg(dir)
+    .arg(out);
     util::run(rep, "mkfs.ext4", &mut cmd, "from the e2fsprogs package")?;
     Ok(size)
 }

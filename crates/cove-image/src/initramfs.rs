@@ -23,7 +23,12 @@ pub const INIT_SCRIPT: &str = include_str!("init/initramfs-init.sh");
 pub(crate) fn busybox_applets(rep: &Reporter, busybox: &Path) -> Result<Vec<String>> {
     let mut cmd = Command::new(busybox);
     cmd.arg("--list-full");
-    let out = util::run(rep, "busybox --list-full", &mut cmd, "from the busybox-static package")?;
+    let out = util::run(
+        rep,
+        "busybox --list-full",
+        &mut cmd,
+        "from the busybox-static package",
+    )?;
     Ok(out
         .lines()
         .map(|l| l.trim().trim_start_matches('/').to_owned())
@@ -59,7 +64,11 @@ pub(crate) fn write_initramfs(
     let mut order = String::new();
     a.dir("lib/modules", 0o755);
     for m in modules {
-        a.file(&format!("lib/modules/{}.ko", m.name), 0o644, read_module(&m.path)?);
+        a.file(
+            &format!("lib/modules/{}.ko", m.name),
+            0o644,
+            read_module(&m.path)?,
+        );
         order.push_str(&m.name);
         order.push('\n');
     }
@@ -73,5 +82,7 @@ pub(crate) fn write_initramfs(
         .map_err(|e| io_err("cannot write", out)(e.into_error()))?
         .sync_all()
         .map_err(io_err("cannot write", out))?;
-    Ok(std::fs::metadata(out).map_err(io_err("cannot stat", out))?.len())
+    Ok(std::fs::metadata(out)
+        .map_err(io_err("cannot stat", out))?
+        .len())
 }

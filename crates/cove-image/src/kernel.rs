@@ -107,7 +107,9 @@ pub(crate) fn prepare(apt: &Apt, k: &LocatedKernel) -> Result<PreparedKernel> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("vmlinuz-"))
-        .ok_or_else(|| ImageError::NoKernelInPackage { deb: k.file.clone() })?;
+        .ok_or_else(|| ImageError::NoKernelInPackage {
+            deb: k.file.clone(),
+        })?;
     let version = vmlinuz.trim_start_matches("vmlinuz-").to_owned();
     let modules_dir = ["lib/modules", "usr/lib/modules"]
         .iter()

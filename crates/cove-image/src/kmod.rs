@@ -122,7 +122,12 @@ impl ModuleIndex {
             let info = modinfo(path)?;
             let depends: Vec<String> = info
                 .get("depends")
-                .map(|d| d.split(',').filter(|s| !s.is_empty()).map(normalize).collect())
+                .map(|d| {
+                    d.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(normalize)
+                        .collect()
+                })
                 .unwrap_or_default();
             todo.extend(depends.iter().cloned());
             graph.insert(
@@ -139,10 +144,7 @@ impl ModuleIndex {
             .map(|(n, m)| (n.clone(), m.depends.clone()))
             .collect();
         let order = load_order(&deps)?;
-        Ok(order
-            .into_iter()
-            .filter_map(|n| graph.remove(&n))
-            .collect())
+        Ok(order.into_iter().filter_map(|n| graph.remove(&n)).collect())
     }
 }
 
@@ -264,7 +266,10 @@ mod tests {
     fn dependencies_load_first_and_builtins_are_ignored() {
         let g = graph(&[
             ("virtio_blk", &["virtio", "virtio_ring"]),
-            ("virtio_pci", &["virtio_pci_modern_dev", "virtio", "virtio_ring"]),
+            (
+                "virtio_pci",
+                &["virtio_pci_modern_dev", "virtio", "virtio_ring"],
+            ),
             ("virtio_ring", &[]),
             ("virtio", &[]),
             ("virtio_pci_modern_dev", &[]),

@@ -52,7 +52,10 @@ impl<'a> Reporter<'a> {
         let t = Instant::now();
         let out = f();
         let elapsed = t.elapsed();
-        self.record(&format!("stage {name}: finished in {:.3} s", elapsed.as_secs_f64()));
+        self.record(&format!(
+            "stage {name}: finished in {:.3} s",
+            elapsed.as_secs_f64()
+        ));
         self.inner.stage_finished(name, elapsed);
         out
     }

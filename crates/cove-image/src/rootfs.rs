@@ -74,7 +74,10 @@ pub fn check_agent(path: &Path) -> Result<()> {
     if elf.header.e_machine != goblin::elf::header::EM_X86_64 {
         return Err(bad("it is built for another architecture"));
     }
-    if !matches!(elf.header.e_type, goblin::elf::header::ET_EXEC | goblin::elf::header::ET_DYN) {
+    if !matches!(
+        elf.header.e_type,
+        goblin::elf::header::ET_EXEC | goblin::elf::header::ET_DYN
+    ) {
         return Err(bad("it is not an executable"));
     }
     if elf.interpreter.is_some() {
@@ -91,7 +94,18 @@ pub(crate) fn install_cove_files(
     agent: Option<&Path>,
     services: &[Service],
 ) -> Result<()> {
-    for d in ["sbin", "etc", "usr/lib/cove", "proc", "sys", "dev", "run", "tmp", "var/log", "root"] {
+    for d in [
+        "sbin",
+        "etc",
+        "usr/lib/cove",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/log",
+        "root",
+    ] {
         create_dir_all(&root.join(d))?;
     }
     set_mode(&root.join("tmp"), 0o1777)?;
@@ -117,7 +131,10 @@ pub(crate) fn install_cove_files(
         create_dir_all(&wants)?;
         if agent.is_some() {
             write_file(&units.join("cove-agent.service"), AGENT_UNIT)?;
-            symlink("/etc/systemd/system/cove-agent.service", &wants.join("cove-agent.service"))?;
+            symlink(
+                "/etc/systemd/system/cove-agent.service",
+                &wants.join("cove-agent.service"),
+            )?;
         }
         for s in services {
             let unit = format!("cove-{}.service", s.name);
@@ -144,20 +161,35 @@ pub(crate) fn minimal_tree(root: &Path, busybox: &Path, applets: &[String]) -> R
     set_mode(&bb, 0o755)?;
     for applet in applets {
         let depth = applet.matches('/').count();
-        symlink(&format!("{}bin/busybox", "../".repeat(depth)), &root.join(applet))?;
+        symlink(
+            &format!("{}bin/busybox", "../".repeat(depth)),
+            &root.join(applet),
+        )?;
     }
     for d in ["home", "mnt", "var/tmp", "usr/bin", "usr/sbin"] {
         create_dir_all(&root.join(d))?;
     }
     let etc = root.join("etc");
     create_dir_all(&etc)?;
-    write_file(&etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
-    write_file(&etc.join("group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
-    write_file(&etc.join("shadow"), "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n")?;
+    write_file(
+        &etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    write_file(
+        &etc.join("group"),
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )?;
+    write_file(
+        &etc.join("shadow"),
+        "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+    )?;
     set_mode(&etc.join("shadow"), 0o600)?;
     write_file(&etc.join("hostname"), "cove\n")?;
     write_file(&etc.join("hosts"), "127.0.0.1 localhost\n127.0.1.1 cove\n")?;
-    write_file(&etc.join("os-release"), "NAME=\"cove minimal\"\nID=cove-minimal\nPRETTY_NAME=\"cove minimal (busybox)\"\n")?;
+    write_file(
+        &etc.join("os-release"),
+        "NAME=\"cove minimal\"\nID=cove-minimal\nPRETTY_NAME=\"cove minimal (busybox)\"\n",
+    )?;
     util::tree_size(root).map(|_| ())
 }
 
@@ -172,7 +204,10 @@ mod tests {
             command: "echo 'hi' && httpd -f".into(),
             user: "nobody".into(),
         }]);
-        assert!(s.contains(r#"run_service 'web' 'nobody' 'echo '\''hi'\'' && httpd -f'"#), "{s}");
+        assert!(
+            s.contains(r#"run_service 'web' 'nobody' 'echo '\''hi'\'' && httpd -f'"#),
+            "{s}"
+        );
         assert!(!s.contains("#COVE_SERVICES#"));
         assert!(s.contains("cove-init: ready"));
     }

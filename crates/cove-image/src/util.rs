@@ -15,7 +15,12 @@ const MAX_OUTPUT: usize = 16 * 1024;
 /// Runs one build step. Its stdout and stderr go to the build log; a failure
 /// becomes [`ImageError::StepFailed`] naming the step and showing the output.
 /// Returns stdout.
-pub(crate) fn run(rep: &Reporter, step: &str, cmd: &mut Command, hint: &'static str) -> Result<String> {
+pub(crate) fn run(
+    rep: &Reporter,
+    step: &str,
+    cmd: &mut Command,
+    hint: &'static str,
+) -> Result<String> {
     rep.message(&format!("run: {cmd:?}"));
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd

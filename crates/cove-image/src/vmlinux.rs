@@ -65,7 +65,9 @@ pub fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>, VmlinuxError> {
         }
         [0x28, 0xb5, 0x2f, 0xfd] => {
             // The kernel appends the size after the frame; the decoder stops at the frame's end.
-            let mut d = zstd::stream::read::Decoder::new(payload).map_err(dec)?.single_frame();
+            let mut d = zstd::stream::read::Decoder::new(payload)
+                .map_err(dec)?
+                .single_frame();
             d.read_to_end(&mut out).map_err(dec)?;
         }
         m => return Err(VmlinuxError::UnknownCompression(m)),
@@ -119,12 +121,18 @@ mod tests {
 
     #[test]
     fn non_kernels_are_refused() {
-        assert!(matches!(vmlinux_from_bzimage(b"hello"), Err(VmlinuxError::NotBzImage)));
+        assert!(matches!(
+            vmlinux_from_bzimage(b"hello"),
+            Err(VmlinuxError::NotBzImage)
+        ));
         let mut fake = vec![0u8; 0x300];
         fake[0x202..0x206].copy_from_slice(b"HdrS");
         fake[0x248..0x24c].copy_from_slice(&0x1000u32.to_le_bytes());
         fake[0x24c..0x250].copy_from_slice(&16u32.to_le_bytes());
-        assert!(matches!(vmlinux_from_bzimage(&fake), Err(VmlinuxError::BadPayload)));
+        assert!(matches!(
+            vmlinux_from_bzimage(&fake),
+            Err(VmlinuxError::BadPayload)
+        ));
     }
 
     #[test]

@@ -33,7 +33,14 @@ pub fn tsc_khz() -> u64 {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     let mhz: f64 = info
         .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
         .expect("/proc/cpuinfo has a cpu MHz line");
     (mhz * 1000.0).round() as u64
 }

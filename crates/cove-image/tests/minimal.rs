@@ -13,12 +13,26 @@ fn minimal_builds_then_comes_from_the_cache() {
     let t = Instant::now();
     let m = common::build(&mut env, &opts);
     let first = t.elapsed();
-    eprintln!("first build: {:.2} s, manifest: {m:#?}", first.as_secs_f64());
+    eprintln!(
+        "first build: {:.2} s, manifest: {m:#?}",
+        first.as_secs_f64()
+    );
     assert!(m.kernel.is_file() && m.initrd.is_file() && m.rootfs.is_file());
-    assert!(m.kernel_version.ends_with("-cloud-amd64"), "{}", m.kernel_version);
+    assert!(
+        m.kernel_version.ends_with("-cloud-amd64"),
+        "{}",
+        m.kernel_version
+    );
     assert!(m.kernel_config.as_ref().is_some_and(|c| c.is_file()));
-    assert!(m.modules.contains(&"virtio_blk".to_owned()), "{:?}", m.modules);
-    let vmlinux = m.vmlinux.as_ref().expect("the cloud kernel has a PVH entry");
+    assert!(
+        m.modules.contains(&"virtio_blk".to_owned()),
+        "{:?}",
+        m.modules
+    );
+    let vmlinux = m
+        .vmlinux
+        .as_ref()
+        .expect("the cloud kernel has a PVH entry");
     let elf = std::fs::read(vmlinux).unwrap();
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(m.id.len(), 64);
@@ -31,7 +45,10 @@ fn minimal_builds_then_comes_from_the_cache() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("cove-init: ready"));
-    let label = std::process::Command::new("e2label").arg(&m.rootfs).output().unwrap();
+    let label = std::process::Command::new("e2label")
+        .arg(&m.rootfs)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "cove-root");
 
     // The initramfs lists modules in an order where dependencies come first.
@@ -41,7 +58,12 @@ fn minimal_builds_then_comes_from_the_cache() {
         .output()
         .unwrap();
     let order = String::from_utf8_lossy(&list.stdout).to_string();
-    let pos = |n: &str| order.lines().position(|l| l == n).unwrap_or_else(|| panic!("{n} missing in {order}"));
+    let pos = |n: &str| {
+        order
+            .lines()
+            .position(|l| l == n)
+            .unwrap_or_else(|| panic!("{n} missing in {order}"))
+    };
     assert!(pos("virtio") < pos("virtio_blk"));
     assert!(pos("virtio_ring") < pos("virtio_net"));
     assert!(pos("vsock") < pos("vmw_vsock_virtio_transport"));
@@ -56,14 +78,21 @@ fn minimal_builds_then_comes_from_the_cache() {
 
     // The store knows it by name and by id prefix; removal honours users.
     assert_eq!(cove_image::resolve(&env.store, "minimal").unwrap().id, m.id);
-    assert_eq!(cove_image::resolve(&env.store, &m.id[..12]).unwrap().id, m.id);
+    assert_eq!(
+        cove_image::resolve(&env.store, &m.id[..12]).unwrap().id,
+        m.id
+    );
     assert_eq!(cove_image::list(&env.store).unwrap().len(), 1);
-    let err = cove_image::remove(&env.paths, &mut env.store, "minimal", &["web".into()]).unwrap_err();
+    let err =
+        cove_image::remove(&env.paths, &mut env.store, "minimal", &["web".into()]).unwrap_err();
     assert!(matches!(err, ImageError::InUse { .. }), "{err}");
     assert!(m.rootfs.exists());
     cove_image::remove(&env.paths, &mut env.store, "minimal", &[]).unwrap();
     assert!(!m.rootfs.exists());
-    assert!(matches!(cove_image::resolve(&env.store, "minimal"), Err(ImageError::NotFound(_))));
+    assert!(matches!(
+        cove_image::resolve(&env.store, "minimal"),
+        Err(ImageError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -87,14 +116,25 @@ fn real_modules_are_ordered_after_their_dependencies() {
     let index = ModuleIndex::scan(&modules_dir).unwrap();
     assert!(index.len() > 1000, "only {} modules", index.len());
     assert!(index.is_builtin("ext4"));
-    let mods = index.resolve(&["virtio_pci", "vmw_vsock_virtio_transport", "virtio-rng", "ext4"]).unwrap();
+    let mods = index
+        .resolve(&[
+            "virtio_pci",
+            "vmw_vsock_virtio_transport",
+            "virtio-rng",
+            "ext4",
+        ])
+        .unwrap();
     let names: Vec<&str> = mods.iter().map(|m| m.name.as_str()).collect();
     eprintln!("load order: {names:?}");
     for (i, m) in mods.iter().enumerate() {
         for d in &m.depends {
             let j = names.iter().position(|n| n == d);
             // A dependency is either earlier in the list or built in.
-            assert!(j.is_some_and(|j| j < i) || index.is_builtin(d), "{} needs {d}: {names:?}", m.name);
+            assert!(
+                j.is_some_and(|j| j < i) || index.is_builtin(d),
+                "{} needs {d}: {names:?}",
+                m.name
+            );
         }
     }
     assert!(names.contains(&"virtio_pci_modern_dev"), "{names:?}");

@@ -1,0 +1,134 @@
+//! Boots the `minimal` image under QEMU (TCG, microvm) and waits for cove's
+//! init to say it is ready.
+
+mod common;
+
+use cove_image::{ImageManifest, MinimalOptions};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Boots `kernel` with the image's initrd and an overlay of its rootfs;
+/// returns the seconds until `cove-init: ready` and the console output.
+fn boot(env: &common::Env, m: &ImageManifest, kernel: &Path, tag: &str) -> (f64, String) {
+    let overlay = common::tmp_file(env, &format!("root-{tag}.qcow2"));
+    std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&m.rootfs)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let append = format!(
+        "console=ttyS0 reboot=t panic=-1 tsc=reliable tsc_early_khz={} {}",
+        common::tsc_khz(),
+        m.cmdline_extra.join(" ")
+    );
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,acpi=on",
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-m",
+            "256",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(&m.initrd)
+        .args(["-append", &append])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=root,format=qcow2",
+            overlay.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root,serial=cove-root"])
+        .args([
+            "-netdev",
+            "user,id=n",
+            "-device",
+            "virtio-net-device,netdev=n",
+        ])
+        .args(["-device", "virtio-rng-device"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64 is installed");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = String::new();
+    let mut ready = None;
+    while let Some(left) = BOOT_TIMEOUT.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok((t, line)) => {
+                console.push_str(&line);
+                console.push('\n');
+                if line.contains("cove-init: ready") {
+                    ready = Some(t.duration_since(start).as_secs_f64());
+                    break;
+                }
+                if line.contains("cove-init: FATAL") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    match ready {
+        Some(secs) => (secs, console),
+        None => panic!("the guest never said `cove-init: ready`; console:\n{console}"),
+    }
+}
+
+#[test]
+#[ignore = "boots a VM"]
+fn minimal_boots_to_ready() {
+    let mut env = common::env();
+    let m = common::build(&mut env, &MinimalOptions::default());
+    let (bz, console) = boot(&env, &m, &m.kernel, "bz");
+    eprintln!("bzImage: ready after {bz:.2} s");
+    for marker in [
+        "cove-init: loading modules",
+        "cove-init: mounting root",
+        "cove-init: starting agent",
+    ] {
+        assert!(
+            console.contains(marker),
+            "no `{marker}` in console:\n{console}"
+        );
+    }
+    assert!(
+        !console.contains("failed to load"),
+        "a module failed:\n{console}"
+    );
+    let vmlinux = m.vmlinux.as_ref().expect("vmlinux extracted");
+    let (elf, _) = boot(&env, &m, vmlinux, "elf");
+    eprintln!("vmlinux: ready after {elf:.2} s");
+}
