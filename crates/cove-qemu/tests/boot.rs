@@ -1,0 +1,196 @@
+//! Boots the Debian cloud kernel with a busybox initramfs through the real
+//! argv, QMP client and process hygiene, under whatever accelerator the
+//! probe picks (TCG on the build machines).
+//!
+//! `cargo test -p cove-qemu --test boot -- --include-ignored --test-threads=1`
+//! (one at a time, or the timings printed are of two guests sharing 2 cores).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cove_backend::{Backend, DataDisk, Machine, PortForward, VmSpec};
+use cove_qemu::{Qemu, QmpClient, RunState, accel, sockets, tsc};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use common::guest::{self, AGENT_HELLO, INIT_STARTED, READY};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Boot {
+    to_init: Duration,
+    to_ready: Duration,
+    console: String,
+}
+
+fn qemu_img(path: &Path) {
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn boot(machine: Machine, pvh: bool) -> Boot {
+    let assets = guest::assets();
+    // Sockets need a short path (108-byte limit), so not under target/.
+    let dir = tempfile::Builder::new()
+        .prefix("cq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = dir.path();
+    qemu_img(&d.join("root.qcow2"));
+    qemu_img(&d.join("data.qcow2"));
+    let paths = cove_state::Paths::under(&d.join("cove"));
+    let spec = VmSpec {
+        name: "boot-test".into(),
+        cpus: 1,
+        memory_mib: 256,
+        kernel: assets.bzimage.clone(),
+        vmlinux: pvh.then(|| assets.vmlinux.clone()),
+        initrd: Some(assets.initrd.clone()),
+        cmdline_extra: "quiet".into(),
+        root_disk: d.join("root.qcow2"),
+        data_disks: vec![DataDisk {
+            path: d.join("data.qcow2"),
+            serial: "cove-data1".into(),
+        }],
+        ports: vec![PortForward {
+            host_addr: "127.0.0.1".into(),
+            host_port: 0,
+            guest_port: 22,
+        }],
+        machine,
+        accel: accel::probe(&paths).accel,
+        qmp_socket: d.join("qmp.sock"),
+        console_socket: d.join("console.sock"),
+        agent_socket: d.join("agent.sock"),
+    };
+    let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths)).unwrap();
+    let mut cmd = qemu.command(&spec).unwrap();
+    cove_qemu::process::supervise(&mut cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("qemu.stderr")).unwrap());
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let alive = || {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid as i32, 0) == 0 }
+    };
+    let stderr = || std::fs::read_to_string(d.join("qemu.stderr")).unwrap_or_default();
+
+    let qmp_stream = sockets::connect_when_ready(&spec.qmp_socket, SOCKET_TIMEOUT, alive)
+        .await
+        .unwrap_or_else(|e| panic!("QMP socket: {e}\n{}", stderr()));
+    let qmp = QmpClient::from_stream(qmp_stream, &spec.qmp_socket)
+        .await
+        .unwrap();
+    let console = sockets::connect_when_ready(&spec.console_socket, SOCKET_TIMEOUT, alive)
+        .await
+        .unwrap();
+    let mut agent = sockets::connect_when_ready(&spec.agent_socket, SOCKET_TIMEOUT, alive)
+        .await
+        .unwrap();
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Prelaunch);
+
+    let start = Instant::now();
+    qmp.cont().await.unwrap();
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Running);
+
+    let mut lines = BufReader::new(console).lines();
+    let mut log = String::new();
+    let mut to_init = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let line = line.trim_end_matches('\r').to_owned();
+            if line.contains(INIT_STARTED) && to_init.is_none() {
+                to_init = Some(start.elapsed());
+            }
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains(READY) {
+                return true;
+            }
+        }
+        false
+    };
+    let ready = tokio::time::timeout(BOOT_TIMEOUT, read).await;
+    let to_ready = start.elapsed();
+    assert!(
+        matches!(ready, Ok(true)),
+        "no {READY} within {BOOT_TIMEOUT:?} ({machine}, pvh={pvh}); console:\n{log}\nstderr:\n{}",
+        stderr()
+    );
+
+    // The guest found its port by name and wrote to it.
+    let mut hello = vec![0; AGENT_HELLO.len()];
+    tokio::time::timeout(SOCKET_TIMEOUT, agent.read_exact(&mut hello))
+        .await
+        .expect("agent port answers")
+        .unwrap();
+    assert_eq!(hello, AGENT_HELLO.as_bytes());
+
+    qmp.quit().await.unwrap();
+    let status = tokio::time::timeout(SOCKET_TIMEOUT, child.wait())
+        .await
+        .expect("QEMU exits after quit")
+        .unwrap();
+    assert!(status.success(), "QEMU exited with {status}\n{}", stderr());
+    Boot {
+        to_init: to_init.expect("init started before it was ready"),
+        to_ready,
+        console: log,
+    }
+}
+
+fn check_contract(boot: &Boot) {
+    let c = &boot.console;
+    assert!(c.contains(" cove-root\n"), "root disk serial:\n{c}");
+    assert!(c.contains(" cove-data1\n"), "data disk serial:\n{c}");
+    assert!(c.contains("COVE-PORT org.cove.agent"), "agent port:\n{c}");
+    // Root first, then data disks: the first virtio-blk is vda.
+}
+
+async fn boot_and_report(machine: Machine, pvh: bool) {
+    let b = boot(machine, pvh).await;
+    eprintln!(
+        "BOOT {machine} {}: /init after {:.2?}, ready after {:.2?}",
+        if pvh { "vmlinux(PVH)" } else { "bzImage" },
+        b.to_init,
+        b.to_ready
+    );
+    check_contract(&b);
+}
+
+#[tokio::test]
+#[ignore = "boots a VM; downloads packages"]
+async fn boots_microvm_bzimage() {
+    boot_and_report(Machine::Microvm, false).await;
+}
+
+#[tokio::test]
+#[ignore = "boots a VM; downloads packages"]
+async fn boots_microvm_vmlinux_pvh() {
+    boot_and_report(Machine::Microvm, true).await;
+}
+
+#[tokio::test]
+#[ignore = "boots a VM; downloads packages"]
+async fn boots_q35_bzimage() {
+    boot_and_report(Machine::Q35, false).await;
+}
+
+#[tokio::test]
+#[ignore = "boots a VM; downloads packages"]
+async fn boots_q35_vmlinux_pvh() {
+    boot_and_report(Machine::Q35, true).await;
+}
