@@ -1,14 +1,209 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The harness for cove's end-to-end tests (in `tests/`, one file per area).
+//!
+//! Each test gets a [`Cove`]: its own state and runtime directories, so
+//! tests run in parallel without seeing each other's VMs, and a shared
+//! cache and data directory, so the minimal image is built once per
+//! machine (cove's cache is content-addressed, and safe to share).
+//!
+//! VM-booting tests are `#[ignore]`d so a plain `cargo test` never boots a
+//! guest; `scripts/test` runs them with `--include-ignored`. A failed test
+//! prints the VM's console log: the evidence is what matters.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cove` binary under test: `$COVE_BIN`, else the workspace's build.
+pub fn cove_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("COVE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = target_dir();
+    for profile in ["release", "debug"] {
+        let candidate = target.join(profile).join("cove");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("no cove binary: run `scripts/build` (or set COVE_BIN) before the e2e tests");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    // The test binary lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .nth(3)
+        .expect("test binary inside a target dir")
+        .to_path_buf()
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Where images and downloads are shared between tests of one machine.
+fn shared_dir() -> PathBuf {
+    std::env::var_os("COVE_E2E_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("e2e-shared"))
+}
+
+/// An isolated cove installation.
+pub struct Cove {
+    root: tempfile::TempDir,
+}
+
+impl Default for Cove {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cove {
+    pub fn new() -> Self {
+        // Short paths: unix socket paths must stay under 108 bytes.
+        let root = tempfile::Builder::new()
+            .prefix("cove-e2e.")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn command(&self) -> Command {
+        let shared = shared_dir();
+        let mut cmd = Command::new(cove_bin());
+        cmd.env("XDG_STATE_HOME", self.root.path().join("state"))
+            .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
+            .env("XDG_CACHE_HOME", shared.join("cache"))
+            .env("XDG_DATA_HOME", shared.join("data"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs cove with `args`, returning its output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running cove")
+    }
+
+    /// Runs cove and requires success, printing everything otherwise.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if !out.status.success() {
+            self.dump_consoles();
+            panic!(
+                "`cove {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs cove and requires failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`cove {}` should have failed but succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).expect("cove printed JSON")
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.json(&["show", name])["state"]
+            .as_str()
+            .expect("state is a string")
+            .to_owned()
+    }
+
+    /// Builds (or finds in the shared cache) the minimal image.
+    pub fn minimal_image(&self) {
+        self.ok(&["image", "build", "minimal"]);
+    }
+
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.root.path().join("state/cove/vms").join(name)
+    }
+
+    pub fn console_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.vm_dir(name).join("console.log")).unwrap_or_default()
+    }
+
+    /// Prints every VM's console log: called when a test fails.
+    pub fn dump_consoles(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.path().join("state/cove/vms")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            for file in ["console.log", "supervisor.log", "qemu.log"] {
+                let text = std::fs::read_to_string(entry.path().join(file)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("----- {} {file} (last 40 lines) -----", entry.file_name().to_string_lossy());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Waits for a condition, failing the test with `what` after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            if Instant::now() > deadline {
+                self.dump_consoles();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of processes of this installation: QEMU (its command line names
+    /// our sockets) and supervisors (their environment names our state dir).
+    pub fn processes(&self) -> Vec<u32> {
+        let needle = self.root.path().to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let mentions = |file: &str| {
+                let bytes = std::fs::read(entry.path().join(file)).unwrap_or_default();
+                String::from_utf8_lossy(&bytes).contains(&needle)
+            };
+            if pid != std::process::id() && (mentions("cmdline") || mentions("environ")) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Cove {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_consoles();
+        }
+        // Never leave a guest running behind a test, pass or fail.
+        for pid in self.processes() {
+            // SAFETY: kill has no memory effects; these pids belong to this test's VMs.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
     }
 }

@@ -248,7 +248,7 @@ fn spawn_supervisor(
     paths: &Paths,
     name: &str,
     opts: &StartOptions,
-    lock: &nix::fcntl::Flock<std::fs::File>,
+    lock: &std::fs::File,
 ) -> Result<u32, LifecycleError> {
     let vm = paths.vm(name);
     let log = std::fs::OpenOptions::new()

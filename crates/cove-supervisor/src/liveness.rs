@@ -5,24 +5,31 @@
 //! crash and is released by the kernel when the holder dies, so testing it
 //! is immune to pid reuse and needs no cooperation from the process.
 
-use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::{FlockOperation, flock};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
 /// Opens (creating) a lock file and takes the lock without waiting.
 /// `Ok(None)` means somebody else holds it.
-pub fn try_lock(path: &Path) -> io::Result<Option<Flock<File>>> {
+///
+/// The lock belongs to the open file description: it is held for as long
+/// as any descriptor of it is open (in this process or a child that
+/// inherited it) and released when the last one closes. Dropping the
+/// returned file only closes this process's descriptor; it never unlocks
+/// on behalf of a child, which is how `cove start` hands the lock to the
+/// supervisor it spawns.
+pub fn try_lock(path: &Path) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(path)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(io::Error::from(e)),
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 

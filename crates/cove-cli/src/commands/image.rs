@@ -1,14 +1,251 @@
-//! `cove image`: not built yet (placeholder so the verb list is complete).
+//! `cove image build|list|rm`.
 
 use crate::context::Ctx;
+use crate::output;
+use anyhow::{Context, Result, bail};
+use cove_image::{ImageManifest, MinimalOptions, Progress};
+use cove_state::Store;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    #[command(subcommand)]
+    pub command: ImageCommand,
 }
 
-pub fn run(_ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cove image` is not available in this build yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Build an image: `minimal` (built in) or a spec file (`image.toml`).
+    Build(BuildArgs),
+    /// List built images.
+    #[command(alias = "ls")]
+    List,
+    /// Remove an image (refused while a VM uses it).
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// `minimal`, or the path of an image spec (TOML).
+    pub what: String,
+    /// Tag for the image (default: `minimal`, or the spec's `name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Kernel: an apt package name, a `.deb`, or a bzImage path.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// The static `cove-agent` to install (default: the one built beside `cove`).
+    #[arg(long, env = "COVE_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Build without the agent (no `exec`, readiness by console marker only).
+    #[arg(long, conflicts_with = "agent")]
+    pub no_agent: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    match args.command {
+        ImageCommand::Build(b) => build(ctx, b),
+        ImageCommand::List => list(ctx),
+        ImageCommand::Rm { name } => remove(ctx, &name),
+    }
+}
+
+fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
+    let mut store = Store::open(&ctx.paths)?;
+    let agent = if args.no_agent {
+        None
+    } else {
+        Some(match args.agent {
+            Some(path) => path,
+            None => locate_agent()?,
+        })
+    };
+    let progress = BuildProgress::new(ctx.json);
+    let manifest = if args.what == "minimal" {
+        let mut opts = MinimalOptions {
+            agent,
+            ..MinimalOptions::default()
+        };
+        if let Some(name) = args.name {
+            opts.name = name;
+        }
+        if let Some(kernel) = &args.kernel {
+            opts.kernel = cove_image::kernel_source_from_arg(kernel);
+        }
+        cove_image::build_minimal(&ctx.paths, &mut store, &opts, &progress)
+    } else {
+        let path = Path::new(&args.what);
+        if !path.exists() {
+            bail!(
+                "`{}` is neither `minimal` nor an image spec file; see examples/ for specs",
+                args.what
+            );
+        }
+        build_spec(ctx, &mut store, path, args.name, agent, &progress)
+    };
+    progress.finish();
+    let manifest = manifest?;
+    if ctx.json {
+        output::print_json(&manifest)?;
+    } else {
+        println!(
+            "image {} ({}) ready in {:.1}s: kernel {}, {} modules, agent {}",
+            manifest.name,
+            &manifest.id[..12],
+            manifest.build_seconds,
+            manifest.kernel_version,
+            manifest.modules.len(),
+            if manifest.agent { "included" } else { "absent" },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_spec(
+    _ctx: &Ctx,
+    _store: &mut Store,
+    path: &Path,
+    _name: Option<String>,
+    _agent: Option<PathBuf>,
+    _progress: &BuildProgress,
+) -> cove_image::Result<ImageManifest> {
+    Err(cove_image::ImageError::Spec {
+        path: path.to_owned(),
+        reason: "image specs are not supported by this build yet".into(),
+    })
+}
+
+/// The static agent built by `scripts/build`, found relative to this binary
+/// (`target/release/cove` → `target/x86_64-unknown-linux-gnu/release/cove-agent`)
+/// or installed beside it.
+fn locate_agent() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the cove binary")?;
+    let dir = exe.parent().context("cove binary has no directory")?;
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let mut candidates = vec![
+        dir.join("cove-agent-static"),
+        dir.join("../lib/cove/cove-agent"),
+    ];
+    if let Some(target) = dir.parent() {
+        candidates.push(target.join("x86_64-unknown-linux-gnu").join(profile).join("cove-agent"));
+        candidates.push(target.join("x86_64-unknown-linux-musl").join(profile).join("cove-agent"));
+    }
+    candidates.push(PathBuf::from("/usr/lib/cove/cove-agent"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no static cove-agent found (looked in {}); build it with `scripts/build`, \
+                 pass --agent PATH, or --no-agent",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+fn list(ctx: &Ctx) -> Result<ExitCode> {
+    let store = Store::open(&ctx.paths)?;
+    let images = cove_image::list(&store)?;
+    if ctx.json {
+        output::print_json(&images)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if images.is_empty() {
+        println!("no images; build one with `cove image build minimal`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.id[..12].to_owned(),
+                m.base.clone(),
+                m.kernel_version.clone(),
+                output::mib(m.sizes.rootfs / (1024 * 1024)),
+                if m.agent { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    output::print_table(&["NAME", "ID", "BASE", "KERNEL", "ROOTFS", "AGENT"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove(ctx: &Ctx, name: &str) -> Result<ExitCode> {
+    let mut store = Store::open(&ctx.paths)?;
+    let image = cove_image::resolve(&store, name)?;
+    let used_by: Vec<String> = store
+        .list_vms()?
+        .into_iter()
+        .filter(|vm| vm.image_id == image.id)
+        .map(|vm| vm.name.to_string())
+        .collect();
+    let removed = cove_image::remove(&ctx.paths, &mut store, &image.id, &used_by)?;
+    if ctx.json {
+        output::print_json(&removed)?;
+    } else {
+        println!("removed image {} ({})", removed.name, &removed.id[..12]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows build stages as a spinner on a terminal, nothing with `--json`.
+pub struct BuildProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl BuildProgress {
+    pub fn new(quiet: bool) -> Self {
+        let bar = (!quiet).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self { bar }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for BuildProgress {
+    fn stage_started(&self, stage: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(stage.to_owned());
+        }
+    }
+    fn stage_finished(&self, stage: &str, elapsed: Duration) {
+        if let Some(bar) = &self.bar {
+            bar.println(format!("  {stage} ({:.1}s)", elapsed.as_secs_f64()));
+        }
+    }
+    fn bytes(&self, stage: &str, done: u64, total: Option<u64>) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(match total {
+                Some(t) => format!("{stage}: {} / {} KiB", done / 1024, t / 1024),
+                None => format!("{stage}: {} KiB", done / 1024),
+            });
+        }
+    }
+    fn message(&self, line: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(line.to_owned());
+        }
+    }
 }

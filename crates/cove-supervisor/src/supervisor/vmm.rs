@@ -35,7 +35,7 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
         kernel: image.kernel.clone(),
         vmlinux: image.vmlinux.clone(),
         initrd: Some(image.initrd.clone()),
-        cmdline_extra: image.cmdline_extra.clone(),
+        cmdline_extra: image.cmdline_extra.join(" "),
         root_disk: vm.root_disk(),
         data_disks: record
             .data_disks

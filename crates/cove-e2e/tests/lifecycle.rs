@@ -1,0 +1,132 @@
+//! Boot and manage microVMs for real: the foundation's guarantees.
+
+use cove_e2e::Cove;
+use std::time::Duration;
+
+#[test]
+#[ignore = "boots VMs"]
+fn create_start_stop_start_boots_twice_and_stays_running() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "web", "--image", "minimal"]);
+    assert_eq!(cove.state("web"), "created");
+    cove.ok(&["start", "web"]);
+    assert_eq!(cove.state("web"), "running");
+    cove.ok(&["stop", "web"]);
+    assert_eq!(cove.state("web"), "stopped");
+    cove.ok(&["start", "web"]);
+    assert!(cove.console_log("web").contains("cove-init: ready"), "second boot reached ready");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(cove.state("web"), "running", "still running 5 s later");
+    let show = cove.json(&["show", "web"]);
+    for key in ["name", "state", "pid", "cpus", "memory", "image", "accel"] {
+        assert!(show.get(key).is_some(), "show --json lacks {key}: {show}");
+    }
+    assert_eq!(show["accel"], "tcg", "this host's KVM makes no progress");
+    cove.ok(&["delete", "--force", "web"]);
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn killing_the_cli_mid_command_never_kills_the_vm() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "vm", "--image", "minimal"]);
+    cove.ok(&["start", "vm"]);
+    // `logs -f` runs until the VM stops: kill it in the middle.
+    let mut follower = cove
+        .command()
+        .args(["logs", "-f", "vm"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    // And `start` of the running VM killed while it talks to the supervisor.
+    let mut starter = cove.command().args(["start", "vm"]).spawn().unwrap();
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+    let pid = cove.json(&["show", "vm"])["pid"].as_u64().expect("pid");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cove.state("vm"), "running");
+    assert_eq!(cove.json(&["show", "vm"])["pid"].as_u64(), Some(pid), "same VMM, never restarted");
+    cove.ok(&["delete", "--force", "vm"]);
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn qemu_killed_shows_crashed_at_once() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "c", "--image", "minimal"]);
+    cove.ok(&["start", "c"]);
+    let pid = cove.json(&["show", "c"])["pid"].as_u64().expect("a running VM has a pid");
+    // SAFETY: kill has no memory effects; pid is this test's QEMU.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    // No waiting: the very next read must tell the truth.
+    let show = cove.json(&["show", "c"]);
+    assert_eq!(show["state"], "crashed", "{show}");
+    cove.wait_for("the supervisor to record the exit", Duration::from_secs(10), || {
+        cove.json(&["show", "c"])["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("signal 9"))
+    });
+    cove.ok(&["delete", "c"]);
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn two_creates_of_one_name_exactly_one_wins() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    let spawn = || {
+        cove.command()
+            .args(["create", "twin", "--image", "minimal"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(
+        [a.status.success(), b.status.success()].iter().filter(|s| **s).count(),
+        1,
+        "exactly one create succeeds"
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    let err = String::from_utf8_lossy(&loser.stderr);
+    assert!(err.contains("already exists"), "the loser says why: {err}");
+    let staging = cove.root().join("state/cove/staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0, "no half VM left");
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn delete_leaves_no_files_and_no_processes() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "gone", "--image", "minimal"]);
+    cove.ok(&["start", "gone"]);
+    let err = cove.fails(&["delete", "gone"]);
+    assert!(err.contains("--force"), "refuses a running VM and says how: {err}");
+    cove.ok(&["delete", "--force", "gone"]);
+    assert!(!cove.vm_dir("gone").exists());
+    assert!(!cove.root().join("run/cove/gone").exists());
+    cove.wait_for("every process to exit", Duration::from_secs(5), || {
+        cove.processes().is_empty()
+    });
+    let err = cove.fails(&["show", "gone"]);
+    assert!(err.contains("no VM named"), "{err}");
+}
+
+#[test]
+fn bad_names_are_refused_with_the_reason() {
+    let cove = Cove::new();
+    for (name, says) in [("../x", "may only contain"), ("", "empty"), (&"a".repeat(60), "longer")] {
+        let err = cove.fails(&["create", name]);
+        assert!(err.contains(says), "`{name}`: {err}");
+    }
+}
