@@ -19,7 +19,9 @@ pub use initramfs::{InitramfsModules, ModuleInfo};
 pub use merge::{
     BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, merge, merge_files, verify,
 };
-pub use profile::{BUILTIN_PROFILES, Profile, Requirement, builtin_profile, parse_profiles};
+pub use profile::{
+    BUILTIN_PROFILES, Profile, Requirement, builtin_profile, parse_profiles, resolve_profiles,
+};
 
 use std::path::PathBuf;
 

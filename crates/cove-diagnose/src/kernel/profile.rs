@@ -227,6 +227,44 @@ pub fn builtin_profile(name: &str) -> Option<Profile> {
     })
 }
 
+/// Resolve profile names against the built-in profiles and, first, the user's profile file
+/// (a user profile with a built-in's name replaces it).
+pub fn resolve_profiles(
+    names: &[String],
+    user_file: Option<&std::path::Path>,
+) -> Result<Vec<Profile>, KernelError> {
+    let user = match user_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| KernelError::Io {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            parse_profiles(&text)?
+        }
+        None => Vec::new(),
+    };
+    // No names: every user profile if a file was given, else the boot essentials.
+    if names.is_empty() {
+        if !user.is_empty() {
+            return Ok(user);
+        }
+        return Ok(["virtio", "agent-serial"]
+            .iter()
+            .filter_map(|n| builtin_profile(n))
+            .collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            user.iter()
+                .find(|p| p.name == *n)
+                .cloned()
+                .or_else(|| builtin_profile(n))
+                .ok_or_else(|| KernelError::UnknownProfile(n.clone()))
+        })
+        .collect()
+}
+
 /// The module an option builds, for options the built-in profiles name (`=m` checks).
 pub fn module_for_option(option: &str) -> Option<&'static str> {
     Some(match bare_name(option) {
@@ -311,5 +349,26 @@ mod tests {
         ));
         let typo = "[[profile]]\nname = \"x\"\n[[profile.require]]\nopton = \"TUN\"\nwhy = \"w\"\n";
         assert!(parse_profiles(typo).is_err());
+    }
+
+    #[test]
+    fn profiles_resolve_user_first_then_builtin() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("profiles.toml");
+        std::fs::write(
+            &file,
+            "[[profile]]\nname = \"postgres\"\n[[profile.require]]\noption = \"SHMEM\"\nwhy = \"mine\"\n",
+        )
+        .unwrap();
+        let names = vec!["postgres".to_string(), "tailscale".to_string()];
+        let ps = resolve_profiles(&names, Some(&file)).unwrap();
+        assert_eq!(ps[0].requires[0].alternatives(), vec!["SHMEM"]);
+        assert_eq!(ps[1], builtin_profile("tailscale").unwrap());
+        let defaults = resolve_profiles(&[], None).unwrap();
+        assert_eq!(defaults.len(), 2);
+        assert!(matches!(
+            resolve_profiles(&["nope".to_string()], None),
+            Err(KernelError::UnknownProfile(_))
+        ));
     }
 }
