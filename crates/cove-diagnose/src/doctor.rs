@@ -268,9 +268,13 @@ pub fn kvm(fact: Option<&KvmFact>) -> Check {
         Some(k) => Check::new(
             name,
             Level::Warn,
-            format!("{}; VMs run under TCG (much slower)", k.reason),
+            if k.reason.contains("TCG") {
+                k.reason.clone()
+            } else {
+                format!("{}; VMs run under TCG (much slower)", k.reason)
+            },
             Some(if Path::new("/dev/kvm").exists() {
-                "check that hardware virtualisation is enabled (nested virtualisation on a cloud VM) and that you are in the kvm group: sudo usermod -aG kvm $USER"
+                "VMs still run under TCG; for KVM, enable (nested) hardware virtualisation for this machine, and if /dev/kvm is not accessible: sudo usermod -aG kvm $USER"
             } else {
                 "enable virtualisation in the firmware and load the module: sudo modprobe kvm_intel (or kvm_amd)"
             }),

@@ -1,14 +1,46 @@
-//! `cove doctor`: not built yet (placeholder so the verb list is complete).
+//! `cove doctor`: can this host run cove's VMs, and how to fix what is missing.
 
 use crate::context::Ctx;
+use crate::output;
+use anyhow::Result;
+use cove_backend::Accel;
+use cove_diagnose::doctor::{self, HostFacts, KvmFact, Level};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// Use the KVM probe result cached for this boot instead of probing again.
+    #[arg(long)]
+    pub cached: bool,
 }
 
-pub fn run(_ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cove doctor` is not available in this build yet")
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    // The probe runs a vCPU in a child process (cove-qemu); doctor only reports it.
+    let choice = if args.cached {
+        cove_qemu::accel::probe(&ctx.paths)
+    } else {
+        match std::env::current_exe() {
+            Ok(exe) => cove_qemu::accel::probe_uncached(&exe),
+            Err(_) => cove_qemu::accel::probe(&ctx.paths),
+        }
+    };
+    let facts = HostFacts {
+        kvm: Some(KvmFact {
+            usable: choice.accel == Accel::Kvm,
+            reason: choice.reason,
+        }),
+        state_dir: ctx.paths.state.clone(),
+        cache_dir: ctx.paths.cache.clone(),
+    };
+    let report = doctor::doctor(&facts);
+    if ctx.json {
+        output::print_json(&report)?;
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.worst() == Level::Fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

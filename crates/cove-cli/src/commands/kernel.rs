@@ -1,14 +1,340 @@
-//! `cove kernel`: not built yet (placeholder so the verb list is complete).
+//! `cove kernel check|config|vmlinux|explain|profiles|merge|verify|build`.
 
 use crate::context::Ctx;
+use crate::output;
+use anyhow::{Context, Result, bail};
+use cove_diagnose::kernel::{self, KernelConfig};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    #[command(subcommand)]
+    pub command: KernelCommand,
 }
 
-pub fn run(_ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cove kernel` is not available in this build yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum KernelCommand {
+    /// Check a kernel (bzImage, vmlinux, Image[.gz]) or config file against requirement
+    /// profiles; exits 1 when a requirement fails.
+    Check(CheckArgs),
+    /// Print the configuration embedded in a kernel image (IKCONFIG).
+    Config {
+        /// bzImage, vmlinux, Image or Image.gz (or a config file, printed as parsed).
+        kernel: PathBuf,
+    },
+    /// Write the uncompressed ELF vmlinux from a bzImage (for PVH boot).
+    Vmlinux {
+        bzimage: PathBuf,
+        /// Output file.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+    /// Name the kernel option behind a syscall: `shmget`, `ENOSYS shmget`, or a log line.
+    Explain {
+        #[arg(required = true, num_args = 1..)]
+        query: Vec<String>,
+    },
+    /// List the built-in requirement profiles (and those of a profile file).
+    Profiles {
+        /// A TOML profile file (format: `[[profile]] name=…, [[profile.require]] option|any_of, why, builtin`).
+        #[arg(long)]
+        profiles_file: Option<PathBuf>,
+    },
+    /// Merge config fragments over a base config like scripts/kconfig/merge_config.sh
+    /// (later wins) and report every override.
+    Merge {
+        base: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        fragments: Vec<PathBuf>,
+        /// Write the merged config here (default: stdout).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// List every value the fragments requested that the resulting config (after
+    /// `make olddefconfig`) does not have; exits 1 if any was lost.
+    Verify {
+        /// The resulting `.config`.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        fragments: Vec<PathBuf>,
+    },
+    /// Merge fragments, `make olddefconfig`, verify, then `make -jN bzImage modules`.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Kernel image or config file (a `vmlinuz-<ver>` without IKCONFIG uses the
+    /// `config-<ver>` beside it).
+    pub kernel: PathBuf,
+    /// Profiles to check (repeatable): virtio, agent-serial, agent-vsock, net, postgres,
+    /// tailscale, microvm, pvh, or one from --profiles-file. Default: virtio, agent-serial.
+    #[arg(long = "profile", short = 'p')]
+    pub profiles: Vec<String>,
+    #[arg(long)]
+    pub profiles_file: Option<PathBuf>,
+    /// The initramfs: `=m` options count only when their modules (and dependencies) are in it.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Print the fragment that fixes every failure (and nothing else).
+    #[arg(long)]
+    pub fragment: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Kernel source tree.
+    #[arg(long)]
+    pub src: PathBuf,
+    /// Base config (default: `make defconfig`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Config fragments, applied in order (repeatable).
+    #[arg(long = "fragment", short = 'f')]
+    pub fragments: Vec<PathBuf>,
+    /// Output directory (`O=`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Build even if olddefconfig dropped requested values.
+    #[arg(long)]
+    pub allow_lost: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    match args.command {
+        KernelCommand::Check(a) => check(ctx, a),
+        KernelCommand::Config { kernel } => config(&kernel),
+        KernelCommand::Vmlinux { bzimage, output } => vmlinux(ctx, &bzimage, &output),
+        KernelCommand::Explain { query } => explain(ctx, &query.join(" ")),
+        KernelCommand::Profiles { profiles_file } => profiles(ctx, profiles_file.as_deref()),
+        KernelCommand::Merge {
+            base,
+            fragments,
+            output,
+        } => merge(ctx, &base, &fragments, output.as_deref()),
+        KernelCommand::Verify { config, fragments } => verify(ctx, &config, &fragments),
+        KernelCommand::Build(a) => build(ctx, a),
+    }
+}
+
+fn check(ctx: &Ctx, args: CheckArgs) -> Result<ExitCode> {
+    let profiles = kernel::resolve_profiles(&args.profiles, args.profiles_file.as_deref())?;
+    let (config, source) = kernel::load_config(&args.kernel)?;
+    let initramfs = args
+        .initramfs
+        .as_deref()
+        .map(kernel::InitramfsModules::read)
+        .transpose()?;
+    let mut report = kernel::check(&config, &profiles, initramfs.as_ref());
+    report.source = Some(source);
+    if ctx.json {
+        output::print_json(&report)?;
+    } else if args.fragment {
+        print!("{}", report.fragment());
+    } else {
+        match &report.source {
+            Some(kernel::ConfigSource::Embedded {
+                path,
+                image,
+                elapsed_ms,
+            }) => println!(
+                "config: embedded in {} ({image:?}, read in {elapsed_ms:.0} ms)",
+                path.display()
+            ),
+            Some(kernel::ConfigSource::File { path }) => {
+                println!("config: {}", path.display())
+            }
+            None => {}
+        }
+        println!("{report}");
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn config(path: &Path) -> Result<ExitCode> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match kernel::extract_ikconfig(&data) {
+        Ok(embedded) => print!("{}", embedded.text),
+        Err(kernel::KernelError::NoIkconfig) => {
+            // A config file, or a distribution kernel with its config beside it.
+            let (cfg, _) = kernel::load_config(path)?;
+            print!("{}", cfg.to_text());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vmlinux(ctx: &Ctx, bzimage: &Path, output_path: &Path) -> Result<ExitCode> {
+    let data = std::fs::read(bzimage).with_context(|| format!("reading {}", bzimage.display()))?;
+    let started = std::time::Instant::now();
+    let (compression, elf) = kernel::decompress_bzimage(&data)?;
+    if !elf.starts_with(b"\x7fELF") {
+        bail!(kernel::KernelError::NotElf);
+    }
+    std::fs::write(output_path, &elf)
+        .with_context(|| format!("writing {}", output_path.display()))?;
+    if ctx.json {
+        output::print_json(&serde_json::json!({
+            "output": output_path,
+            "compression": compression,
+            "bytes": elf.len(),
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        }))?;
+    } else {
+        println!(
+            "{}: {} bytes ({compression} payload, {:.0} ms)",
+            output_path.display(),
+            elf.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(ctx: &Ctx, query: &str) -> Result<ExitCode> {
+    let Some(ex) = kernel::explain(query) else {
+        bail!(
+            "no kernel option is known to provide a syscall in `{query}`; name the syscall (e.g. `cove kernel explain shmget`)"
+        );
+    };
+    if ctx.json {
+        output::print_json(&ex)?;
+    } else {
+        println!("{} ({}) needs:", ex.syscall, ex.feature);
+        for line in ex.fragment() {
+            println!("  {line}");
+        }
+        if !ex.note.is_empty() {
+            println!("note: {}", ex.note);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn profiles(ctx: &Ctx, file: Option<&Path>) -> Result<ExitCode> {
+    let mut all: Vec<kernel::Profile> = kernel::BUILTIN_PROFILES
+        .iter()
+        .filter_map(|n| kernel::builtin_profile(n))
+        .collect();
+    if let Some(f) = file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        all.extend(kernel::parse_profiles(&text)?);
+    }
+    if ctx.json {
+        return output::print_json(&all).map(|_| ExitCode::SUCCESS);
+    }
+    for p in &all {
+        println!("{}: {}", p.name, p.description);
+        for r in &p.requires {
+            let opts = r.alternatives().join(" | ");
+            let builtin = if r.builtin { " (=y)" } else { "" };
+            println!("  {opts}{builtin}: {}", r.why);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(ctx: &Ctx, base: &Path, fragments: &[PathBuf], out: Option<&Path>) -> Result<ExitCode> {
+    let merged = kernel::merge_files(base, fragments)?;
+    if let Some(out) = out {
+        std::fs::write(out, merged.config.to_text())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if ctx.json {
+        output::print_json(&serde_json::json!({
+            "overrides": merged.overrides,
+            "redundant": merged.redundant,
+            "requested": merged.requested.options.len(),
+        }))?;
+    } else {
+        for o in &merged.overrides {
+            eprintln!(
+                "override: CONFIG_{} {} ({}) -> {} ({})",
+                o.option, o.previous, o.previous_from, o.new, o.fragment
+            );
+        }
+        if out.is_none() {
+            print!("{}", merged.config.to_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(ctx: &Ctx, config: &Path, fragments: &[PathBuf]) -> Result<ExitCode> {
+    let mut requested = KernelConfig::default();
+    for f in fragments {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        requested.options.extend(KernelConfig::parse(&text).options);
+    }
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let lost = kernel::verify(&requested, &KernelConfig::parse(&text));
+    if ctx.json {
+        output::print_json(&lost)?;
+    } else if lost.is_empty() {
+        println!(
+            "all {} requested values are in {}",
+            requested.options.len(),
+            config.display()
+        );
+    } else {
+        for l in &lost {
+            println!("LOST {l}");
+        }
+    }
+    Ok(if lost.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn build(ctx: &Ctx, a: BuildArgs) -> Result<ExitCode> {
+    let spec = kernel::BuildSpec {
+        src: a.src,
+        base: a.base,
+        fragments: a.fragments,
+        out: a.out,
+        jobs: a.jobs,
+        targets: Vec::new(),
+        allow_lost: a.allow_lost,
+    };
+    if !ctx.json {
+        eprintln!(
+            "building the kernel in {} (log: {}/cove-build.log)",
+            spec.out.display(),
+            spec.out.display()
+        );
+    }
+    let report = kernel::build(&spec)?;
+    if ctx.json {
+        output::print_json(&report)?;
+    } else {
+        for o in &report.overrides {
+            println!(
+                "override: CONFIG_{} {} -> {} ({})",
+                o.option, o.previous, o.new, o.fragment
+            );
+        }
+        for l in &report.lost {
+            println!("LOST {l}");
+        }
+        println!(
+            "built in {:.0} s; config {}",
+            report.elapsed.as_secs_f64(),
+            report.config.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -234,7 +234,7 @@ impl fmt::Display for OptionState {
                 )
             }
             OptionState::ModuleNotAllowed => f.write_str("=m but must be built in (=y)"),
-            OptionState::NotSet => f.write_str("is not set"),
+            OptionState::NotSet => f.write_str(" is not set"),
             OptionState::Other { value } => write!(f, "={value}"),
         }
     }
@@ -252,7 +252,7 @@ impl fmt::Display for CheckReport {
             let opts: Vec<String> = p
                 .states
                 .iter()
-                .map(|(o, s)| format!("CONFIG_{o} {s}"))
+                .map(|(o, s)| format!("CONFIG_{o}{s}"))
                 .collect();
             writeln!(f, "{tag} [{}] {}", p.profile, opts.join("; "))?;
             writeln!(f, "     needed because: {}", p.why)?;
