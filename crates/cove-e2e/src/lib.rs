@@ -14,26 +14,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `cove` binary under test: `$COVE_BIN`, else the workspace's build.
+/// The `cove` binary under test: `$COVE_BIN`, else the one of the same
+/// build profile as this test (`<target>/<profile>/deps/test` → `<target>/<profile>/cove`).
 pub fn cove_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("COVE_BIN") {
         return PathBuf::from(bin);
     }
-    let target = target_dir();
-    for profile in ["release", "debug"] {
-        let candidate = target.join(profile).join("cove");
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("no cove binary: run `scripts/build` (or set COVE_BIN) before the e2e tests");
+    let exe = std::env::current_exe().expect("test binary path");
+    let candidate = exe
+        .ancestors()
+        .nth(2)
+        .expect("test binary inside a target dir")
+        .join("cove");
+    assert!(
+        candidate.exists(),
+        "no cove binary at {}: run `scripts/test` (or `cargo build`) first, or set COVE_BIN",
+        candidate.display()
+    );
+    candidate
 }
 
 fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
-    // The test binary lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("test binary path");
     exe.ancestors()
         .nth(3)

@@ -126,9 +126,13 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         Err(e) => {
             let _ = child.start_kill();
             let status = child.wait().await.ok();
+            // QEMU says why it refused to run (a locked disk, a bad option)
+            // in its own log: that line is the cause, so quote it.
+            let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
             return Err(SuperviseError::Boot(format!(
-                "{e}{}",
-                status.map(|s| format!(" (QEMU {})", vmm::describe_exit(&s))).unwrap_or_default()
+                "{e}{}{}",
+                status.map(|s| format!(" (QEMU {})", vmm::describe_exit(&s))).unwrap_or_default(),
+                if said.is_empty() { String::new() } else { format!("; QEMU said: {said}") }
             )));
         }
     };
