@@ -7,6 +7,9 @@
 //!
 //! Builders:
 //! - [`build_minimal`]: busybox root filesystem, Debian's cloud kernel.
+//! - [`build_image`]: from an [`ImageSpec`] (TOML): a Debian base made with
+//!   mmdebstrap (cached by suite, packages and mirror), or a directory or
+//!   tarball; plus files, build-time commands (chroot) and services.
 //!
 //! Every build first computes the image id from the spec and the hashes of
 //! its inputs; an image with that id already in `Paths::images()` is
@@ -16,7 +19,9 @@
 mod apt;
 mod archive;
 mod assemble;
+mod build;
 mod cache;
+mod debian;
 mod error;
 mod ext4;
 mod initramfs;
@@ -26,9 +31,11 @@ mod manifest;
 mod minimal;
 mod progress;
 mod rootfs;
+pub mod spec;
 mod util;
 pub mod vmlinux;
 
+pub use build::{BuildOptions, build_image};
 pub use cache::{image_dir, list, remove, resolve};
 pub use error::{ImageError, Result};
 pub use ext4::{ROOT_LABEL, auto_size};
@@ -37,5 +44,6 @@ pub use kernel::{DEFAULT_KERNEL_PACKAGE, KernelSource, bzimage_version, kernel_s
 pub use manifest::{ImageManifest, ImageSizes, InitKind, Service, files};
 pub use minimal::{BUSYBOX_PACKAGE, MinimalOptions, build_minimal};
 pub use progress::{NoProgress, Progress};
+pub use spec::{FileSpec, ImageSpec, KernelSpec, RootfsSource, Size};
 pub use rootfs::{AGENT_PATH, check_agent, cove_init_script};
 pub use util::sha256_file;

@@ -14,7 +14,10 @@ pub struct Env {
 
 pub fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let paths = Paths::under(dir.path());
+    let mut paths = Paths::under(dir.path());
+    // Downloads and build caches are shared between tests (they are keyed
+    // by content); images and the store are each test's own.
+    paths.cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cove-cache");
     let store = Store::open(&paths).unwrap();
     Env {
         _dir: dir,
@@ -46,5 +49,15 @@ pub fn tsc_khz() -> u64 {
 }
 
 pub fn tmp_file(env: &Env, name: &str) -> PathBuf {
-    env.paths.cache.join(name)
+    env._dir.path().join(name)
+}
+
+/// Runs `debugfs -R 'cat PATH'` on an ext4 image.
+pub fn debugfs_cat(image: &std::path::Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs) is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

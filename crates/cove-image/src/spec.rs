@@ -1,0 +1,320 @@
+//! The TOML image spec (`cove image build spec.toml`): load, fill defaults,
+//! validate.
+//!
+//! ```toml
+//! name = "pg"
+//! base = "debian:bookworm"            # or: rootfs = { dir = "tree" } / { tarball = "root.tar" }
+//! packages = ["postgresql", "procps"]
+//! size = "2G"                         # bytes, or with K/M/G
+//! kernel = "linux-image-cloud-amd64"  # or { deb = "k.deb" } / { bzimage = "bzImage" }
+//! init = "cove"                       # or "systemd"
+//! commands = ["su postgres -c '/usr/lib/postgresql/15/bin/initdb -D /var/lib/postgresql/data'"]
+//!
+//! [[files]]
+//! src = "pg_hba.conf"
+//! dest = "/etc/postgresql/15/main/pg_hba.conf"
+//! mode = "0644"
+//!
+//! [[services]]
+//! name = "postgres"
+//! user = "postgres"
+//! command = "/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data"
+//! ```
+//! Relative host paths are relative to the spec file's directory.
+
+use crate::error::{ImageError, Result};
+use crate::kernel::KernelSource;
+use crate::manifest::{InitKind, Service};
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path, PathBuf};
+
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// A whole image spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    /// `debian:<suite>`; absent when `rootfs` is given.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// A root filesystem made elsewhere, instead of `base`.
+    #[serde(default)]
+    pub rootfs: Option<RootfsSource>,
+    /// Extra Debian packages (with `base`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// The Debian mirror (with `base`).
+    #[serde(default)]
+    pub mirror: Option<String>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// Shell commands run in the image (chroot) at build time, in order.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Root filesystem size; picked with headroom when absent.
+    #[serde(default)]
+    pub size: Option<Size>,
+    #[serde(default)]
+    pub kernel: Option<KernelSpec>,
+    #[serde(default)]
+    pub init: InitKind,
+    /// Kernel modules to load besides cove's defaults.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// A root filesystem from a directory or a tarball.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RootfsSource {
+    Dir(PathBuf),
+    Tarball(PathBuf),
+}
+
+/// A host file copied into the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub src: PathBuf,
+    /// Absolute path in the image.
+    pub dest: String,
+    /// Octal permission bits such as `"0755"`; the source's when absent.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// The kernel, as a package name or `{ deb = … }` / `{ bzimage = … }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KernelSpec {
+    Package(String),
+    Source(KernelSource),
+}
+
+/// A size in bytes, written as a number or a string with a K, M or G suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl From<Size> for u64 {
+    fn from(s: Size) -> u64 {
+        s.0
+    }
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::Bytes(b) => Ok(Size(b)),
+            SizeRepr::Text(t) => parse_size(&t).map(Size),
+        }
+    }
+}
+
+/// Parses `512M`, `2G`, `2GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{text}` is not a size; write bytes or a number with K, M or G (e.g. \"2G\")"))
+}
+
+/// The Debian suite of `debian:<suite>`.
+pub fn debian_suite(base: &str) -> Option<&str> {
+    base.strip_prefix("debian:").filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+}
+
+impl ImageSpec {
+    /// Reads and validates a spec file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ImageError::Spec {
+            path: path.to_path_buf(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, dir)
+    }
+
+    /// Parses spec text (`path` only names it in errors); relative paths are
+    /// taken relative to `dir`.
+    pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Self> {
+        let err = |reason: String| ImageError::Spec {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut spec: ImageSpec = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        spec.validate().map_err(err)?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for f in &mut spec.files {
+            abs(&mut f.src);
+        }
+        match &mut spec.rootfs {
+            Some(RootfsSource::Dir(p)) | Some(RootfsSource::Tarball(p)) => abs(p),
+            None => {}
+        }
+        if let Some(KernelSpec::Source(KernelSource::Deb(p) | KernelSource::BzImage(p))) = &mut spec.kernel {
+            abs(p);
+        }
+        spec.packages.sort();
+        spec.packages.dedup();
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("name `{}` must be letters, digits, `-`, `_` or `.`", self.name));
+        }
+        match (&self.base, &self.rootfs) {
+            (Some(_), Some(_)) => return Err("give either `base` or `rootfs`, not both".into()),
+            (None, None) => return Err("give `base = \"debian:bookworm\"` or `rootfs = { dir = … }`".into()),
+            (Some(b), None) if debian_suite(b).is_none() => {
+                return Err(format!("base `{b}` is not supported; use `debian:<suite>`, e.g. `debian:bookworm`"));
+            }
+            (None, Some(_)) if !self.packages.is_empty() || self.mirror.is_some() => {
+                return Err("`packages` and `mirror` need a Debian `base`".into());
+            }
+            _ => {}
+        }
+        for f in &self.files {
+            let dest = Path::new(&f.dest);
+            if !dest.is_absolute() || dest.components().any(|c| c == Component::ParentDir) {
+                return Err(format!("file dest `{}` must be an absolute path without `..`", f.dest));
+            }
+            if let Some(m) = &f.mode {
+                parse_mode(m)?;
+            }
+        }
+        for s in &self.services {
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(format!("service name `{}` must be letters, digits, `-`, `_` or `.`", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel source, defaulting to Debian's cloud kernel.
+    pub fn kernel_source(&self) -> KernelSource {
+        match &self.kernel {
+            None => KernelSource::default(),
+            Some(KernelSpec::Package(p)) => KernelSource::Package(p.clone()),
+            Some(KernelSpec::Source(s)) => s.clone(),
+        }
+    }
+
+    /// The packages to install into the base: the spec's, plus what the init needs.
+    pub fn base_packages(&self) -> Vec<String> {
+        let mut p = self.packages.clone();
+        if self.init == InitKind::Systemd {
+            p.push("systemd-sysv".into());
+        }
+        p.sort();
+        p.dedup();
+        p
+    }
+}
+
+/// Parses an octal mode such as `"0644"`.
+pub fn parse_mode(m: &str) -> Result<u32, String> {
+    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|v| *v <= 0o7777)
+        .ok_or_else(|| format!("mode `{m}` is not an octal permission like \"0644\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ImageSpec> {
+        ImageSpec::parse(text, Path::new("spec.toml"), Path::new("/specs"))
+    }
+
+    #[test]
+    fn full_spec_parses_with_defaults_and_relative_paths() {
+        let s = parse(
+            r#"
+name = "pg"
+base = "debian:bookworm"
+packages = ["procps", "postgresql", "procps"]
+size = "2G"
+kernel = { deb = "k.deb" }
+init = "systemd"
+commands = ["true"]
+[[files]]
+src = "hba.conf"
+dest = "/etc/hba.conf"
+mode = "0600"
+[[services]]
+name = "db"
+command = "postgres"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.packages, ["postgresql", "procps"]);
+        assert_eq!(s.size, Some(Size(2 << 30)));
+        assert_eq!(s.kernel_source(), KernelSource::Deb("/specs/k.deb".into()));
+        assert_eq!(s.files[0].src, Path::new("/specs/hba.conf"));
+        assert_eq!(s.services[0].user, "root");
+        assert_eq!(s.init, InitKind::Systemd);
+        assert!(s.base_packages().contains(&"systemd-sysv".to_owned()));
+    }
+
+    #[test]
+    fn kernel_by_package_name_and_rootfs_dir() {
+        let s = parse("name = \"t\"\nrootfs = { dir = \"tree\" }\nkernel = \"linux-image-amd64\"\nsize = 1048576\n").unwrap();
+        assert_eq!(s.rootfs, Some(RootfsSource::Dir("/specs/tree".into())));
+        assert_eq!(s.kernel_source(), KernelSource::Package("linux-image-amd64".into()));
+        assert_eq!(s.size, Some(Size(1 << 20)));
+        assert_eq!(s.init, InitKind::Cove);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, needle) in [
+            ("name = \"a\"\nbase = \"debian:bookworm\"\npackges = []\n", "packges"),
+            ("name = \"a\"\n", "base"),
+            ("name = \"a\"\nbase = \"ubuntu:noble\"\n", "debian:<suite>"),
+            ("name = \"a\"\nbase = \"debian:bookworm\"\nsize = \"lots\"\n", "not a size"),
+            ("name = \"a b\"\nbase = \"debian:bookworm\"\n", "name"),
+            ("name = \"a\"\nrootfs = { dir = \"x\" }\npackages = [\"vim\"]\n", "Debian `base`"),
+            ("name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"etc/x\"\n", "absolute"),
+            ("name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"/x\"\nmode = \"rw\"\n", "octal"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "`{needle}` not in: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("-1").is_err());
+    }
+}
