@@ -1,0 +1,534 @@
+//! The async multiplexer under both [`crate::AgentLink`] (to the agent, with the Hello session)
+//! and the relay connections between CLI and supervisor (no session: a fresh socket per stream).
+//!
+//! One reader task decodes frames and routes them; one writer task owns the socket's write half
+//! and batches queued frames. Per-stream credit is a semaphore of bytes; received bytes are
+//! acknowledged only when the consumer takes them from the stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cove_proto::{
+    Channel, DecodeError, Decoder, Frame, FrameKind, Hello, HelloAction, OpenRequest, RecvWindow,
+    Role, SYNC_PREAMBLE_LEN, Session, StreamMsg, cost, encode_into, from_payload, to_payload,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::LinkError;
+use crate::stream::{Event, Stream};
+
+/// What the agent told us about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// cove-agent's version.
+    pub version: String,
+    pub protocol: u32,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Status {
+    Connecting,
+    Ready(AgentInfo),
+    /// A definite failure that wait_ready reports at once (the link may still recover).
+    Failed(LinkError),
+    Closed(LinkError),
+}
+
+pub(crate) struct SlotShared {
+    pub credit: Semaphore,
+    pub error: Mutex<Option<LinkError>>,
+}
+
+impl SlotShared {
+    pub fn fail(&self, e: LinkError) {
+        lock(&self.error).get_or_insert(e);
+        self.credit.close();
+    }
+    pub fn failure(&self) -> LinkError {
+        lock(&self.error).clone().unwrap_or(LinkError::Reset {
+            reason: "stream closed".into(),
+        })
+    }
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Event>,
+    shared: Arc<SlotShared>,
+    window: RecvWindow,
+}
+
+pub(crate) struct State {
+    pub session: Option<Session>,
+    streams: HashMap<u32, Slot>,
+    next_id: u32,
+    pub pings: HashMap<u64, oneshot::Sender<()>>,
+    pub dead: Option<LinkError>,
+    pub last_rx: Instant,
+    accept: Option<mpsc::UnboundedSender<(OpenRequest, Stream)>>,
+    pub skipped: u64,
+    pub frames_seen: u64,
+}
+
+pub(crate) struct Shared {
+    out: mpsc::Sender<Vec<u8>>,
+    st: Mutex<State>,
+    pub status: watch::Sender<Status>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn encode(kind: FrameKind, channel: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(cove_proto::HEADER_LEN + payload.len());
+    // Callers never pass more than MAX_PAYLOAD (data is chunked, messages are small).
+    let _ = encode_into(&mut v, kind, channel, stream, payload);
+    v
+}
+
+/// Aborts the connection's tasks when the last owner goes away.
+pub(crate) struct Tasks(pub Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.st)
+    }
+
+    pub async fn send(&self, bytes: Vec<u8>) -> Result<(), LinkError> {
+        self.out.send(bytes).await.map_err(|_| self.dead_error())
+    }
+
+    pub fn try_send(&self, bytes: Vec<u8>) {
+        let _ = self.out.try_send(bytes);
+    }
+
+    pub fn dead_error(&self) -> LinkError {
+        self.state()
+            .dead
+            .clone()
+            .unwrap_or(LinkError::Disconnected {
+                reason: "connection closed".into(),
+            })
+    }
+
+    /// Fails every stream (their consumers see `e`).
+    fn fail_all(st: &mut State, e: &LinkError) {
+        for (_, slot) in st.streams.drain() {
+            slot.shared.fail(e.clone());
+            let _ = slot.tx.send(Event::Failed(e.clone()));
+        }
+    }
+
+    /// Rule 1 of the session: reset and send preamble + Hello. Returns the bytes to send.
+    pub fn restart_locked(&self, st: &mut State, why: &LinkError) -> Vec<u8> {
+        Self::fail_all(st, why);
+        let Some(session) = st.session.as_mut() else {
+            return Vec::new();
+        };
+        let hello = session.restart(cove_proto::fresh_nonce());
+        self.status.send_replace(Status::Connecting);
+        let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
+        let _ = encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
+        bytes
+    }
+
+    pub fn close(&self, e: LinkError) {
+        let mut st = self.state();
+        st.dead.get_or_insert(e.clone());
+        Self::fail_all(&mut st, &e);
+        st.accept = None;
+        self.status.send_replace(Status::Closed(e));
+    }
+
+    /// Registers a stream and returns its receiving end.
+    pub fn new_slot(
+        &self,
+        st: &mut State,
+        id: u32,
+    ) -> (mpsc::UnboundedReceiver<Event>, Arc<SlotShared>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(SlotShared {
+            credit: Semaphore::new(cove_proto::INITIAL_WINDOW as usize),
+            error: Mutex::new(None),
+        });
+        st.streams.insert(
+            id,
+            Slot {
+                tx,
+                shared: shared.clone(),
+                window: RecvWindow::default(),
+            },
+        );
+        (rx, shared)
+    }
+
+    pub fn alloc_id(&self, st: &mut State) -> Result<u32, LinkError> {
+        if let Some(e) = &st.dead {
+            return Err(e.clone());
+        }
+        if st.session.as_ref().is_some_and(|s| !s.synced()) {
+            return Err(LinkError::NotReady);
+        }
+        let id = st.next_id;
+        st.next_id = st.next_id.wrapping_add(1).max(1);
+        Ok(id)
+    }
+
+    pub fn remove_slot(&self, id: u32) {
+        self.state().streams.remove(&id);
+    }
+
+    /// The consumer took a credited frame: maybe acknowledge it.
+    pub fn consumed(&self, id: u32, c: u32) -> Option<Vec<u8>> {
+        let mut st = self.state();
+        let inc = st.streams.get_mut(&id)?.window.on_consume(c)?;
+        Some(encode(FrameKind::Window, 0, id, &inc.to_le_bytes()))
+    }
+
+    fn on_decode_error(self: &Arc<Self>, e: DecodeError) -> Vec<u8> {
+        let mut st = self.state();
+        let synced = st.session.as_ref().map(|s| s.synced());
+        match synced {
+            None => {
+                drop(st);
+                self.close(LinkError::Garbage {
+                    skipped: 0,
+                    last: Some(e),
+                });
+                Vec::new()
+            }
+            Some(true) => {
+                tracing::warn!("agent link desynchronised: {e}; resynchronising");
+                self.restart_locked(
+                    &mut st,
+                    &LinkError::SessionReset {
+                        reason: e.to_string(),
+                    },
+                )
+            }
+            Some(false) => Vec::new(),
+        }
+    }
+
+    fn on_frame(self: &Arc<Self>, f: Frame) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut st = self.state();
+        st.last_rx = Instant::now();
+        st.frames_seen += 1;
+        if f.kind == FrameKind::Hello {
+            self.on_hello(&mut st, &f.payload, &mut out);
+            return out;
+        }
+        if st.session.as_ref().is_some_and(|s| !s.synced()) {
+            return out; // a previous session's frame
+        }
+        let id = f.stream;
+        match f.kind {
+            FrameKind::Ping => out.push(encode(FrameKind::Pong, 0, 0, &f.payload)),
+            FrameKind::Pong => {
+                if let Ok(b) = <[u8; 8]>::try_from(&f.payload[..])
+                    && let Some(tx) = st.pings.remove(&u64::from_le_bytes(b))
+                {
+                    let _ = tx.send(());
+                }
+            }
+            FrameKind::Open => {
+                let req = from_payload::<OpenRequest>("open", &f.payload);
+                match (st.accept.clone(), req) {
+                    (Some(acc), Ok(req)) if !st.streams.contains_key(&id) => {
+                        let (rx, shared) = self.new_slot(&mut st, id);
+                        let stream = Stream::new(self.clone(), id, rx, shared, None);
+                        drop(st);
+                        let _ = acc.send((req, stream));
+                    }
+                    (_, Err(e)) => {
+                        out.push(encode(FrameKind::Reset, 0, id, e.to_string().as_bytes()))
+                    }
+                    _ => out.push(encode(
+                        FrameKind::Reset,
+                        0,
+                        id,
+                        b"this side does not accept streams",
+                    )),
+                }
+            }
+            FrameKind::Data | FrameKind::Msg => {
+                let Some(slot) = st.streams.get_mut(&id) else {
+                    return out;
+                };
+                let c = cost(f.payload.len());
+                let ev = if !slot.window.on_receive(c) {
+                    Err(LinkError::Protocol(format!(
+                        "peer overran the flow-control window on stream {id}"
+                    )))
+                } else if f.kind == FrameKind::Data {
+                    Ok(Event::Data(
+                        Channel::from_u8(f.channel).unwrap_or(Channel::Data),
+                        f.payload,
+                        c,
+                    ))
+                } else {
+                    from_payload::<StreamMsg>("stream", &f.payload)
+                        .map(|m| Event::Msg(m, c))
+                        .map_err(|e| LinkError::Protocol(e.to_string()))
+                };
+                match ev {
+                    Ok(ev) => {
+                        let _ = slot.tx.send(ev);
+                    }
+                    Err(e) => {
+                        if let Some(slot) = st.streams.remove(&id) {
+                            slot.shared.fail(e.clone());
+                            let _ = slot.tx.send(Event::Failed(e.clone()));
+                        }
+                        out.push(encode(FrameKind::Reset, 0, id, e.to_string().as_bytes()));
+                    }
+                }
+            }
+            FrameKind::Eof => {
+                if let (Some(slot), Some(ch)) = (st.streams.get(&id), Channel::from_u8(f.channel)) {
+                    let _ = slot.tx.send(Event::Eof(ch));
+                }
+            }
+            FrameKind::Window => {
+                if let (Some(slot), Ok(b)) =
+                    (st.streams.get(&id), <[u8; 4]>::try_from(&f.payload[..]))
+                {
+                    slot.shared
+                        .credit
+                        .add_permits(u32::from_le_bytes(b) as usize);
+                }
+            }
+            FrameKind::Close => {
+                if let Some(slot) = st.streams.remove(&id) {
+                    slot.shared.fail(LinkError::Reset {
+                        reason: "stream closed by the peer".into(),
+                    });
+                    let _ = slot.tx.send(Event::Closed);
+                }
+            }
+            FrameKind::Reset => {
+                if let Some(slot) = st.streams.remove(&id) {
+                    let e = LinkError::Reset {
+                        reason: String::from_utf8_lossy(&f.payload).into_owned(),
+                    };
+                    slot.shared.fail(e.clone());
+                    let _ = slot.tx.send(Event::Failed(e));
+                }
+            }
+            FrameKind::Hello => {}
+        }
+        out
+    }
+
+    fn on_hello(&self, st: &mut State, payload: &[u8], out: &mut Vec<Vec<u8>>) {
+        let Ok(hello) = from_payload::<Hello>("hello", payload) else {
+            return;
+        };
+        let Some(session) = st.session.as_mut() else {
+            return;
+        };
+        let info = AgentInfo {
+            version: hello.version.clone(),
+            protocol: hello.protocol,
+            capabilities: hello.capabilities.clone(),
+        };
+        match session.on_hello(&hello) {
+            HelloAction::ResetAndReply(reply) => {
+                Self::fail_all(
+                    st,
+                    &LinkError::SessionReset {
+                        reason: "the agent restarted".into(),
+                    },
+                );
+                out.push(encode(FrameKind::Hello, 0, 0, &to_payload(&reply)));
+                tracing::info!(agent = %info.version, "agent session (re)started");
+                self.status.send_replace(Status::Ready(info));
+            }
+            HelloAction::Reply(reply) => {
+                out.push(encode(FrameKind::Hello, 0, 0, &to_payload(&reply)))
+            }
+            HelloAction::Synced => {
+                self.status.send_replace(Status::Ready(info));
+            }
+            HelloAction::Ignore => {}
+            HelloAction::Incompatible { peer_protocol } => {
+                self.status
+                    .send_replace(Status::Failed(LinkError::Incompatible {
+                        agent: peer_protocol,
+                        ours: cove_proto::PROTOCOL_VERSION,
+                    }));
+            }
+        }
+    }
+}
+
+/// Starts the reader and writer tasks over a byte stream.
+pub(crate) fn spawn<R, W>(
+    r: R,
+    w: W,
+    handshake: bool,
+    accept: Option<mpsc::UnboundedSender<(OpenRequest, Stream)>>,
+) -> (Arc<Shared>, Vec<JoinHandle<()>>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(256);
+    let session = handshake.then(|| Session::new(Role::Host, env!("CARGO_PKG_VERSION"), vec![]));
+    let shared = Arc::new(Shared {
+        out: out_tx,
+        st: Mutex::new(State {
+            session,
+            streams: HashMap::new(),
+            next_id: 1,
+            pings: HashMap::new(),
+            dead: None,
+            last_rx: Instant::now(),
+            accept,
+            skipped: 0,
+            frames_seen: 0,
+        }),
+        status: watch::channel(if handshake {
+            Status::Connecting
+        } else {
+            Status::Ready(AgentInfo {
+                version: String::new(),
+                protocol: cove_proto::PROTOCOL_VERSION,
+                capabilities: vec![],
+            })
+        })
+        .0,
+    });
+    if handshake {
+        let first = {
+            let mut st = shared.state();
+            shared.restart_locked(&mut st, &LinkError::NotReady)
+        };
+        shared.try_send(first);
+    }
+    let wt = tokio::spawn(writer(w, out_rx, shared.clone()));
+    let rt = tokio::spawn(reader(r, shared.clone()));
+    (shared, vec![wt, rt])
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    while let Some(mut buf) = rx.recv().await {
+        // Batch whatever else is queued into one write: fewer syscalls for small frames.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.write_all(&buf).await {
+            shared.close(LinkError::Disconnected {
+                reason: format!("write failed: {e}"),
+            });
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn reader<R: AsyncRead + Unpin>(mut r: R, shared: Arc<Shared>) {
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
+                return shared.close(LinkError::Disconnected {
+                    reason: "the peer closed the socket".into(),
+                });
+            }
+            Ok(n) => n,
+            Err(e) => {
+                return shared.close(LinkError::Disconnected {
+                    reason: format!("read failed: {e}"),
+                });
+            }
+        };
+        let mut off = 0;
+        while off < n {
+            off += dec.push(&buf[off..n]);
+            loop {
+                let outs = match dec.next_frame() {
+                    Ok(Some(f)) => shared.on_frame(f),
+                    Ok(None) => break,
+                    Err(e) => vec![shared.on_decode_error(e)],
+                };
+                for o in outs.into_iter().filter(|o| !o.is_empty()) {
+                    if shared.send(o).await.is_err() {
+                        return;
+                    }
+                }
+                if shared.state().dead.is_some() {
+                    return;
+                }
+            }
+        }
+        shared.state().skipped = dec.skipped_bytes();
+    }
+}
+
+/// Link upkeep: retransmits Hello while unsynced and pings while synced; an agent that sends
+/// nothing for `dead_after` is declared unresponsive and a new session is started.
+pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_after: Duration) {
+    let tick = Duration::from_millis(250).min(interval);
+    let mut last_ping = Instant::now();
+    let mut last_hello = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let bytes = {
+            let mut st = shared.state();
+            if st.dead.is_some() {
+                return;
+            }
+            let Some(session) = st.session.as_ref() else {
+                return;
+            };
+            if !session.synced() {
+                if last_hello.elapsed() >= Duration::from_millis(500) {
+                    last_hello = Instant::now();
+                    encode(FrameKind::Hello, 0, 0, &to_payload(&session.retransmit()))
+                } else {
+                    continue;
+                }
+            } else if st.last_rx.elapsed() > dead_after {
+                tracing::warn!(
+                    "agent silent for {:?}; starting a new session",
+                    st.last_rx.elapsed()
+                );
+                st.last_rx = Instant::now();
+                shared.restart_locked(
+                    &mut st,
+                    &LinkError::AgentUnresponsive { waited: dead_after },
+                )
+            } else if last_ping.elapsed() >= interval {
+                last_ping = Instant::now();
+                encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes())
+            } else {
+                continue;
+            }
+        };
+        if shared.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
