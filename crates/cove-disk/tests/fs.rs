@@ -22,6 +22,8 @@ fn cat(fs: &Fs, path: &str) -> Vec<u8> {
 #[test]
 fn cat_reads_through_overlay_clusters_and_backing_fall_through() {
     let f = Fixture::new("64M");
+    let overlay_before = std::fs::read(&f.overlay).unwrap();
+    let base_mtime = std::fs::metadata(&f.base).unwrap().modified().unwrap();
     let over = open(&f.overlay);
     let base = open(&f.base);
     // The changed file lives in the overlay's allocated clusters...
@@ -38,6 +40,17 @@ fn cat_reads_through_overlay_clusters_and_backing_fall_through() {
     assert_eq!(cat(&over, "/app-dir/config.toml"), b"[db]\nport = 5432\n");
     // Relative paths are taken from /.
     assert_eq!(cat(&over, "etc/hostname"), b"pg-vm\n");
+    // Reading never writes: not the overlay, not its base.
+    drop(over);
+    drop(base);
+    assert!(
+        std::fs::read(&f.overlay).unwrap() == overlay_before,
+        "the overlay changed"
+    );
+    assert_eq!(
+        std::fs::metadata(&f.base).unwrap().modified().unwrap(),
+        base_mtime
+    );
 }
 
 #[test]
