@@ -196,6 +196,9 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     match spec.machine {
         // acpi=on: the Debian cloud kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES
         // and finds the virtio-mmio devices only through ACPI.
+        // Nothing else is switched off: measured under TCG (cloud kernel,
+        // 3 rounds), pit=off and pic=off save no CPU time, and rtc=off costs
+        // about 2 CPU-seconds per boot.
         Machine::Microvm => push(&["-M", "microvm,acpi=on"]),
         Machine::Q35 => push(&["-M", "q35"]),
     }
