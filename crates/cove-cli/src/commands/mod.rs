@@ -1,5 +1,6 @@
 //! One module per verb: its `Args` and its `run`.
 
+mod agent_client;
 pub mod console;
 pub mod cp;
 pub mod create;

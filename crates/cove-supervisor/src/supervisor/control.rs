@@ -10,6 +10,9 @@ use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
+/// How long a CLI may take to send its stream request after connecting.
+const RELAY_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds the control socket, readable and writable by its owner only.
 pub fn bind(vm: &VmPaths) -> std::io::Result<UnixListener> {
     std::fs::create_dir_all(&vm.run)?;
@@ -77,7 +80,18 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
             }
             return;
         }
-        Request::Agent => failed("this image has no cove agent".into()),
+        Request::Agent => match &shared.agent {
+            Some(link) => {
+                if write_message(stream.get_mut(), &Response::Streaming).await.is_ok() {
+                    let _ = cove_agent_link::relay(stream.into_inner(), link, RELAY_OPEN_TIMEOUT).await;
+                }
+                return;
+            }
+            None => failed(format!(
+                "the image of `{}` has no cove agent; rebuild it with the agent (`cove image build`)",
+                shared.name
+            )),
+        },
     };
     let _ = write_message(stream.get_mut(), &response).await;
 }
@@ -103,7 +117,11 @@ fn status(shared: &Shared) -> Status {
         vmm_pid: Some(shared.vmm_pid),
         accel: shared.accel.clone(),
         machine: shared.machine.clone(),
-        agent_version: None,
+        agent_version: shared
+            .agent
+            .as_ref()
+            .and_then(|l| l.info())
+            .map(|i| i.version),
         boot_ms: match phase {
             Phase::Ready { boot_ms } => Some(boot_ms),
             _ => None,

@@ -71,6 +71,8 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     pub console: Arc<console::ConsoleHub>,
     pub qmp: cove_qemu::QmpClient,
+    /// The link to the guest's cove-agent, when the image has one.
+    pub agent: Option<cove_agent_link::AgentLink>,
     pub vmm_pid: u32,
     pub stop: Mutex<Option<(StopKind, Instant)>>,
     /// Set when the supervisor itself ended the boot (e.g. it timed out).
@@ -137,6 +139,17 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         }
     };
     let hub = console::start(console_stream, log);
+    // QEMU created every socket before QMP answered, so this connects at
+    // once; the handshake itself completes when the guest's agent starts.
+    let agent = if image.agent {
+        let socket = tokio::net::UnixStream::connect(vm.agent_socket()).await?;
+        Some(cove_agent_link::AgentLink::from_stream(
+            socket,
+            cove_agent_link::LinkConfig::default(),
+        ))
+    } else {
+        None
+    };
     qmp.cont().await.map_err(|e| SuperviseError::Boot(e.to_string()))?;
 
     let (phase, _) = watch::channel(Phase::Booting);
@@ -149,6 +162,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         phase,
         console: hub,
         qmp,
+        agent,
         vmm_pid: launch.pid,
         stop: Mutex::new(None),
         boot_failure: Mutex::new(None),
@@ -176,38 +190,67 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     Ok(())
 }
 
-/// Marks the VM ready when the guest's init says so, or kills a boot that
-/// takes longer than `timeout`.
+/// Marks the VM ready when the guest's agent answers (or, in an image
+/// without an agent, when its init prints the ready marker), or kills a
+/// boot that takes longer than `timeout`.
 async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
-    let mut marker = shared.console.marker_seen.subscribe();
-    let ready = tokio::time::timeout(timeout, async {
-        marker.wait_for(|seen| *seen).await.is_ok()
-    })
-    .await;
-    if ready == Ok(true) {
-        let boot_ms = started.elapsed().as_millis() as u64;
-        if let Ok(mut store) = Store::open(&shared.paths) {
-            let _ = store.update_vm(&shared.name, |r| {
-                if r.state == VmState::Starting {
-                    r.state = VmState::Running;
+    let ready = match &shared.agent {
+        Some(link) => link.wait_ready(timeout).await.map(|_| ()).map_err(|e| {
+            let init_ready = *shared.console.marker_seen.borrow();
+            format!(
+                "the guest's agent never answered within {}s ({e}){}",
+                timeout.as_secs(),
+                if init_ready {
+                    "; the init did reach its ready point, so the agent itself failed \
+                     (see its lines in the console log)"
+                } else {
+                    "; the init never reached its ready point"
+                }
+            )
+        }),
+        None => {
+            let mut marker = shared.console.marker_seen.subscribe();
+            let seen = tokio::time::timeout(timeout, async {
+                marker.wait_for(|seen| *seen).await.is_ok()
+            })
+            .await;
+            if seen == Ok(true) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the guest did not become ready within {}s (no `{READY_MARKER}` from its init)",
+                    timeout.as_secs()
+                ))
+            }
+        }
+    };
+    match ready {
+        Ok(()) => {
+            let boot_ms = started.elapsed().as_millis() as u64;
+            if let Ok(mut store) = Store::open(&shared.paths) {
+                let _ = store.update_vm(&shared.name, |r| {
+                    if r.state == VmState::Starting {
+                        r.state = VmState::Running;
+                    }
+                });
+            }
+            shared.phase.send_if_modified(|p| {
+                if *p == Phase::Booting {
+                    *p = Phase::Ready { boot_ms };
+                    true
+                } else {
+                    false
                 }
             });
         }
-        shared.phase.send_if_modified(|p| {
-            if *p == Phase::Booting {
-                *p = Phase::Ready { boot_ms };
-                true
-            } else {
-                false
-            }
-        });
-        return;
+        Err(why) => {
+            // Mark the stop as ours before killing, so the outcome says why
+            // instead of "crashed by itself".
+            *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));
+            *shared.boot_failure.lock().await = Some(why);
+            vmm::kill(&shared);
+        }
     }
-    // Mark the stop as ours before killing, so the outcome says "timed out"
-    // instead of "crashed by itself".
-    *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));
-    vmm::set_boot_timeout(&shared, timeout).await;
-    vmm::kill(&shared);
 }
 
 /// Starts a fresh console log for this boot, keeping the previous boot's.

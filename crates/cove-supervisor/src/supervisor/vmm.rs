@@ -129,7 +129,19 @@ pub async fn stop(shared: &Shared, timeout: Duration) -> String {
             }
         });
     }
-    let _ = shared.qmp.system_powerdown().await;
+    // The agent powers the guest off whatever its init; ACPI only works if
+    // something in the guest (acpid, systemd) handles the power button.
+    let asked_agent = match &shared.agent {
+        Some(link) if link.ready() => {
+            tokio::time::timeout(QUIT_GRACE, cove_agent_link::shutdown(link, false))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+        _ => false,
+    };
+    if !asked_agent {
+        let _ = shared.qmp.system_powerdown().await;
+    }
     if wait_exited(shared, timeout).await {
         return format!("shut down by the guest in {:.1}s", began.elapsed().as_secs_f64());
     }
@@ -158,14 +170,6 @@ async fn wait_exited(shared: &Shared, timeout: Duration) -> bool {
 /// SIGKILL to the VMM's process group; its exit is then seen by `wait`.
 pub fn kill(shared: &Shared) {
     let _ = cove_qemu::process::kill_group(shared.vmm_pid, libc::SIGKILL);
-}
-
-pub async fn set_boot_timeout(shared: &Shared, timeout: Duration) {
-    *shared.boot_failure.lock().await = Some(format!(
-        "the guest did not become ready within {}s (no `{}` from its init)",
-        timeout.as_secs(),
-        super::READY_MARKER
-    ));
 }
 
 pub struct Outcome {

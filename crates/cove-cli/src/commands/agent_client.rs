@@ -1,0 +1,60 @@
+//! Reaching a running VM's agent: through its supervisor's control socket,
+//! which relays one agent stream per connection.
+
+use crate::context::Ctx;
+use anyhow::{Result, bail};
+use cove_agent_link::{FnOpener, LinkError, OpenRequest, RemoteStream, Stream, StreamOpener};
+use cove_api::{Request, Response, read_message, write_message};
+use cove_state::VmState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+
+/// How long opening one stream may take (the agent answers in milliseconds).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks the VM is running and returns an opener for streams to its agent.
+pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener> {
+    let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
+    match record.state {
+        VmState::Running => {}
+        VmState::Starting => bail!("`{name}` is still starting; wait for `cove start {name}` to return"),
+        state => bail!(
+            "`{name}` is {state}, so there is nothing to run commands in; start it with \
+             `cove start {name}` (a stopped VM's files can be read with `cove disk cat {name}:/path`)"
+        ),
+    }
+    let socket = ctx.paths.vm(name).control_socket();
+    Ok(FnOpener(move |req: OpenRequest| open(socket.clone(), req)))
+}
+
+async fn open(socket: PathBuf, req: OpenRequest) -> Result<Stream, LinkError> {
+    let conn = UnixStream::connect(&socket)
+        .await
+        .map_err(|e| LinkError::Connect {
+            path: socket.clone(),
+            source: Arc::new(e),
+        })?;
+    let mut conn = BufReader::new(conn);
+    let refused = |message: String| LinkError::Local {
+        what: "the VM's supervisor refused".into(),
+        source: Arc::new(std::io::Error::other(message)),
+    };
+    let wire = |e: cove_api::WireError| refused(e.to_string());
+    write_message(conn.get_mut(), &Request::Agent).await.map_err(wire)?;
+    match read_message::<Response>(&mut conn).await.map_err(wire)? {
+        Response::Streaming => {}
+        Response::Failed(f) => return Err(refused(f.message)),
+        other => return Err(refused(format!("unexpected answer {other:?}"))),
+    }
+    RemoteStream::open(conn.into_inner(), req, OPEN_TIMEOUT).await
+}
+
+/// A runtime for one command's async work.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
