@@ -17,7 +17,7 @@ impl<'a> Log<'a> {
     fn ev(&self, idx: usize) -> Evidence {
         Evidence {
             line: idx + 1,
-            text: self.lines[idx].to_string(),
+            text: printable(self.lines[idx]),
         }
     }
 
@@ -62,6 +62,31 @@ impl<'a> Log<'a> {
             None => (Stage::NoOutput, None),
         }
     }
+}
+
+/// Drop terminal escape sequences and control characters (firmware clears the screen on
+/// the same line as the first kernel message), so evidence prints cleanly.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for n in chars.by_ref() {
+                    if ('@'..='~').contains(&n) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Strip a `[    1.234567] ` kernel timestamp.
@@ -295,6 +320,16 @@ pub(super) fn root_not_mounted(log: &Log, facts: &VmFacts, out: &mut Vec<Finding
                 "make sure {module} is built in (CONFIG_{option}=y) or loaded from the initramfs"
             ));
         }
+    }
+    if log.any("Cannot open root device \"(null)\"") {
+        why.insert(
+            0,
+            "the kernel command line has no root= and no initramfs /init took over".into(),
+        );
+        fix.insert(
+            0,
+            "boot with cove's initramfs, or pass root=/dev/vda".into(),
+        );
     }
     if missing.is_empty() && !disk_seen {
         why.push("no virtio disk appeared (no `virtio_blk virtioN: [vda]` line): the transport (virtio_pci on q35, virtio_mmio on microvm) may be missing, or no disk was attached".into());
