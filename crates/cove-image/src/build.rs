@@ -66,7 +66,9 @@ pub fn build_image(
     let started = Instant::now();
     let rep = Reporter::new(progress);
     let apt = Apt::new(paths, &rep);
-    let kernel = rep.stage("locate kernel", || kernel::locate(&apt, &rep, &spec.kernel_source()))?;
+    let kernel = rep.stage("locate kernel", || {
+        kernel::locate(&apt, &rep, &spec.kernel_source())
+    })?;
     let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(BUSYBOX_PACKAGE))?;
     let busybox_sha = util::sha256_file_cached(&busybox_deb)?;
     let agent_sha = match &opts.agent {
@@ -115,14 +117,18 @@ pub fn build_image(
     let tree = staging.path().join("tree");
     let base = match (&spec.rootfs, &base_key) {
         (Some(src), _) => {
-            rep.stage("unpack root filesystem", || debian::user_rootfs(&rep, src, &tree))?;
+            rep.stage("unpack root filesystem", || {
+                debian::user_rootfs(&rep, src, &tree)
+            })?;
             match src {
                 RootfsSource::Dir(d) => format!("dir:{}", d.display()),
                 RootfsSource::Tarball(t) => format!("tarball:{}", t.display()),
             }
         }
         (None, Some(key)) => {
-            let tar = rep.stage("bootstrap Debian", || debian::debian_base(paths, &rep, spec, key))?;
+            let tar = rep.stage("bootstrap Debian", || {
+                debian::debian_base(paths, &rep, spec, key)
+            })?;
             rep.stage("unpack Debian base", || debian::untar(&rep, &tar, &tree))?;
             spec.base.clone().unwrap_or_default()
         }
@@ -133,7 +139,9 @@ pub fn build_image(
         rootfs::install_cove_files(&tree, spec.init, opts.agent.as_deref(), &spec.services)
     })?;
     for (i, c) in spec.commands.iter().enumerate() {
-        rep.stage(&format!("command {}", i + 1), || debian::run_in_chroot(&rep, &tree, i, c))?;
+        rep.stage(&format!("command {}", i + 1), || {
+            debian::run_in_chroot(&rep, &tree, i, c)
+        })?;
     }
     let bb_tree = rep.stage("unpack busybox", || apt.extract(&busybox_deb))?;
     let busybox = bb_tree.join("bin/busybox");

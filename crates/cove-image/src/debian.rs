@@ -29,7 +29,9 @@ pub(crate) fn base_key(spec: &ImageSpec, packages: &[String]) -> Option<String> 
         packages,
         mirror: spec.mirror.as_deref().unwrap_or(spec::DEFAULT_MIRROR),
     };
-    Some(util::sha256_bytes(&serde_json::to_vec(&key).unwrap_or_default()))
+    Some(util::sha256_bytes(
+        &serde_json::to_vec(&key).unwrap_or_default(),
+    ))
 }
 
 fn is_root() -> bool {
@@ -47,7 +49,12 @@ fn have(program: &str) -> bool {
 /// needed. mmdebstrap runs as root directly and otherwise in a user
 /// namespace (`--mode=unshare`, which needs subuid ranges); debootstrap,
 /// the fallback, needs root.
-pub(crate) fn debian_base(paths: &Paths, rep: &Reporter, spec: &ImageSpec, key: &str) -> Result<PathBuf> {
+pub(crate) fn debian_base(
+    paths: &Paths,
+    rep: &Reporter,
+    spec: &ImageSpec,
+    key: &str,
+) -> Result<PathBuf> {
     let cache = paths.build_cache();
     let tar = cache.join(format!("debian-{}.tar", &key[..32]));
     if tar.is_file() {
@@ -55,7 +62,11 @@ pub(crate) fn debian_base(paths: &Paths, rep: &Reporter, spec: &ImageSpec, key: 
         return Ok(tar);
     }
     create_dir_all(&cache)?;
-    let suite = spec.base.as_deref().and_then(spec::debian_suite).unwrap_or("bookworm");
+    let suite = spec
+        .base
+        .as_deref()
+        .and_then(spec::debian_suite)
+        .unwrap_or("bookworm");
     let mirror = spec.mirror.as_deref().unwrap_or(spec::DEFAULT_MIRROR);
     let packages = spec.base_packages();
     let tmp = tempfile::Builder::new()
@@ -66,7 +77,11 @@ pub(crate) fn debian_base(paths: &Paths, rep: &Reporter, spec: &ImageSpec, key: 
     if have("mmdebstrap") {
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(["--variant=minbase", "--format=tar"])
-            .arg(if is_root() { "--mode=root" } else { "--mode=unshare" });
+            .arg(if is_root() {
+                "--mode=root"
+            } else {
+                "--mode=unshare"
+            });
         if !packages.is_empty() {
             cmd.arg(format!("--include={}", packages.join(",")));
         }
@@ -89,7 +104,11 @@ pub(crate) fn debian_base(paths: &Paths, rep: &Reporter, spec: &ImageSpec, key: 
         cmd.arg(suite).arg(&tree).arg(mirror);
         util::run(rep, "debootstrap", &mut cmd, "apt-get install debootstrap")?;
         let mut cmd = Command::new("tar");
-        cmd.arg("-C").arg(&tree).args(["--numeric-owner", "-cf"]).arg(&out).arg(".");
+        cmd.arg("-C")
+            .arg(&tree)
+            .args(["--numeric-owner", "-cf"])
+            .arg(&out)
+            .arg(".");
         util::run(rep, "tar the debootstrap tree", &mut cmd, "tar")?;
     }
     std::fs::rename(&out, &tar).map_err(io_err("cannot move the Debian base to", &tar))?;
@@ -100,14 +119,22 @@ pub(crate) fn debian_base(paths: &Paths, rep: &Reporter, spec: &ImageSpec, key: 
 pub(crate) fn untar(rep: &Reporter, tarball: &Path, tree: &Path) -> Result<()> {
     create_dir_all(tree)?;
     let mut cmd = Command::new("tar");
-    cmd.arg("-C").arg(tree).args(["--numeric-owner", "-xpf"]).arg(tarball);
+    cmd.arg("-C")
+        .arg(tree)
+        .args(["--numeric-owner", "-xpf"])
+        .arg(tarball);
     if !is_root() {
         cmd.arg("--no-same-owner");
     }
     // Device nodes in a tarball cannot be made without root; the guest's
     // devtmpfs provides them anyway.
     cmd.args(["--exclude=./dev/*"]);
-    util::run(rep, &format!("unpack {}", tarball.display()), &mut cmd, "tar")?;
+    util::run(
+        rep,
+        &format!("unpack {}", tarball.display()),
+        &mut cmd,
+        "tar",
+    )?;
     Ok(())
 }
 
@@ -148,7 +175,12 @@ pub(crate) fn copy_files(tree: &Path, files: &[FileSpec]) -> Result<()> {
 /// Runs one build command inside the tree: a private mount namespace (the
 /// mounts vanish with it), /proc, /dev and a fresh /tmp and /run, then
 /// chroot. Without root, a user namespace maps the caller to root.
-pub(crate) fn run_in_chroot(rep: &Reporter, tree: &Path, index: usize, command: &str) -> Result<()> {
+pub(crate) fn run_in_chroot(
+    rep: &Reporter,
+    tree: &Path,
+    index: usize,
+    command: &str,
+) -> Result<()> {
     const SETUP: &str = r#"set -e
 root="$1"; shift
 mkdir -p "$root/dev" "$root/tmp" "$root/run"
@@ -167,7 +199,10 @@ exec chroot "$root" /bin/sh -c "$1""#;
         .arg(tree)
         .arg(command)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .env("LC_ALL", "C");
     create_dir_all(&tree.join("proc"))?;
@@ -196,12 +231,20 @@ pub(crate) fn hash_tree(dir: &Path) -> Result<String> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries.into_iter().rev() {
             let p = rel.join(e.file_name());
-            let meta = std::fs::symlink_metadata(e.path()).map_err(io_err("cannot stat", e.path()))?;
-            h.update(format!("{}\0{:o}\0{}\0{}\0", p.display(), meta.mode(), meta.uid(), meta.gid()));
+            let meta =
+                std::fs::symlink_metadata(e.path()).map_err(io_err("cannot stat", e.path()))?;
+            h.update(format!(
+                "{}\0{:o}\0{}\0{}\0",
+                p.display(),
+                meta.mode(),
+                meta.uid(),
+                meta.gid()
+            ));
             if meta.is_dir() {
                 stack.push(p);
             } else if meta.file_type().is_symlink() {
-                let t = std::fs::read_link(e.path()).map_err(io_err("cannot read link", e.path()))?;
+                let t =
+                    std::fs::read_link(e.path()).map_err(io_err("cannot read link", e.path()))?;
                 h.update(t.as_os_str().as_encoded_bytes());
             } else if meta.is_file() {
                 h.update(util::sha256_file(&e.path())?.as_bytes());

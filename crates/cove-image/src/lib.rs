@@ -44,6 +44,6 @@ pub use kernel::{DEFAULT_KERNEL_PACKAGE, KernelSource, bzimage_version, kernel_s
 pub use manifest::{ImageManifest, ImageSizes, InitKind, Service, files};
 pub use minimal::{BUSYBOX_PACKAGE, MinimalOptions, build_minimal};
 pub use progress::{NoProgress, Progress};
-pub use spec::{FileSpec, ImageSpec, KernelSpec, RootfsSource, Size};
 pub use rootfs::{AGENT_PATH, check_agent, cove_init_script};
+pub use spec::{FileSpec, ImageSpec, KernelSpec, RootfsSource, Size};
 pub use util::sha256_file;

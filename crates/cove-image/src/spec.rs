@@ -125,7 +125,10 @@ impl TryFrom<SizeRepr> for Size {
 /// Parses `512M`, `2G`, `2GiB`, `1048576`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
@@ -137,12 +140,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{text}` is not a size; write bytes or a number with K, M or G (e.g. \"2G\")"))
+        .ok_or_else(|| {
+            format!("`{text}` is not a size; write bytes or a number with K, M or G (e.g. \"2G\")")
+        })
 }
 
 /// The Debian suite of `debian:<suite>`.
 pub fn debian_suite(base: &str) -> Option<&str> {
-    base.strip_prefix("debian:").filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+    base.strip_prefix("debian:")
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
 }
 
 impl ImageSpec {
@@ -177,7 +183,9 @@ impl ImageSpec {
             Some(RootfsSource::Dir(p)) | Some(RootfsSource::Tarball(p)) => abs(p),
             None => {}
         }
-        if let Some(KernelSpec::Source(KernelSource::Deb(p) | KernelSource::BzImage(p))) = &mut spec.kernel {
+        if let Some(KernelSpec::Source(KernelSource::Deb(p) | KernelSource::BzImage(p))) =
+            &mut spec.kernel
+        {
             abs(p);
         }
         spec.packages.sort();
@@ -186,14 +194,26 @@ impl ImageSpec {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("name `{}` must be letters, digits, `-`, `_` or `.`", self.name));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "name `{}` must be letters, digits, `-`, `_` or `.`",
+                self.name
+            ));
         }
         match (&self.base, &self.rootfs) {
             (Some(_), Some(_)) => return Err("give either `base` or `rootfs`, not both".into()),
-            (None, None) => return Err("give `base = \"debian:bookworm\"` or `rootfs = { dir = … }`".into()),
+            (None, None) => {
+                return Err("give `base = \"debian:bookworm\"` or `rootfs = { dir = … }`".into());
+            }
             (Some(b), None) if debian_suite(b).is_none() => {
-                return Err(format!("base `{b}` is not supported; use `debian:<suite>`, e.g. `debian:bookworm`"));
+                return Err(format!(
+                    "base `{b}` is not supported; use `debian:<suite>`, e.g. `debian:bookworm`"
+                ));
             }
             (None, Some(_)) if !self.packages.is_empty() || self.mirror.is_some() => {
                 return Err("`packages` and `mirror` need a Debian `base`".into());
@@ -203,15 +223,26 @@ impl ImageSpec {
         for f in &self.files {
             let dest = Path::new(&f.dest);
             if !dest.is_absolute() || dest.components().any(|c| c == Component::ParentDir) {
-                return Err(format!("file dest `{}` must be an absolute path without `..`", f.dest));
+                return Err(format!(
+                    "file dest `{}` must be an absolute path without `..`",
+                    f.dest
+                ));
             }
             if let Some(m) = &f.mode {
                 parse_mode(m)?;
             }
         }
         for s in &self.services {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(format!("service name `{}` must be letters, digits, `-`, `_` or `.`", s.name));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "service name `{}` must be letters, digits, `-`, `_` or `.`",
+                    s.name
+                ));
             }
         }
         Ok(())
@@ -288,7 +319,10 @@ command = "postgres"
     fn kernel_by_package_name_and_rootfs_dir() {
         let s = parse("name = \"t\"\nrootfs = { dir = \"tree\" }\nkernel = \"linux-image-amd64\"\nsize = 1048576\n").unwrap();
         assert_eq!(s.rootfs, Some(RootfsSource::Dir("/specs/tree".into())));
-        assert_eq!(s.kernel_source(), KernelSource::Package("linux-image-amd64".into()));
+        assert_eq!(
+            s.kernel_source(),
+            KernelSource::Package("linux-image-amd64".into())
+        );
         assert_eq!(s.size, Some(Size(1 << 20)));
         assert_eq!(s.init, InitKind::Cove);
     }
@@ -296,14 +330,29 @@ command = "postgres"
     #[test]
     fn mistakes_are_named() {
         for (text, needle) in [
-            ("name = \"a\"\nbase = \"debian:bookworm\"\npackges = []\n", "packges"),
+            (
+                "name = \"a\"\nbase = \"debian:bookworm\"\npackges = []\n",
+                "packges",
+            ),
             ("name = \"a\"\n", "base"),
             ("name = \"a\"\nbase = \"ubuntu:noble\"\n", "debian:<suite>"),
-            ("name = \"a\"\nbase = \"debian:bookworm\"\nsize = \"lots\"\n", "not a size"),
+            (
+                "name = \"a\"\nbase = \"debian:bookworm\"\nsize = \"lots\"\n",
+                "not a size",
+            ),
             ("name = \"a b\"\nbase = \"debian:bookworm\"\n", "name"),
-            ("name = \"a\"\nrootfs = { dir = \"x\" }\npackages = [\"vim\"]\n", "Debian `base`"),
-            ("name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"etc/x\"\n", "absolute"),
-            ("name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"/x\"\nmode = \"rw\"\n", "octal"),
+            (
+                "name = \"a\"\nrootfs = { dir = \"x\" }\npackages = [\"vim\"]\n",
+                "Debian `base`",
+            ),
+            (
+                "name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"etc/x\"\n",
+                "absolute",
+            ),
+            (
+                "name = \"a\"\nbase = \"debian:bookworm\"\n[[files]]\nsrc = \"x\"\ndest = \"/x\"\nmode = \"rw\"\n",
+                "octal",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "`{needle}` not in: {err}");

@@ -132,3 +132,40 @@ fn minimal_boots_to_ready() {
     let (elf, _) = boot(&env, &m, vmlinux, "elf");
     eprintln!("vmlinux: ready after {elf:.2} s");
 }
+
+#[test]
+#[ignore = "boots a VM"]
+fn debian_image_boots_with_cove_init_and_its_service() {
+    let mut env = common::env();
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec_path,
+        r#"
+name = "deb-boot"
+base = "debian:bookworm"
+packages = ["procps"]
+[[services]]
+name = "hello"
+user = "nobody"
+command = "echo service-ran-as-$(id -un) > /dev/console; exec sleep 1000"
+"#,
+    )
+    .unwrap();
+    let spec = cove_image::ImageSpec::load(&spec_path).unwrap();
+    let m = cove_image::build_image(
+        &env.paths,
+        &mut env.store,
+        &spec,
+        &cove_image::BuildOptions::default(),
+        &cove_image::NoProgress,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
+    let (secs, console) = boot(&env, &m, &kernel, "deb");
+    eprintln!("debian (cove init): ready after {secs:.2} s");
+    assert!(
+        console.contains("cove-init: starting service hello"),
+        "{console}"
+    );
+}

@@ -37,24 +37,43 @@ fn debian_image_with_packages_files_and_commands() {
     let s = spec(dir.path(), SPEC);
 
     let t = Instant::now();
-    let m = build_image(&env.paths, &mut env.store, &s, &BuildOptions::default(), &NoProgress)
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("first build: {:.1} s; sizes {:?}", t.elapsed().as_secs_f64(), m.sizes);
+    let m = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "first build: {:.1} s; sizes {:?}",
+        t.elapsed().as_secs_f64(),
+        m.sizes
+    );
     assert_eq!(m.base, "debian:bookworm");
     // /etc/os-release is a symlink to ../usr/lib/os-release, which debugfs does not follow.
     let os = common::debugfs_cat(&m.rootfs, "/usr/lib/os-release");
     assert!(os.contains("bookworm"), "{os}");
     assert!(common::debugfs_cat(&m.rootfs, "/etc/motd").contains("hello from the spec"));
-    assert_eq!(common::debugfs_cat(&m.rootfs, "/etc/cove-built").trim(), "built-in-chroot");
+    assert_eq!(
+        common::debugfs_cat(&m.rootfs, "/etc/cove-built").trim(),
+        "built-in-chroot"
+    );
     assert_eq!(common::debugfs_cat(&m.rootfs, "/etc/cove-uid").trim(), "0");
     assert!(common::debugfs_cat(&m.rootfs, "/sbin/cove-init").contains("run_service 'sleeper'"));
-    assert_eq!(common::debugfs_cat(&m.rootfs, "/etc/resolv.conf"), "nameserver 10.0.2.3\n");
+    assert_eq!(
+        common::debugfs_cat(&m.rootfs, "/etc/resolv.conf"),
+        "nameserver 10.0.2.3\n"
+    );
     let stat = std::process::Command::new("debugfs")
         .args(["-R", "stat /usr/bin/ps"])
         .arg(&m.rootfs)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&stat.stdout).contains("Type: regular"), "procps is installed");
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("Type: regular"),
+        "procps is installed"
+    );
     let stat = std::process::Command::new("debugfs")
         .args(["-R", "stat /etc/motd"])
         .arg(&m.rootfs)
@@ -64,7 +83,14 @@ fn debian_image_with_packages_files_and_commands() {
 
     // Unchanged: a cache hit.
     let t = Instant::now();
-    let again = build_image(&env.paths, &mut env.store, &s, &BuildOptions::default(), &NoProgress).unwrap();
+    let again = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
     eprintln!("unchanged spec: {:.3} s", t.elapsed().as_secs_f64());
     assert_eq!(again.id, m.id);
     assert!(t.elapsed().as_secs_f64() < 1.0);
@@ -72,11 +98,24 @@ fn debian_image_with_packages_files_and_commands() {
     // A changed file: a new image, but the Debian base comes from the cache.
     std::fs::write(dir.path().join("motd"), "changed\n").unwrap();
     let t = Instant::now();
-    let changed = build_image(&env.paths, &mut env.store, &s, &BuildOptions::default(), &NoProgress).unwrap();
-    eprintln!("changed file, cached base: {:.1} s", t.elapsed().as_secs_f64());
+    let changed = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    eprintln!(
+        "changed file, cached base: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_ne!(changed.id, m.id);
     assert!(common::debugfs_cat(&changed.rootfs, "/etc/motd").contains("changed"));
-    assert_eq!(cove_image::resolve(&env.store, "deb-test").unwrap().id, changed.id);
+    assert_eq!(
+        cove_image::resolve(&env.store, "deb-test").unwrap().id,
+        changed.id
+    );
 }
 
 #[test]
@@ -88,11 +127,21 @@ fn a_failing_command_names_the_step_and_shows_its_output() {
         dir.path(),
         "name = \"broken\"\nbase = \"debian:bookworm\"\npackages = [\"procps\"]\ncommands = [\"echo about to fail; ls /no/such/dir\"]\n",
     );
-    let err = build_image(&env.paths, &mut env.store, &s, &BuildOptions::default(), &NoProgress).unwrap_err();
+    let err = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ImageError::StepFailed { .. }), "{text}");
     assert!(text.contains("command 1"), "{text}");
-    assert!(text.contains("about to fail") && text.contains("/no/such/dir"), "{text}");
+    assert!(
+        text.contains("about to fail") && text.contains("/no/such/dir"),
+        "{text}"
+    );
     assert!(cove_image::list(&env.store).unwrap().is_empty());
 }
 
@@ -104,9 +153,22 @@ fn rootfs_from_a_directory() {
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/os-release"), "ID=handmade\n").unwrap();
-    let s = spec(dir.path(), "name = \"handmade\"\nrootfs = { dir = \"tree\" }\nsize = \"32M\"\n");
-    let m = build_image(&env.paths, &mut env.store, &s, &BuildOptions::default(), &NoProgress).unwrap();
-    assert_eq!(common::debugfs_cat(&m.rootfs, "/etc/os-release"), "ID=handmade\n");
+    let s = spec(
+        dir.path(),
+        "name = \"handmade\"\nrootfs = { dir = \"tree\" }\nsize = \"32M\"\n",
+    );
+    let m = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        common::debugfs_cat(&m.rootfs, "/etc/os-release"),
+        "ID=handmade\n"
+    );
     assert_eq!(m.sizes.rootfs, 32 << 20);
     assert!(m.base.starts_with("dir:"));
 }
