@@ -1,14 +1,89 @@
-//! `cove console`: not built yet (placeholder so the verb list is complete).
+//! `cove console NAME`: attach to the serial console. Several viewers may
+//! attach at once; each sees the recent history, then live output. When no
+//! viewer is attached, the supervisor answers the guest's cursor-position
+//! queries itself (see cove-supervisor's console module).
 
 use crate::context::Ctx;
+use anyhow::{Context, Result, bail};
+use cove_api::{Request, Response, read_message, write_message};
+use cove_state::VmState;
+use std::io::Write;
 use std::process::ExitCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Ctrl-], as in telnet and `virsh console`.
+const DETACH_BYTE: u8 = 0x1d;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    pub name: String,
+    /// Bytes of recent console output to show first.
+    #[arg(long, default_value_t = 2048)]
+    pub replay: u64,
 }
 
-pub fn run(_ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cove console` is not available in this build yet")
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let record = cove_supervisor::lifecycle::show(&ctx.paths, &args.name)?;
+    if !record.state.is_active() || record.state == VmState::Stopping {
+        bail!(
+            "`{}` is {}; its console log is still readable with `cove logs {}`",
+            args.name,
+            record.state,
+            args.name
+        );
+    }
+    let socket = ctx.paths.vm(&args.name).control_socket();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let conn = UnixStream::connect(&socket)
+            .await
+            .with_context(|| format!("connecting to the supervisor of `{}`", args.name))?;
+        let mut conn = BufReader::new(conn);
+        write_message(conn.get_mut(), &Request::Console { replay_bytes: args.replay }).await?;
+        match read_message::<Response>(&mut conn).await? {
+            Response::Streaming => {}
+            Response::Failed(f) => bail!("{}", f.message),
+            other => bail!("unexpected answer from the supervisor: {other:?}"),
+        }
+        eprint!(
+            "attached to {}'s console; detach with Ctrl-]\r\n",
+            args.name
+        );
+        let _raw = cove_agent_link::RawModeGuard::enter();
+        let (mut from_vm, mut to_vm) = conn.into_inner().into_split();
+        let mut keys = cove_agent_link::spawn_stdin_reader();
+        let input = async {
+            while let Some(chunk) = keys.recv().await {
+                if let Some(at) = chunk.iter().position(|b| *b == DETACH_BYTE) {
+                    let _ = to_vm.write_all(&chunk[..at]).await;
+                    return;
+                }
+                if to_vm.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let output = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut stdout = std::io::stdout();
+            loop {
+                match from_vm.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = input => eprint!("\r\ndetached from {}\r\n", args.name),
+            _ = output => eprint!("\r\nthe console of {} closed (the VM stopped)\r\n", args.name),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
