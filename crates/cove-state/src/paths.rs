@@ -149,6 +149,10 @@ impl VmPaths {
     pub fn supervisor_lock(&self) -> PathBuf {
         self.dir.join("supervisor.lock")
     }
+    /// The health checks `cove up` declared for this VM (JSON), run by `cove test`.
+    pub fn checks_file(&self) -> PathBuf {
+        self.dir.join("checks.json")
+    }
     /// The QEMU command line the supervisor ran, for `why` and for humans.
     pub fn qemu_cmdline(&self) -> PathBuf {
         self.dir.join("qemu.cmdline")
