@@ -51,6 +51,8 @@ for p in /sys/class/virtio-ports/*; do
   echo "COVE-PORT $name"
   [ "$name" = org.cove.agent ] && echo COVE-AGENT-HELLO > /dev/$(basename $p)
 done
+echo "COVE-CPUS $(grep -c ^processor /proc/cpuinfo)"
+dmesg | grep -i tsc | sed 's/^/COVE-DMESG /'
 echo COVE-READY
 exec sleep 1000000
 "#;
