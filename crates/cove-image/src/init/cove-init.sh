@@ -19,6 +19,56 @@ mkdir -p /var/log /run/cove
 [ -f /etc/hostname ] && hostname "$(cat /etc/hostname)"
 echo "cove-init: root filesystem up" > /dev/console
 
+# Data disks: `cove.disk=<serial>:<path>` on the kernel command line (cove
+# writes it from the VM's record). Disks are found by their virtio serial,
+# so their order does not matter.
+mount_data_disk() {
+    serial=$1 target=$2 dev=""
+    for s in /sys/block/*/serial; do
+        [ "$(cat "$s" 2>/dev/null)" = "$serial" ] && dev=/dev/${s#/sys/block/} && dev=${dev%/serial}
+    done
+    if [ -z "$dev" ]; then
+        echo "cove-init: data disk $serial not found (no /sys/block/*/serial says so)" > /dev/console
+        return
+    fi
+    staging=/run/cove/disk-$serial
+    mkdir -p "$staging" "$target"
+    if ! mount -t ext4 "$dev" "$staging"; then
+        echo "cove-init: data disk $serial ($dev) could not be mounted on $target" > /dev/console
+        return
+    fi
+    # A grown disk: grow its filesystem too (online, ext4 allows it).
+    command -v resize2fs >/dev/null 2>&1 && resize2fs "$dev" >/dev/null 2>&1
+    # A new, empty disk takes what the image had at its mount point, like a
+    # container volume, so e.g. a database created at build time moves onto it.
+    if [ -z "$(ls -A "$staging" | grep -v '^lost+found$')" ] && [ -n "$(ls -A "$target" 2>/dev/null)" ]; then
+        cp -a "$target"/. "$staging"/ &&
+            chown "$(stat -c %u:%g "$target")" "$staging" &&
+            chmod "$(stat -c %a "$target")" "$staging" &&
+            echo "cove-init: data disk $serial filled from the image's $target" > /dev/console
+    fi
+    mount --move "$staging" "$target" &&
+        echo "cove-init: data disk $serial mounted on $target" > /dev/console
+}
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    cove.disk=*:/*)
+        spec=${arg#cove.disk=}
+        mount_data_disk "${spec%%:*}" "${spec#*:}"
+        ;;
+    esac
+done
+
+# A shell on the serial console for `cove console`, kept running.
+if [ -c /dev/ttyS0 ]; then
+    (
+        while :; do
+            setsid sh -c 'exec sh -l </dev/ttyS0 >/dev/ttyS0 2>&1'
+            sleep 1
+        done
+    ) &
+fi
+
 echo "cove-init: starting agent" > /dev/console
 if [ -x /usr/lib/cove/cove-agent ]; then
     (
