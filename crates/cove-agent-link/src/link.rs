@@ -120,16 +120,21 @@ impl AgentLink {
             }
         })
         .await;
+        let st = self.shared.state();
+        // A peer that sent plenty of bytes and never one frame is not an agent: say so rather
+        // than "timeout" or "disconnected".
+        if !matches!(res, Ok(Ok(_)))
+            && st.frames_seen == 0
+            && st.skipped > cove_proto::SYNC_PREAMBLE_LEN as u64
+        {
+            return Err(LinkError::Garbage {
+                skipped: st.skipped,
+                last: None,
+            });
+        }
         match res {
             Ok(r) => r,
             Err(_) => {
-                let st = self.shared.state();
-                if st.frames_seen == 0 && st.skipped > cove_proto::SYNC_PREAMBLE_LEN as u64 {
-                    return Err(LinkError::Garbage {
-                        skipped: st.skipped,
-                        last: None,
-                    });
-                }
                 let detail = match (st.frames_seen, st.skipped) {
                     (0, 0) => Some("nothing received from the guest".to_string()),
                     (0, n) => Some(format!("received {n} bytes but no valid frame")),
@@ -167,8 +172,7 @@ impl AgentLink {
         }
         let start = Instant::now();
         self.shared
-            .send(encode(FrameKind::Ping, 0, 0, &nonce.to_le_bytes()))
-            .await?;
+            .send(encode(FrameKind::Ping, 0, 0, &nonce.to_le_bytes()))?;
         let res = tokio::time::timeout(self.cfg.op_timeout, rx).await;
         self.shared.state().pings.remove(&nonce);
         match res {
@@ -199,12 +203,11 @@ pub(crate) async fn open_on(
         let mut st = shared.state();
         let id = shared.alloc_id(&mut st)?;
         let (rx, slot) = shared.new_slot(&mut st, id);
+        // Queued under the lock: an Open must never follow a session restart it predates.
+        shared.send(encode(FrameKind::Open, 0, id, &to_payload(req)))?;
         (id, rx, slot)
     };
     let mut stream = Stream::new(shared.clone(), id, rx, slot, tasks);
-    shared
-        .send(encode(FrameKind::Open, 0, id, &to_payload(req)))
-        .await?;
     match tokio::time::timeout(timeout, stream.recv()).await {
         Ok(Ok(StreamEvent::Msg(StreamMsg::Started { pid }))) => {
             stream.set_pid(pid);

@@ -74,7 +74,10 @@ pub(crate) struct State {
 }
 
 pub(crate) struct Shared {
-    out: mpsc::Sender<Vec<u8>>,
+    /// Unbounded so that frames can be queued while the state lock is held: a session change
+    /// and the frames it implies must reach the wire in that order. Memory stays bounded by
+    /// flow control (data waits for the peer's credit before it is queued).
+    out: mpsc::UnboundedSender<Vec<u8>>,
     st: Mutex<State>,
     pub status: watch::Sender<Status>,
 }
@@ -106,12 +109,12 @@ impl Shared {
         lock(&self.st)
     }
 
-    pub async fn send(&self, bytes: Vec<u8>) -> Result<(), LinkError> {
-        self.out.send(bytes).await.map_err(|_| self.dead_error())
-    }
-
-    pub fn try_send(&self, bytes: Vec<u8>) {
-        let _ = self.out.try_send(bytes);
+    /// Queues bytes for the writer task (never blocks).
+    pub fn send(&self, bytes: Vec<u8>) -> Result<(), LinkError> {
+        // No state lock here: callers may hold it.
+        self.out.send(bytes).map_err(|_| LinkError::Disconnected {
+            reason: "the connection's writer stopped".into(),
+        })
     }
 
     pub fn dead_error(&self) -> LinkError {
@@ -131,17 +134,18 @@ impl Shared {
         }
     }
 
-    /// Rule 1 of the session: reset and send preamble + Hello. Returns the bytes to send.
-    pub fn restart_locked(&self, st: &mut State, why: &LinkError) -> Vec<u8> {
+    /// Rule 1 of the session: reset and queue preamble + Hello, under the state lock so that no
+    /// frame of the old session can be queued after them.
+    pub fn restart_locked(&self, st: &mut State, why: &LinkError) {
         Self::fail_all(st, why);
         let Some(session) = st.session.as_mut() else {
-            return Vec::new();
+            return;
         };
         let hello = session.restart(cove_proto::fresh_nonce());
         self.status.send_replace(Status::Connecting);
         let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
         let _ = encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
-        bytes
+        let _ = self.out.send(bytes);
     }
 
     pub fn close(&self, e: LinkError) {
@@ -197,7 +201,7 @@ impl Shared {
         Some(encode(FrameKind::Window, 0, id, &inc.to_le_bytes()))
     }
 
-    fn on_decode_error(self: &Arc<Self>, e: DecodeError) -> Vec<u8> {
+    fn on_decode_error(self: &Arc<Self>, e: DecodeError) {
         let mut st = self.state();
         let synced = st.session.as_ref().map(|s| s.synced());
         match synced {
@@ -207,7 +211,6 @@ impl Shared {
                     skipped: 0,
                     last: Some(e),
                 });
-                Vec::new()
             }
             Some(true) => {
                 tracing::warn!("agent link desynchronised: {e}; resynchronising");
@@ -218,17 +221,24 @@ impl Shared {
                     },
                 )
             }
-            Some(false) => Vec::new(),
+            Some(false) => {}
         }
     }
 
-    fn on_frame(self: &Arc<Self>, f: Frame) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
+    /// Handles one frame; replies are queued before the state lock is released (see `out`).
+    fn on_frame(self: &Arc<Self>, f: Frame) {
         let mut st = self.state();
+        for o in self.on_frame_locked(&mut st, f) {
+            let _ = self.out.send(o);
+        }
+    }
+
+    fn on_frame_locked(self: &Arc<Self>, st: &mut State, f: Frame) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
         st.last_rx = Instant::now();
         st.frames_seen += 1;
         if f.kind == FrameKind::Hello {
-            self.on_hello(&mut st, &f.payload, &mut out);
+            self.on_hello(st, &f.payload, &mut out);
             return out;
         }
         if st.session.as_ref().is_some_and(|s| !s.synced()) {
@@ -248,9 +258,8 @@ impl Shared {
                 let req = from_payload::<OpenRequest>("open", &f.payload);
                 match (st.accept.clone(), req) {
                     (Some(acc), Ok(req)) if !st.streams.contains_key(&id) => {
-                        let (rx, shared) = self.new_slot(&mut st, id);
+                        let (rx, shared) = self.new_slot(st, id);
                         let stream = Stream::new(self.clone(), id, rx, shared, None);
-                        drop(st);
                         let _ = acc.send((req, stream));
                     }
                     (_, Err(e)) => {
@@ -386,7 +395,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out_tx, out_rx) = mpsc::channel(256);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let session = handshake.then(|| Session::new(Role::Host, env!("CARGO_PKG_VERSION"), vec![]));
     let shared = Arc::new(Shared {
         out: out_tx,
@@ -413,11 +422,8 @@ where
         .0,
     });
     if handshake {
-        let first = {
-            let mut st = shared.state();
-            shared.restart_locked(&mut st, &LinkError::NotReady)
-        };
-        shared.try_send(first);
+        let mut st = shared.state();
+        shared.restart_locked(&mut st, &LinkError::NotReady);
     }
     let wt = tokio::spawn(writer(w, out_rx, shared.clone()));
     let rt = tokio::spawn(reader(r, shared.clone()));
@@ -426,7 +432,7 @@ where
 
 async fn writer<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
     while let Some(mut buf) = rx.recv().await {
@@ -468,15 +474,10 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, shared: Arc<Shared>) {
         while off < n {
             off += dec.push(&buf[off..n]);
             loop {
-                let outs = match dec.next_frame() {
+                match dec.next_frame() {
                     Ok(Some(f)) => shared.on_frame(f),
                     Ok(None) => break,
-                    Err(e) => vec![shared.on_decode_error(e)],
-                };
-                for o in outs.into_iter().filter(|o| !o.is_empty()) {
-                    if shared.send(o).await.is_err() {
-                        return;
-                    }
+                    Err(e) => shared.on_decode_error(e),
                 }
                 if shared.state().dead.is_some() {
                     return;
@@ -495,40 +496,37 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
     let mut last_hello = Instant::now();
     loop {
         tokio::time::sleep(tick).await;
-        let bytes = {
-            let mut st = shared.state();
-            if st.dead.is_some() {
-                return;
-            }
-            let Some(session) = st.session.as_ref() else {
-                return;
-            };
-            if !session.synced() {
-                if last_hello.elapsed() >= Duration::from_millis(500) {
-                    last_hello = Instant::now();
-                    encode(FrameKind::Hello, 0, 0, &to_payload(&session.retransmit()))
-                } else {
-                    continue;
-                }
-            } else if st.last_rx.elapsed() > dead_after {
-                tracing::warn!(
-                    "agent silent for {:?}; starting a new session",
-                    st.last_rx.elapsed()
-                );
-                st.last_rx = Instant::now();
-                shared.restart_locked(
-                    &mut st,
-                    &LinkError::AgentUnresponsive { waited: dead_after },
-                )
-            } else if last_ping.elapsed() >= interval {
-                last_ping = Instant::now();
-                encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes())
-            } else {
-                continue;
-            }
-        };
-        if shared.send(bytes).await.is_err() {
+        let mut st = shared.state();
+        if st.dead.is_some() {
             return;
+        }
+        let Some(session) = st.session.as_ref() else {
+            return;
+        };
+        // Frames are queued under the state lock, like every session-related frame.
+        if !session.synced() {
+            if last_hello.elapsed() >= Duration::from_millis(500) {
+                last_hello = Instant::now();
+                let _ = shared.send(encode(
+                    FrameKind::Hello,
+                    0,
+                    0,
+                    &to_payload(&session.retransmit()),
+                ));
+            }
+        } else if st.last_rx.elapsed() > dead_after {
+            tracing::warn!(
+                "agent silent for {:?}; starting a new session",
+                st.last_rx.elapsed()
+            );
+            st.last_rx = Instant::now();
+            shared.restart_locked(
+                &mut st,
+                &LinkError::AgentUnresponsive { waited: dead_after },
+            );
+        } else if last_ping.elapsed() >= interval {
+            last_ping = Instant::now();
+            let _ = shared.send(encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes()));
         }
     }
 }

@@ -43,7 +43,7 @@ impl Drop for Inner {
         if !self.finished.load(Ordering::SeqCst) {
             // Abandoned mid-way: tell the peer so it stops the process / transfer.
             self.mux.remove_slot(self.id);
-            self.mux.try_send(encode(
+            let _ = self.mux.send(encode(
                 FrameKind::Reset,
                 0,
                 self.id,
@@ -165,8 +165,7 @@ impl StreamSender {
             self.take_credit(cost(chunk.len())).await?;
             self.inner
                 .mux
-                .send(encode(FrameKind::Data, chan as u8, self.inner.id, chunk))
-                .await?;
+                .send(encode(FrameKind::Data, chan as u8, self.inner.id, chunk))?;
         }
         Ok(())
     }
@@ -176,7 +175,6 @@ impl StreamSender {
         self.inner
             .mux
             .send(encode(FrameKind::Eof, chan as u8, self.inner.id, &[]))
-            .await
     }
 
     pub async fn send_msg(&self, msg: &StreamMsg) -> Result<(), LinkError> {
@@ -185,7 +183,6 @@ impl StreamSender {
         self.inner
             .mux
             .send(encode(FrameKind::Msg, 0, self.inner.id, &p))
-            .await
     }
 
     /// Finishes the stream normally (the side that serves a stream does this at the end).
@@ -194,21 +191,17 @@ impl StreamSender {
         self.inner
             .mux
             .send(encode(FrameKind::Close, 0, self.inner.id, &[]))
-            .await
     }
 
     /// Aborts the stream; the agent kills an exec'd process group or stops a transfer.
     pub async fn reset(&self, reason: &str) -> Result<(), LinkError> {
         self.finish();
-        self.inner
-            .mux
-            .send(encode(
-                FrameKind::Reset,
-                0,
-                self.inner.id,
-                reason.as_bytes(),
-            ))
-            .await
+        self.inner.mux.send(encode(
+            FrameKind::Reset,
+            0,
+            self.inner.id,
+            reason.as_bytes(),
+        ))
     }
 
     fn finish(&self) {
@@ -242,7 +235,7 @@ impl StreamReceiver {
             && let Some(frame) = self.inner.mux.consumed(self.inner.id, c)
         {
             // Failing to return credit only matters if the link is gone, which recv reports next.
-            let _ = self.inner.mux.send(frame).await;
+            let _ = self.inner.mux.send(frame);
         }
         if matches!(out, Ok(StreamEvent::Closed) | Err(_)) {
             self.inner.finished.store(true, Ordering::SeqCst);

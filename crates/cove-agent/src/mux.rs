@@ -97,18 +97,30 @@ impl Mux {
         *lock(&self.writer) = w;
     }
 
-    fn write_raw(&self, bytes: &[u8]) {
-        let mut w = lock(&self.writer);
+    // Lock order everywhere: writer, then state. Session changes hold both, so that the frames
+    // they imply (preamble, Hello) are on the wire before any frame written after the change.
+
+    fn put(w: &mut (dyn Write + Send), bytes: &[u8]) {
         if let Err(e) = w.write_all(bytes).and_then(|_| w.flush()) {
             log(&format!("write to host failed: {e}"));
         }
     }
 
-    fn write_frame(&self, kind: FrameKind, channel: u8, stream: u32, payload: &[u8]) {
+    fn put_frame(
+        w: &mut (dyn Write + Send),
+        kind: FrameKind,
+        channel: u8,
+        stream: u32,
+        payload: &[u8],
+    ) {
         let mut buf = Vec::with_capacity(cove_proto::HEADER_LEN + payload.len());
         if cove_proto::encode_into(&mut buf, kind, channel, stream, payload).is_ok() {
-            self.write_raw(&buf);
+            Self::put(w, &buf);
         }
+    }
+
+    fn write_frame(&self, kind: FrameKind, channel: u8, stream: u32, payload: &[u8]) {
+        Self::put_frame(&mut **lock(&self.writer), kind, channel, stream, payload);
     }
 
     fn reset_all(st: &mut State) {
@@ -120,6 +132,7 @@ impl Mux {
 
     /// Rule 1 of the session: reset, preamble, Hello request.
     pub fn restart_session(&self) {
+        let mut w = lock(&self.writer);
         let hello = {
             let mut st = lock(&self.state);
             Self::reset_all(&mut st);
@@ -127,7 +140,7 @@ impl Mux {
         };
         let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
         let _ = cove_proto::encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
-        self.write_raw(&bytes);
+        Self::put(&mut **w, &bytes);
     }
 
     /// The transport lost its peer: everything in flight belongs to a dead session.
@@ -206,7 +219,14 @@ impl Mux {
                                 f.stream
                             ));
                             let id = f.stream;
-                            self.reset_stream_locked(&mut st, id, "flow-control window exceeded");
+                            Self::drop_stream_locked(&mut st, id);
+                            drop(st);
+                            self.write_frame(
+                                FrameKind::Reset,
+                                0,
+                                id,
+                                b"flow-control window exceeded",
+                            );
                             return;
                         }
                         if f.kind == FrameKind::Data {
@@ -244,12 +264,11 @@ impl Mux {
         }
     }
 
-    fn reset_stream_locked(&self, st: &mut State, id: u32, why: &str) {
+    fn drop_stream_locked(st: &mut State, id: u32) {
         if let Some(slot) = st.streams.remove(&id) {
             slot.shared.cancel();
             let _ = slot.tx.send(Inbound::Reset);
         }
-        self.write_frame(FrameKind::Reset, 0, id, why.as_bytes());
     }
 
     fn on_hello(&self, payload: &[u8]) {
@@ -257,19 +276,19 @@ impl Mux {
             Ok(h) => h,
             Err(e) => return log(&e.to_string()),
         };
+        let mut w = lock(&self.writer);
         let mut st = lock(&self.state);
         match st.session.on_hello(&hello) {
             HelloAction::ResetAndReply(reply) => {
                 Self::reset_all(&mut st);
-                // Written while holding the state lock so no Open can be handled before it.
-                self.write_frame(FrameKind::Hello, 0, 0, &to_payload(&reply));
+                Self::put_frame(&mut **w, FrameKind::Hello, 0, 0, &to_payload(&reply));
                 log(&format!(
                     "host connected (cove {}); session reset",
                     hello.version
                 ));
             }
             HelloAction::Reply(reply) => {
-                self.write_frame(FrameKind::Hello, 0, 0, &to_payload(&reply))
+                Self::put_frame(&mut **w, FrameKind::Hello, 0, 0, &to_payload(&reply))
             }
             HelloAction::Synced | HelloAction::Ignore => {}
             HelloAction::Incompatible { peer_protocol } => log(&format!(
