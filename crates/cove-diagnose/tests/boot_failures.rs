@@ -173,6 +173,13 @@ fn out_of_memory_names_the_victim() {
         .find(|f| matches!(f.cause, Cause::OutOfMemory { .. }))
         .unwrap_or_else(|| panic!("{d}\nconsole:\n{log}"));
     assert!(
+        matches!(
+            d.primary().map(|f| &f.cause),
+            Some(Cause::OutOfMemory { .. })
+        ),
+        "the OOM is the cause, init's death its consequence:\n{d}"
+    );
+    assert!(
         oom.evidence
             .iter()
             .any(|e| e.text.contains("invoked oom-killer")),

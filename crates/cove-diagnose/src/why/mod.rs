@@ -157,8 +157,8 @@ pub fn analyze(console_log: &str, facts: &VmFacts) -> Diagnosis {
     rules::root_not_mounted(&log, facts, &mut findings);
     rules::init_fatal(&log, &mut findings);
     rules::no_working_init(&log, &mut findings);
-    rules::init_exited(&log, &mut findings);
     rules::out_of_memory(&log, &mut findings);
+    rules::init_exited(&log, &mut findings);
     rules::other_panic(&log, &mut findings);
     rules::vmm_failed(facts, stage, &mut findings);
     rules::agent(&log, facts, stage, &mut findings);

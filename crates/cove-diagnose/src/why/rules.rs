@@ -431,7 +431,11 @@ pub(super) fn init_exited(log: &Log, out: &mut Vec<Finding>) {
     let explained = out.iter().any(|f| {
         matches!(
             f.cause,
-            Cause::InitFatal { .. } | Cause::RootNotMounted { .. } | Cause::NoWorkingInit
+            Cause::InitFatal { .. }
+                | Cause::RootNotMounted { .. }
+                | Cause::NoWorkingInit
+                | Cause::OutOfMemory { .. }
+                | Cause::MissingSyscall { .. }
         )
     });
     let summary = if explained {
@@ -533,8 +537,20 @@ pub(super) fn agent(log: &Log, facts: &VmFacts, stage: Stage, out: &mut Vec<Find
         });
         return;
     }
-    // Earlier failures already explain a silent agent.
-    if !out.is_empty() && stage < Stage::InitReady {
+    // Earlier failures already explain a silent agent: anything before init was ready, or
+    // anything that ended the guest.
+    let fatal = out.iter().any(|f| {
+        matches!(
+            f.cause,
+            Cause::TscCalibrationStall
+                | Cause::RootNotMounted { .. }
+                | Cause::InitFatal { .. }
+                | Cause::NoWorkingInit
+                | Cause::InitExited { .. }
+                | Cause::KernelPanic { .. }
+        )
+    });
+    if (!out.is_empty() && stage < Stage::InitReady) || fatal {
         return;
     }
     let evidence: Vec<Evidence> = (0..log.lines.len())
