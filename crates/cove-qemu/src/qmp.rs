@@ -191,3 +191,13 @@ impl Drop for QmpClient {
         self.reader.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The supervisor shares one client between tasks.
+    #[test]
+    fn client_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::QmpClient>();
+    }
+}

@@ -217,7 +217,10 @@ async fn boots_microvm_smp2() {
     let b = boot_with(Machine::Microvm, true, 2).await;
     check_contract(&b);
     assert!(b.console.contains("COVE-CPUS 2"), "{}", b.console);
-    eprintln!("BOOT microvm smp2 vmlinux(PVH): ready after {:.2?}", b.to_ready);
+    eprintln!(
+        "BOOT microvm smp2 vmlinux(PVH): ready after {:.2?}",
+        b.to_ready
+    );
 }
 
 #[tokio::test]
@@ -247,7 +250,10 @@ async fn microvm_boots_do_not_hang_on_tsc_calibration() {
     for round in 0..rounds {
         let b = boot(Machine::Microvm, round % 2 == 1).await;
         let c = &b.console;
-        assert!(!c.contains("could not calculate TSC khz"), "round {round}:\n{c}");
+        assert!(
+            !c.contains("could not calculate TSC khz"),
+            "round {round}:\n{c}"
+        );
         assert!(!c.contains("Marking TSC unstable"), "round {round}:\n{c}");
         let khz: u64 = c
             .split_whitespace()
@@ -255,7 +261,11 @@ async fn microvm_boots_do_not_hang_on_tsc_calibration() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no tsc_early_khz on the command line:\n{c}"));
         assert!(
-            c.contains(&format!("tsc: Detected {}.{:03} MHz", khz / 1000, khz % 1000)),
+            c.contains(&format!(
+                "tsc: Detected {}.{:03} MHz",
+                khz / 1000,
+                khz % 1000
+            )),
             "round {round}: the kernel did not take tsc_early_khz={khz}:\n{c}"
         );
         eprintln!("round {round}: ready after {:.2?}", b.to_ready);

@@ -14,7 +14,10 @@ fn spawn_qemu(qmp: &Path) -> tokio::process::Child {
     let mut cmd = std::process::Command::new(&qemu.binary);
     cmd.args(["-M", "none", "-S", "-nodefaults", "-display", "none"])
         .arg("-chardev")
-        .arg(format!("socket,id=qmp,server=on,wait=off,path={}", qmp.display()))
+        .arg(format!(
+            "socket,id=qmp,server=on,wait=off,path={}",
+            qmp.display()
+        ))
         .args(["-mon", "chardev=qmp,mode=control"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -29,7 +32,9 @@ async fn connect(qmp: &Path, child: &tokio::process::Child) -> QmpClient {
     let pid = child.id().unwrap() as i32;
     // SAFETY: signal 0 only checks that the process exists.
     let alive = || unsafe { libc::kill(pid, 0) == 0 };
-    let stream = sockets::connect_when_ready(qmp, TIMEOUT, alive).await.unwrap();
+    let stream = sockets::connect_when_ready(qmp, TIMEOUT, alive)
+        .await
+        .unwrap();
     QmpClient::from_stream(stream, qmp).await.unwrap()
 }
 
@@ -45,12 +50,18 @@ async fn paused_then_running_then_quit() {
     assert_eq!(qmp.query_status().await.unwrap(), RunState::Running);
     // Commands may run concurrently on one connection.
     let (a, b) = tokio::join!(qmp.query_status(), qmp.query_status());
-    assert_eq!((a.unwrap(), b.unwrap()), (RunState::Running, RunState::Running));
+    assert_eq!(
+        (a.unwrap(), b.unwrap()),
+        (RunState::Running, RunState::Running)
+    );
     // Accepted; whether the guest reacts is the guest's business.
     qmp.system_powerdown().await.unwrap();
 
     qmp.quit().await.unwrap();
-    let status = tokio::time::timeout(TIMEOUT, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}");
 
     // The VMM is gone: commands fail with a typed error, not a hang.
@@ -78,5 +89,8 @@ async fn connect_negotiates_on_a_plain_path() {
     let qmp = QmpClient::connect(&sock).await.unwrap();
     assert_eq!(qmp.query_status().await.unwrap(), RunState::Prelaunch);
     qmp.quit().await.unwrap();
-    tokio::time::timeout(TIMEOUT, child.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -100,7 +100,7 @@ fn kernel_tree(cache: &Path) -> PathBuf {
     let depends = output(Command::new("dpkg-deb").arg("-f").arg(&meta).arg("Depends"));
     let real = depends
         .split(',')
-        .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
         .find(|d| d.starts_with("linux-image-") && d.ends_with("-cloud-amd64"))
         .unwrap_or_else(|| panic!("no kernel package in Depends: {depends}"))
         .to_owned();
