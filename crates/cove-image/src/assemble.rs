@@ -31,6 +31,9 @@ pub(crate) struct Parts<'a> {
     pub(crate) agent: bool,
     pub(crate) services: &'a [Service],
     pub(crate) vmlinux: bool,
+    /// A tarball whose recorded owners the image must keep when built
+    /// without root (everything else becomes root's).
+    pub(crate) owners_from: Option<&'a Path>,
     pub(crate) started: Instant,
 }
 
@@ -109,8 +112,17 @@ pub(crate) fn assemble(
 
     let (content, _) = util::tree_size(root)?;
     let rootfs = dir.join(files::ROOTFS);
-    let rootfs_size = rep.stage("make ext4 root filesystem", || {
-        ext4::make_ext4(rep, root, &rootfs, p.size)
+    let rootfs_size = rep.stage("make ext4 root filesystem", || -> Result<u64> {
+        let size = ext4::make_ext4(rep, root, &rootfs, p.size)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            let owners = match p.owners_from {
+                Some(tar) => ext4::tarball_owners(rep, tar)?,
+                None => ext4::Owners::new(),
+            };
+            ext4::fix_owners(rep, root, &rootfs, &owners)?;
+        }
+        Ok(size)
     })?;
     if root.starts_with(&dir) {
         // The tree is in the image directory only while it is built.

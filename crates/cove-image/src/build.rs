@@ -115,6 +115,7 @@ pub fn build_image(
 
     let staging = cache::staging(paths)?;
     let tree = staging.path().join("tree");
+    let mut owners_from = None;
     let base = match (&spec.rootfs, &base_key) {
         (Some(src), _) => {
             rep.stage("unpack root filesystem", || {
@@ -130,6 +131,7 @@ pub fn build_image(
                 debian::debian_base(paths, &rep, spec, key)
             })?;
             rep.stage("unpack Debian base", || debian::untar(&rep, &tar, &tree))?;
+            owners_from = Some(tar);
             spec.base.clone().unwrap_or_default()
         }
         (None, None) => unreachable!("ImageSpec::parse requires base or rootfs"),
@@ -165,6 +167,7 @@ pub fn build_image(
             agent: opts.agent.is_some(),
             services: &spec.services,
             vmlinux: opts.vmlinux,
+            owners_from: owners_from.as_deref(),
             started,
         },
     )

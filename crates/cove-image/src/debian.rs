@@ -45,10 +45,36 @@ fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// How mmdebstrap gets root-like powers. Measured here: as root, `root`;
+/// without root, `unshare` needs a range for the user in /etc/subuid (empty
+/// on these machines, where it fails with "failed to parse /etc/subuid"),
+/// while `fakechroot` (fakechroot and fakeroot installed) works and records
+/// the right owners in the tarball.
+fn mmdebstrap_mode() -> &'static str {
+    if is_root() {
+        return "--mode=root";
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let user = std::env::var("USER").unwrap_or_default();
+    let has_subuid = std::fs::read_to_string("/etc/subuid")
+        .map(|t| {
+            t.lines().any(|l| {
+                let who = l.split(':').next().unwrap_or("");
+                who == uid || (!user.is_empty() && who == user)
+            })
+        })
+        .unwrap_or(false);
+    if has_subuid || !(have("fakechroot") && have("fakeroot")) {
+        "--mode=unshare"
+    } else {
+        "--mode=fakechroot"
+    }
+}
+
 /// The cached Debian base tarball for `spec`, bootstrapping it first if
-/// needed. mmdebstrap runs as root directly and otherwise in a user
-/// namespace (`--mode=unshare`, which needs subuid ranges); debootstrap,
-/// the fallback, needs root.
+/// needed. mmdebstrap works with and without root (see [`mmdebstrap_mode`]);
+/// debootstrap, the fallback, needs root.
 pub(crate) fn debian_base(
     paths: &Paths,
     rep: &Reporter,
@@ -76,12 +102,7 @@ pub(crate) fn debian_base(
     let out = tmp.path().join("base.tar");
     if have("mmdebstrap") {
         let mut cmd = Command::new("mmdebstrap");
-        cmd.args(["--variant=minbase", "--format=tar"])
-            .arg(if is_root() {
-                "--mode=root"
-            } else {
-                "--mode=unshare"
-            });
+        cmd.args(["--variant=minbase", "--format=tar", mmdebstrap_mode()]);
         if !packages.is_empty() {
             cmd.arg(format!("--include={}", packages.join(",")));
         }

@@ -149,6 +149,7 @@ pub fn build_minimal(
             agent: opts.agent.is_some(),
             services: &opts.services,
             vmlinux: opts.vmlinux,
+            owners_from: None,
             started,
         },
     )

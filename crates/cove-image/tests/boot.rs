@@ -15,6 +15,17 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Boots `kernel` with the image's initrd and an overlay of its rootfs;
 /// returns the seconds until `cove-init: ready` and the console output.
 fn boot(env: &common::Env, m: &ImageManifest, kernel: &Path, tag: &str) -> (f64, String) {
+    boot_until(env, m, kernel, tag, "cove-init: ready")
+}
+
+/// Like [`boot`], waiting for `marker` instead.
+fn boot_until(
+    env: &common::Env,
+    m: &ImageManifest,
+    kernel: &Path,
+    tag: &str,
+    marker: &str,
+) -> (f64, String) {
     let overlay = common::tmp_file(env, &format!("root-{tag}.qcow2"));
     std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
     let st = Command::new("qemu-img")
@@ -88,7 +99,7 @@ fn boot(env: &common::Env, m: &ImageManifest, kernel: &Path, tag: &str) -> (f64,
             Ok((t, line)) => {
                 console.push_str(&line);
                 console.push('\n');
-                if line.contains("cove-init: ready") {
+                if line.contains(marker) {
                     ready = Some(t.duration_since(start).as_secs_f64());
                     break;
                 }
@@ -103,7 +114,7 @@ fn boot(env: &common::Env, m: &ImageManifest, kernel: &Path, tag: &str) -> (f64,
     let _ = child.wait();
     match ready {
         Some(secs) => (secs, console),
-        None => panic!("the guest never said `cove-init: ready`; console:\n{console}"),
+        None => panic!("the guest never said `{marker}`; console:\n{console}"),
     }
 }
 
@@ -166,6 +177,36 @@ command = "echo service-ran-as-$(id -un) > /dev/console; exec sleep 1000"
     eprintln!("debian (cove init): ready after {secs:.2} s");
     assert!(
         console.contains("cove-init: starting service hello"),
+        "{console}"
+    );
+}
+
+#[test]
+#[ignore = "boots a VM"]
+fn systemd_image_boots_to_multi_user() {
+    let mut env = common::env();
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec_path,
+        "name = \"deb-systemd\"\nbase = \"debian:bookworm\"\ninit = \"systemd\"\n",
+    )
+    .unwrap();
+    let spec = cove_image::ImageSpec::load(&spec_path).unwrap();
+    let m = cove_image::build_image(
+        &env.paths,
+        &mut env.store,
+        &spec,
+        &cove_image::BuildOptions::default(),
+        &cove_image::NoProgress,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.cmdline_extra, ["cove.init=/sbin/init"]);
+    let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
+    let (secs, console) = boot_until(&env, &m, &kernel, "sd", "Reached target multi-user.target");
+    eprintln!("debian (systemd): multi-user after {secs:.2} s");
+    assert!(
+        console.contains("cove-init: switching root to /sbin/init"),
         "{console}"
     );
 }
