@@ -127,7 +127,8 @@ fn read_cpio<'a>(data: &'a [u8], found: &mut InitramfsModules) -> Result<&'a [u8
             .any(|ext| file_name.ends_with(ext));
         let is_regular = reader.entry().mode() & 0o170000 == 0o100000;
         if is_module && is_regular {
-            let mut bytes = Vec::with_capacity(reader.entry().file_size() as usize);
+            // Capacity capped: the size field comes from the archive, which may be corrupt.
+            let mut bytes = Vec::with_capacity((reader.entry().file_size() as usize).min(64 << 20));
             reader.read_to_end(&mut bytes).map_err(bad)?;
             let info = module_info(&name, &file_name, &bytes)?;
             found.modules.insert(info.name.clone(), info);

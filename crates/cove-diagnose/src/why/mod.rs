@@ -1,6 +1,7 @@
 //! `cove why`: name the cause of a failed VM from its console log and what the supervisor
 //! recorded. A pure function: [`analyze`] reads text and facts, touches nothing.
 
+mod log;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -148,7 +149,7 @@ pub fn analyze(console_log: &str, facts: &VmFacts) -> Diagnosis {
         .lines()
         .map(|l| l.trim_end_matches('\r'))
         .collect();
-    let log = rules::Log::new(&lines);
+    let log = log::Log::new(&lines);
     let (stage, stage_evidence) = log.stage();
     let mut findings = Vec::new();
     rules::tsc_stall(&log, facts, &mut findings);

@@ -1,0 +1,104 @@
+//! The console log as lines, with the helpers every rule uses.
+
+use super::{Evidence, Finding, Stage};
+
+pub(crate) struct Log<'a> {
+    pub(super) lines: &'a [&'a str],
+}
+
+impl<'a> Log<'a> {
+    pub(crate) fn new(lines: &'a [&'a str]) -> Self {
+        Log { lines }
+    }
+
+    pub(super) fn ev(&self, idx: usize) -> Evidence {
+        Evidence {
+            line: idx + 1,
+            text: printable(self.lines[idx]),
+        }
+    }
+
+    /// Indices of lines containing `needle`.
+    pub(super) fn find(&self, needle: &str) -> Vec<usize> {
+        (0..self.lines.len())
+            .filter(|i| self.lines[*i].contains(needle))
+            .collect()
+    }
+
+    pub(super) fn any(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+
+    pub(super) fn non_empty(&self) -> Vec<usize> {
+        (0..self.lines.len())
+            .filter(|i| !self.lines[*i].trim().is_empty())
+            .collect()
+    }
+
+    pub(crate) fn last_line(&self) -> Option<Evidence> {
+        self.non_empty().last().map(|i| self.ev(*i))
+    }
+
+    pub(crate) fn stage(&self) -> (Stage, Option<Evidence>) {
+        let markers: &[(&str, Stage)] = &[
+            ("cove-agent: ready", Stage::AgentReady),
+            ("cove-init: ready", Stage::InitReady),
+            ("cove-init: mounting root", Stage::MountingRoot),
+            ("cove-init: loading modules", Stage::LoadingModules),
+            ("Run /init as init process", Stage::Initramfs),
+            ("cove-init:", Stage::Initramfs),
+            ("Linux version", Stage::Kernel),
+        ];
+        for (needle, stage) in markers {
+            if let Some(i) = self.find(needle).last() {
+                return (*stage, Some(self.ev(*i)));
+            }
+        }
+        match self.non_empty().first() {
+            Some(i) => (Stage::Kernel, Some(self.ev(*i))),
+            None => (Stage::NoOutput, None),
+        }
+    }
+}
+
+/// Drop terminal escape sequences and control characters (firmware clears the screen on
+/// the same line as the first kernel message), so evidence prints cleanly.
+pub(super) fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for n in chars.by_ref() {
+                    if ('@'..='~').contains(&n) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Strip a `[    1.234567] ` kernel timestamp.
+pub(super) fn message(line: &str) -> &str {
+    let t = line.trim_start();
+    if t.starts_with('[')
+        && let Some(end) = t.find("] ")
+    {
+        return &t[end + 2..];
+    }
+    t
+}
+
+pub(super) fn used(findings: &[Finding], line: usize) -> bool {
+    findings
+        .iter()
+        .any(|f| f.evidence.iter().any(|e| e.line == line))
+}
