@@ -43,7 +43,8 @@ pub enum DiskCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// `NAME:/path` for a VM, or `./image.qcow2:/path` for an image file.
+    /// `NAME:/path` for a VM, or `./image.qcow2:/path` for an image file
+    /// (`ls` also takes a bare `NAME`, meaning `NAME:/`).
     pub spec: String,
     /// Read this data disk of the VM instead of its root disk.
     #[arg(long)]
@@ -60,9 +61,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
 }
 
 /// Splits `NAME:/path` at its last colon (image paths may contain colons).
-fn split_spec(spec: &str) -> Result<(&str, &str)> {
-    match spec.rsplit_once(':') {
-        Some((source, path)) if !source.is_empty() && !path.is_empty() => Ok((source, path)),
+/// `ls` passes a default path, so `cove disk ls web` lists `/`.
+fn split_spec<'a>(spec: &'a str, default_path: Option<&'a str>) -> Result<(&'a str, &'a str)> {
+    match (spec.rsplit_once(':'), default_path) {
+        (Some((source, path)), _) if !source.is_empty() && !path.is_empty() => Ok((source, path)),
+        (None, Some(path)) if !spec.is_empty() => Ok((spec, path)),
         _ => bail!("expected NAME:/path (for example `web:/var/log/init.log`), got {spec:?}"),
     }
 }
@@ -106,8 +109,8 @@ fn locate(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<(PathBuf, 
     }
 }
 
-fn open_fs(ctx: &Ctx, t: &Target) -> Result<(Fs, String)> {
-    let (source, path) = split_spec(&t.spec)?;
+fn open_fs(ctx: &Ctx, t: &Target, default_path: Option<&str>) -> Result<(Fs, String)> {
+    let (source, path) = split_spec(&t.spec, default_path)?;
     let (image, label) = locate(ctx, source, t.disk.as_deref())?;
     let disk = DiskImage::open(&image)?;
     let fs = Fs::open(disk)?.with_label(label);
@@ -115,7 +118,7 @@ fn open_fs(ctx: &Ctx, t: &Target) -> Result<(Fs, String)> {
 }
 
 fn ls(ctx: &Ctx, t: &Target) -> Result<ExitCode> {
-    let (fs, path) = open_fs(ctx, t)?;
+    let (fs, path) = open_fs(ctx, t, Some("/"))?;
     let entries = fs.list(&path)?;
     if ctx.json {
         output::print_json(&entries)?;
@@ -165,7 +168,7 @@ fn utc(secs: i64) -> String {
 }
 
 fn cat(ctx: &Ctx, t: &Target) -> Result<ExitCode> {
-    let (fs, path) = open_fs(ctx, t)?;
+    let (fs, path) = open_fs(ctx, t, None)?;
     let mut out = std::io::stdout().lock();
     match fs.read_to(&path, &mut out) {
         Ok(_) => {}
@@ -184,7 +187,7 @@ fn cat(ctx: &Ctx, t: &Target) -> Result<ExitCode> {
 }
 
 fn get(ctx: &Ctx, t: &Target, dest: Option<PathBuf>) -> Result<ExitCode> {
-    let (fs, path) = open_fs(ctx, t)?;
+    let (fs, path) = open_fs(ctx, t, None)?;
     let dest = dest.unwrap_or_else(|| PathBuf::from("."));
     let report = fs.copy_out(&path, &dest)?;
     if ctx.json {
@@ -249,13 +252,12 @@ mod tests {
 
     #[test]
     fn spec_splits_at_the_last_colon() {
-        assert_eq!(split_spec("web:/var/log").unwrap(), ("web", "/var/log"));
-        assert_eq!(
-            split_spec("./a:b.qcow2:/etc").unwrap(),
-            ("./a:b.qcow2", "/etc")
-        );
-        assert!(split_spec("web").is_err());
-        assert!(split_spec(":/etc").is_err());
+        let ok = |spec, default| split_spec(spec, default).unwrap();
+        assert_eq!(ok("web:/var/log", None), ("web", "/var/log"));
+        assert_eq!(ok("./a:b.qcow2:/etc", None), ("./a:b.qcow2", "/etc"));
+        assert_eq!(ok("web", Some("/")), ("web", "/"));
+        assert!(split_spec("web", None).is_err());
+        assert!(split_spec(":/etc", None).is_err());
     }
 
     #[test]
