@@ -68,7 +68,9 @@ impl Backend for Qemu {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             graceful_shutdown: true,
-            snapshots: true,
+            // QEMU can (QMP `migrate` to a file), but cove does not drive it
+            // yet: declare what callers can actually use.
+            snapshots: false,
             // QEMU can, but the devices are not in the argv yet and these hosts
             // have no /dev/vhost-vsock; the agent uses virtio-serial.
             vsock: false,
@@ -138,18 +140,17 @@ fn hostfwd(spec: &VmSpec) -> Result<String, BackendError> {
     let mut out = String::new();
     for p in &spec.ports {
         let addr = p.host_addr.as_str();
-        if addr.contains([',', '-', '=']) {
-            return Err(BackendError::InvalidSpec(format!(
-                "host address {addr:?} of port {} is not an IP address",
-                p.host_port
-            )));
+        // QEMU 7.2's slirp rejects IPv6 host addresses ("Bad host address"),
+        // so refuse them here with the fix instead of a QEMU startup failure.
+        if !addr.is_empty() && addr.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(BackendError::Unsupported {
+                backend: "qemu",
+                what: format!("forward host port {} on address {addr:?}", p.host_port),
+                hint: "user-mode networking listens on IPv4 addresses only; use 127.0.0.1 \
+                       or 0.0.0.0"
+                    .into(),
+            });
         }
-        // IPv6 addresses are bracketed so their colons do not split the rule.
-        let addr = if addr.contains(':') && !addr.starts_with('[') {
-            format!("[{addr}]")
-        } else {
-            addr.to_owned()
-        };
         out.push_str(&format!(
             ",hostfwd=tcp:{addr}:{}-:{}",
             p.host_port, p.guest_port
@@ -379,7 +380,7 @@ mod tests {
             serial: "cove-pgdata".into(),
         }];
         s.ports = vec![PortForward {
-            host_addr: "::1".into(),
+            host_addr: "0.0.0.0".into(),
             host_port: 2222,
             guest_port: 22,
         }];
@@ -402,6 +403,22 @@ mod tests {
         assert!(err.contains("unique"), "{err}");
         s.data_disks[0].serial = "a,b".into();
         assert!(q.args(&s).is_err());
+    }
+
+    #[test]
+    fn ipv6_forwards_are_refused_with_the_fix() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        s.ports = vec![PortForward {
+            host_addr: "::1".into(),
+            host_port: 2222,
+            guest_port: 22,
+        }];
+        let q = Qemu {
+            binary: "/q".into(),
+            tsc_khz: None,
+        };
+        let err = q.args(&s).unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1"), "{err}");
     }
 
     #[test]
