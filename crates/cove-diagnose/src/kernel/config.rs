@@ -219,14 +219,18 @@ pub fn load_config(path: &Path) -> Result<(KernelConfig, ConfigSource), KernelEr
     }
 }
 
-/// `config-<ver>` in the same directory as `vmlinuz-<ver>` / `vmlinux-<ver>` / `bzImage-<ver>`.
+/// The config file next to a kernel: `config-<ver>` beside `vmlinuz-<ver>` (distribution
+/// /boot layout), else `kernel.config` (cove's image directories) or `.config` (a build tree).
 pub fn config_beside(kernel: &Path) -> Option<PathBuf> {
     let name = kernel.file_name()?.to_str()?;
-    let ver = ["vmlinuz-", "vmlinux-", "bzImage-", "Image-"]
+    let versioned = ["vmlinuz-", "vmlinux-", "bzImage-", "Image-"]
         .iter()
-        .find_map(|p| name.strip_prefix(p))?;
-    let candidate = kernel.with_file_name(format!("config-{ver}"));
-    candidate.is_file().then_some(candidate)
+        .find_map(|p| name.strip_prefix(p))
+        .map(|ver| kernel.with_file_name(format!("config-{ver}")));
+    versioned
+        .into_iter()
+        .chain(["kernel.config", ".config"].map(|n| kernel.with_file_name(n)))
+        .find(|c| c.is_file())
 }
 
 /// A text file whose first meaningful lines are config assignments or comments.
@@ -288,6 +292,13 @@ mod tests {
         );
         assert!(c.is_enabled("SYSVIPC"));
         let (c2, src2) = load_config(&dir.path().join("config-6.1.0-test")).unwrap();
+        // cove's image directory layout.
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        std::fs::write(image.join("vmlinuz"), b"MZ not a kernel").unwrap();
+        std::fs::write(image.join("kernel.config"), SAMPLE).unwrap();
+        let (c3, _) = load_config(&image.join("vmlinuz")).unwrap();
+        assert_eq!(c3, c2);
         assert_eq!(c, c2);
         assert!(matches!(src2, ConfigSource::File { .. }));
     }
