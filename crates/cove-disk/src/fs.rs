@@ -148,7 +148,7 @@ impl Fs {
         let magic = disk
             .read_exact_at(&mut sb[..2], SB_MAGIC_AT)
             .map(|()| u16::from_le_bytes([sb[0], sb[1]]));
-        if magic.as_ref().is_ok_and(|m| *m != EXT4_MAGIC) || magic.is_err() {
+        if !matches!(magic, Ok(EXT4_MAGIC)) {
             return Err(Error::NoFilesystem {
                 found: what_is_there(&disk),
                 disk: label,
@@ -210,10 +210,12 @@ impl Fs {
     /// followed for the listed entries, only on the way to the directory.
     pub fn list(&self, path: &str) -> Result<Vec<Entry>> {
         let path = absolute(path);
-        let md = self
-            .ext4
-            .metadata(path.as_str())
-            .map_err(|e| self.err(&path, e))?;
+        let md = match self.ext4.metadata(path.as_str()) {
+            Ok(md) => md,
+            // A dangling symlink is listed as itself, as `ls` does.
+            Err(Ext4Error::NotFound) => return Ok(vec![self.symlink_metadata(&path)?]),
+            Err(e) => return Err(self.err(&path, e)),
+        };
         if !md.is_dir() {
             return Ok(vec![self.symlink_metadata(&path)?]);
         }

@@ -6,7 +6,10 @@
 //! images read-only, follows backing chains of raw and qcow2 layers with
 //! names relative to the image that holds them, reads v2 and v3 headers,
 //! zero clusters and deflate-compressed clusters, and bounds its metadata
-//! cache (128 L2 tables per image; the L1 table is read once). The other
+//! cache (128 L2 tables per layer; the L1 table is read once). An L2 table
+//! is one cluster and maps cluster_size²/8 bytes, so the cache never holds
+//! more than min(128 × cluster_size, 8 × disk size / cluster_size): 8 MiB
+//! for 64 KiB clusters, 2 MiB for a 4 GiB disk with 2 MiB clusters. The other
 //! crates checked in 2026-11: `qcow2` (vasi; v3 only, no backing, no
 //! compression), `qcow2-core` (no backing files), `qcow` (jam1garner; loads
 //! the whole L1 and keeps one L2 table, backing only via a BufReader chain),

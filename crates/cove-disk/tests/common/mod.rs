@@ -74,6 +74,7 @@ pub fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("/etc/app", root.join("app-dir")).unwrap();
     std::os::unix::fs::symlink("loop-b", root.join("loop-a")).unwrap();
     std::os::unix::fs::symlink("loop-a", root.join("loop-b")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", root.join("dangling")).unwrap();
     run(root, "mkfifo", &["run-fifo"]);
     run(
         root,
