@@ -41,6 +41,9 @@ pub enum GuestError {
     /// The guest could not start the program (not installed, not executable, unknown user).
     #[error("the guest could not run `{program}`: {message}")]
     Spawn { program: String, message: String },
+    /// The command did not finish in time (the guest side ends it).
+    #[error("`{program}` did not finish within {}", crate::report::human_duration(*.waited))]
+    Timeout { program: String, waited: Duration },
     /// Anything else the guest side reported.
     #[error("{0}")]
     Other(String),
@@ -114,10 +117,10 @@ pub(crate) async fn host_exec(
         .output();
     let out = match tokio::time::timeout(timeout, child).await {
         Err(_) => {
-            return Err(GuestError::Other(format!(
-                "`{program}` did not finish within {}",
-                crate::report::human_duration(timeout)
-            )));
+            return Err(GuestError::Timeout {
+                program,
+                waited: timeout,
+            });
         }
         Ok(Err(e)) => {
             return Err(GuestError::Spawn {

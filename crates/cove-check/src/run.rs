@@ -43,6 +43,14 @@ const FIRST_POLL: Duration = Duration::from_millis(200);
 const MAX_POLL: Duration = Duration::from_secs(2);
 /// The shortest attempt a waiting check makes, even right at its deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+/// How much longer than a check's timeout the runner waits for the guest to report it.
+const GUEST_GRACE: Duration = Duration::from_secs(1);
+
+fn slow_cause() -> String {
+    "the guest is slow or the command hangs; raise `timeout`, or add `wait` if the service is \
+     still starting"
+        .into()
+}
 
 /// Runs the implicit checks, then `checks`, and reports every result.
 pub async fn run<G: Guest>(vm: &VmFacts, guest: &G, checks: &[Check]) -> Report {
@@ -159,18 +167,16 @@ async fn run_one<G: Guest>(vm: &VmFacts, guest: &G, check: &Check) -> Attempted 
                 .max(MIN_ATTEMPT),
             None => check.timeout(),
         };
-        // The guest side enforces `limit` too; this bound holds even if it does not.
-        let result = match tokio::time::timeout(limit, attempt(vm, guest, check, limit)).await {
+        // The guest side enforces `limit` (and says what it ended); this bound, a little
+        // later, holds even if it does not.
+        let bound = limit + GUEST_GRACE;
+        let result = match tokio::time::timeout(bound, attempt(vm, guest, check, limit)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::new(format!(
                 "no answer within {} (the check's timeout)",
                 human_duration(limit)
             ))
-            .cause(Some(
-                "the guest is slow or the command hangs; raise `timeout`, or add `wait` if the \
-                 service is still starting"
-                    .into(),
-            ))),
+            .cause(Some(slow_cause()))),
         };
         let failure = match result {
             Ok(detail) => return Attempted::of(Ok(detail), started, attempts),
@@ -300,6 +306,12 @@ fn exec_failure(vm: &VmFacts, ctx: &Context<'_>, e: GuestError) -> Failure {
             .cause(Some(cause::of_spawn(ctx, message)))
             .permanent(),
         GuestError::Unreachable(_) => agent_failure(vm, &e),
+        GuestError::Timeout { waited, .. } => Failure::new(format!(
+            "`{}` did not finish within {}",
+            ctx.program.unwrap_or("the command"),
+            human_duration(*waited)
+        ))
+        .cause(Some(slow_cause())),
         GuestError::Other(_) => Failure::new(e.to_string()),
     }
 }
