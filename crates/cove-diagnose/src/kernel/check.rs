@@ -226,13 +226,16 @@ impl fmt::Display for OptionState {
                 write!(f, "=m (module {m}; initramfs not checked)")
             }
             OptionState::ModuleUnverified { module: None } => f.write_str("=m (not verified)"),
-            OptionState::ModuleMissing { module, missing } => {
-                write!(
-                    f,
-                    "=m but {module} needs {} not in the initramfs",
-                    missing.join(", ")
-                )
+            OptionState::ModuleMissing { module, missing }
+                if missing.as_slice() == std::slice::from_ref(module) =>
+            {
+                write!(f, "=m but {module}.ko is not in the initramfs")
             }
+            OptionState::ModuleMissing { module, missing } => write!(
+                f,
+                "=m but {module} needs {} (not in the initramfs)",
+                missing.join(", ")
+            ),
             OptionState::ModuleNotAllowed => f.write_str("=m but must be built in (=y)"),
             OptionState::NotSet => f.write_str(" is not set"),
             OptionState::Other { value } => write!(f, "={value}"),
