@@ -10,8 +10,9 @@
 //! not to the guest's owner. Files are created with `O_NOFOLLOW`, so a
 //! symlink already in the destination is never written through.
 
+use crate::entry::FileKind;
 use crate::error::{Error, Result};
-use crate::fs::{FileKind, Fs};
+use crate::fs::Fs;
 use ext4_view::Metadata as ExtMetadata;
 use serde::Serialize;
 use std::ffi::OsStr;

@@ -100,6 +100,17 @@ pub enum Error {
     #[error("no ext2/3/4 filesystem on {disk}: {found}")]
     NoFilesystem { disk: String, found: String },
 
+    /// Several partitions hold a filesystem; the caller must pick one.
+    #[error("{disk} has filesystems in partitions {partitions}; pick one (`--partition N`)")]
+    AmbiguousPartitions { disk: String, partitions: String },
+
+    #[error("{disk} has no partition {index} (it has: {have})")]
+    NoSuchPartition {
+        disk: String,
+        index: usize,
+        have: String,
+    },
+
     /// The journal has transactions that must be replayed and ext4-view could not do it.
     #[error(
         "the filesystem on {disk} needs recovery (its journal was not replayed: the VM was not \

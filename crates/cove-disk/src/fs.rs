@@ -4,113 +4,12 @@
 //! load, then only the blocks a request touches) and replays a dirty journal
 //! in memory, which is what a VM killed mid-write leaves behind.
 
+use crate::entry::{Entry, FileKind};
 use crate::error::{Error, Result};
 use crate::image::DiskImage;
-use ext4_view::{Ext4, Ext4Error, FileType, Metadata as ExtMetadata};
-use serde::Serialize;
+use crate::partition::{self, Partition};
+use ext4_view::{Ext4, Ext4Error, Metadata as ExtMetadata};
 use std::io::{Read, Write};
-
-/// The kind of an inode, as `ls -l` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileKind {
-    File,
-    Dir,
-    Symlink,
-    CharDevice,
-    BlockDevice,
-    Fifo,
-    Socket,
-}
-
-impl FileKind {
-    pub(crate) fn from_ext(t: FileType) -> FileKind {
-        match t {
-            FileType::Regular => FileKind::File,
-            FileType::Directory => FileKind::Dir,
-            FileType::Symlink => FileKind::Symlink,
-            FileType::CharacterDevice => FileKind::CharDevice,
-            FileType::BlockDevice => FileKind::BlockDevice,
-            FileType::Fifo => FileKind::Fifo,
-            FileType::Socket => FileKind::Socket,
-        }
-    }
-
-    /// The first character of `ls -l` output.
-    pub fn ls_char(self) -> char {
-        match self {
-            FileKind::File => '-',
-            FileKind::Dir => 'd',
-            FileKind::Symlink => 'l',
-            FileKind::CharDevice => 'c',
-            FileKind::BlockDevice => 'b',
-            FileKind::Fifo => 'p',
-            FileKind::Socket => 's',
-        }
-    }
-
-    /// A word for messages ("a fifo").
-    pub fn describe(self) -> &'static str {
-        match self {
-            FileKind::File => "regular file",
-            FileKind::Dir => "directory",
-            FileKind::Symlink => "symbolic link",
-            FileKind::CharDevice => "character device",
-            FileKind::BlockDevice => "block device",
-            FileKind::Fifo => "fifo",
-            FileKind::Socket => "socket",
-        }
-    }
-}
-
-/// What `ls -l` shows about one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    /// The last path component (lossy UTF-8; ext4 names are bytes).
-    pub name: String,
-    /// The absolute path inside the filesystem.
-    pub path: String,
-    pub kind: FileKind,
-    /// Permission bits, `0o7777` at most.
-    pub mode: u16,
-    pub uid: u32,
-    pub gid: u32,
-    /// Size in bytes (the target's length for a symlink).
-    pub size: u64,
-    /// Modification time, seconds since the Unix epoch.
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    /// Where a symlink points, as stored (not resolved).
-    pub symlink_target: Option<String>,
-}
-
-impl Entry {
-    /// The mode as `ls -l` prints it, e.g. `-rwxr-x---` or `lrwxrwxrwx`.
-    pub fn mode_string(&self) -> String {
-        let m = self.mode;
-        let bit = |mask: u16, c: char| if m & mask != 0 { c } else { '-' };
-        let exec = |x: u16, s: u16, set: char, unset: char| match (m & x != 0, m & s != 0) {
-            (true, true) => set,
-            (false, true) => unset,
-            (true, false) => 'x',
-            (false, false) => '-',
-        };
-        [
-            self.kind.ls_char(),
-            bit(0o400, 'r'),
-            bit(0o200, 'w'),
-            exec(0o100, 0o4000, 's', 'S'),
-            bit(0o040, 'r'),
-            bit(0o020, 'w'),
-            exec(0o010, 0o2000, 's', 'S'),
-            bit(0o004, 'r'),
-            bit(0o002, 'w'),
-            exec(0o001, 0o1000, 't', 'T'),
-        ]
-        .iter()
-        .collect()
-    }
-}
 
 /// A read-only ext2/3/4 filesystem on a virtual disk.
 ///
@@ -123,6 +22,7 @@ impl Entry {
 pub struct Fs {
     ext4: Ext4,
     label: String,
+    partition: Option<Partition>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -140,24 +40,72 @@ const EXT4_MAGIC: u16 = 0xef53;
 const INCOMPAT_RECOVER: u32 = 0x4;
 
 impl Fs {
-    /// Loads the filesystem that starts at byte 0 of `disk`.
+    /// Loads the filesystem of `disk`: the one at byte 0 (as `mkfs.ext4 -d`
+    /// makes root disks), else the only partition that holds one.
     pub fn open(disk: DiskImage) -> Result<Fs> {
         let label = format!("disk image {}", disk.path().display());
-        // Looked at before ext4-view loads, to explain a failure well.
-        let mut sb = [0u8; 4];
-        let magic = disk
-            .read_exact_at(&mut sb[..2], SB_MAGIC_AT)
-            .map(|()| u16::from_le_bytes([sb[0], sb[1]]));
-        if !matches!(magic, Ok(EXT4_MAGIC)) {
+        if has_ext4_at(&disk, 0) {
+            return Fs::load(disk, None, label);
+        }
+        let parts = partition::partitions(&disk);
+        let with_fs: Vec<&Partition> = parts
+            .iter()
+            .filter(|p| has_ext4_at(&disk, p.start))
+            .collect();
+        match with_fs.as_slice() {
+            [one] => {
+                let one = (*one).clone();
+                Fs::load(disk, Some(one), label)
+            }
+            [] => Err(Error::NoFilesystem {
+                found: what_is_there(&disk, &parts),
+                disk: label,
+            }),
+            many => Err(Error::AmbiguousPartitions {
+                disk: label,
+                partitions: many
+                    .iter()
+                    .map(|p| p.index.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Loads the filesystem in partition `index` (1-based, as in `vdb1`).
+    pub fn open_partition(disk: DiskImage, index: usize) -> Result<Fs> {
+        let label = format!("disk image {}", disk.path().display());
+        let parts = partition::partitions(&disk);
+        let Some(part) = parts.iter().find(|p| p.index == index).cloned() else {
+            let have: Vec<String> = parts.iter().map(|p| p.index.to_string()).collect();
+            return Err(Error::NoSuchPartition {
+                disk: label,
+                index,
+                have: if have.is_empty() {
+                    "no partition table".into()
+                } else {
+                    have.join(", ")
+                },
+            });
+        };
+        if !has_ext4_at(&disk, part.start) {
             return Err(Error::NoFilesystem {
-                found: what_is_there(&disk),
+                found: format!("partition {index} holds no ext2/3/4 superblock"),
                 disk: label,
             });
         }
+        Fs::load(disk, Some(part), label)
+    }
+
+    fn load(disk: DiskImage, part: Option<Partition>, label: String) -> Result<Fs> {
+        let (start, len) = part.as_ref().map_or((0, disk.size()), |p| (p.start, p.len));
+        // Looked at before ext4-view loads, to explain a failure well.
+        let mut sb = [0u8; 4];
         let needs_recovery = disk
-            .read_exact_at(&mut sb, SB_INCOMPAT_AT)
+            .read_exact_at(&mut sb, start + SB_INCOMPAT_AT)
             .is_ok_and(|()| u32::from_le_bytes(sb) & INCOMPAT_RECOVER != 0);
-        let ext4 = Ext4::load(Box::new(disk)).map_err(|e| match e {
+        let region = Region { disk, start, len };
+        let ext4 = Ext4::load(Box::new(region)).map_err(|e| match e {
             e @ (Ext4Error::Incompatible(_) | Ext4Error::Corrupt(_)) if needs_recovery => {
                 Error::NeedsRecovery {
                     disk: label.clone(),
@@ -166,7 +114,16 @@ impl Fs {
             }
             e => map_err(&label, "/", e),
         })?;
-        Ok(Fs { ext4, label })
+        Ok(Fs {
+            ext4,
+            label,
+            partition: part,
+        })
+    }
+
+    /// The partition the filesystem was found in, if the disk has a table.
+    pub fn partition(&self) -> Option<&Partition> {
+        self.partition.as_ref()
     }
 
     /// Names the disk in error messages, e.g. `VM web's disk`.
@@ -420,22 +377,57 @@ pub(crate) fn map_err(disk: &str, path: &str, e: Ext4Error) -> Error {
     }
 }
 
+fn has_ext4_at(disk: &DiskImage, start: u64) -> bool {
+    let mut magic = [0u8; 2];
+    disk.read_exact_at(&mut magic, start + SB_MAGIC_AT).is_ok()
+        && u16::from_le_bytes(magic) == EXT4_MAGIC
+}
+
+/// A window of the virtual disk (the whole disk, or one partition) that
+/// ext4-view reads from as if it started at byte 0.
+struct Region {
+    disk: DiskImage,
+    start: u64,
+    len: u64,
+}
+
+impl ext4_view::Ext4Read for Region {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let end = start_byte.checked_add(dst.len() as u64);
+        if end.is_none_or(|end| end > self.len) {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {} bytes at {start_byte} runs past the filesystem's {} bytes",
+                    dst.len(),
+                    self.len
+                ),
+            );
+            return Err(Box::new(e));
+        }
+        // Our own error type, boxed, so `map_err` can downcast it back.
+        self.disk
+            .read_exact_at(dst, self.start + start_byte)
+            .map_err(|e| Box::new(e).into())
+    }
+}
+
 /// A short guess at what is on a disk that has no ext4 superblock.
-fn what_is_there(disk: &DiskImage) -> String {
+fn what_is_there(disk: &DiskImage, parts: &[Partition]) -> String {
+    if !parts.is_empty() {
+        return format!(
+            "none of its {} {} partitions holds one",
+            parts.len(),
+            parts[0].table.to_uppercase()
+        );
+    }
     let mut sector = [0u8; 512];
     if disk.read_exact_at(&mut sector, 0).is_err() {
         return format!("the disk is only {} bytes", disk.size());
-    }
-    let mut gpt = [0u8; 8];
-    if disk.read_exact_at(&mut gpt, 512).is_ok() && &gpt == b"EFI PART" {
-        return "it has a GPT partition table; cove reads disks whose filesystem starts at byte 0 \
-                (as `mkfs.ext4 -d` makes them)"
-            .into();
-    }
-    if sector[510..512] == [0x55, 0xaa] {
-        return "it has an MBR partition table or boot sector; cove reads disks whose filesystem \
-                starts at byte 0"
-            .into();
     }
     let mut probe = vec![0u8; 64 * 1024];
     let n = probe
@@ -444,5 +436,5 @@ fn what_is_there(disk: &DiskImage) -> String {
     if disk.read_exact_at(&mut probe[..n], 0).is_ok() && probe[..n].iter().all(|b| *b == 0) {
         return "its first 64 KiB are zeros (a blank disk the guest never formatted?)".into();
     }
-    "no ext2/3/4 superblock at byte 1024 (a different filesystem, or not formatted)".into()
+    "no ext2/3/4 superblock at byte 1024 and no partition table (a different filesystem, or not formatted)".into()
 }

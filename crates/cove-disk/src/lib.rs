@@ -20,13 +20,17 @@
 //! ```
 
 mod copy;
+mod entry;
 mod error;
 mod fs;
 pub mod image;
+mod partition;
 mod probe;
 
 pub use copy::CopyReport;
+pub use entry::{Entry, FileKind};
 pub use error::{Error, Result};
-pub use fs::{Entry, FileKind, FileReader, Fs};
+pub use fs::{FileReader, Fs};
 pub use image::DiskImage;
+pub use partition::{Partition, partitions};
 pub use probe::{Format, Layer};

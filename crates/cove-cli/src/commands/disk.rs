@@ -49,6 +49,10 @@ pub struct Target {
     /// Read this data disk of the VM instead of its root disk.
     #[arg(long)]
     pub disk: Option<String>,
+    /// Read this partition (1-based) of a partitioned disk; by default the
+    /// filesystem at byte 0, else the only partition that holds one.
+    #[arg(long)]
+    pub partition: Option<usize>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
@@ -113,7 +117,11 @@ fn open_fs(ctx: &Ctx, t: &Target, default_path: Option<&str>) -> Result<(Fs, Str
     let (source, path) = split_spec(&t.spec, default_path)?;
     let (image, label) = locate(ctx, source, t.disk.as_deref())?;
     let disk = DiskImage::open(&image)?;
-    let fs = Fs::open(disk)?.with_label(label);
+    let fs = match t.partition {
+        Some(n) => Fs::open_partition(disk, n)?,
+        None => Fs::open(disk)?,
+    };
+    let fs = fs.with_label(label);
     Ok((fs, path.to_string()))
 }
 
@@ -214,6 +222,7 @@ fn info(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<ExitCode> {
     if ctx.json {
         output::print_json(&serde_json::json!({
             "disk": label, "size": disk.size(), "layers": disk.layers(),
+            "partitions": cove_disk::partitions(&disk),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -239,6 +248,16 @@ fn info(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<ExitCode> {
         })
         .collect();
     output::print_table(&["FORMAT", "VERSION", "CLUSTER", "FILE"], &rows);
+    for p in cove_disk::partitions(&disk) {
+        println!(
+            "partition {} ({}): bytes {}..{} ({})",
+            p.index,
+            p.table,
+            p.start,
+            p.start + p.len,
+            output::mib(p.len >> 20)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
