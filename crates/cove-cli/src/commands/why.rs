@@ -86,6 +86,8 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
     let agent_answered = manifest.as_ref().is_some_and(|m| !m.agent)
         || (running && text.contains("cove-agent: ready"));
     let facts = VmFacts {
+        name: Some(name.to_string()),
+        memory_mib: Some(record.memory_mib),
         vmm_exit: if running {
             None
         } else {

@@ -24,6 +24,10 @@ pub struct VmmExit {
 /// What the supervisor recorded about the VM (everything optional: use what is known).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VmFacts {
+    /// The VM's name, used in suggested commands.
+    pub name: Option<String>,
+    /// The VM's memory, used to suggest a larger size.
+    pub memory_mib: Option<u64>,
     /// `None` while the VMM still runs.
     pub vmm_exit: Option<VmmExit>,
     /// Whether the guest agent ever completed a handshake.
@@ -158,7 +162,7 @@ pub fn analyze(console_log: &str, facts: &VmFacts) -> Diagnosis {
     rules::root_not_mounted(&log, facts, &mut findings);
     rules::init_fatal(&log, &mut findings);
     rules::no_working_init(&log, &mut findings);
-    rules::out_of_memory(&log, &mut findings);
+    rules::out_of_memory(&log, facts, &mut findings);
     rules::init_exited(&log, &mut findings);
     rules::other_panic(&log, &mut findings);
     rules::vmm_failed(facts, stage, &mut findings);

@@ -356,7 +356,7 @@ pub(super) fn init_exited(log: &Log, out: &mut Vec<Finding>) {
     });
 }
 
-pub(super) fn out_of_memory(log: &Log, out: &mut Vec<Finding>) {
+pub(super) fn out_of_memory(log: &Log, facts: &VmFacts, out: &mut Vec<Finding>) {
     let idx: Vec<usize> = (0..log.lines.len())
         .filter(|i| {
             let l = log.lines[*i];
@@ -382,7 +382,14 @@ pub(super) fn out_of_memory(log: &Log, out: &mut Vec<Finding>) {
         cause: Cause::OutOfMemory { victim },
         summary,
         evidence: idx.iter().map(|i| log.ev(*i)).collect(),
-        fix: vec!["give the VM more memory: `cove set NAME --memory 1G` (then restart it)".into()],
+        fix: vec![format!(
+            "give the VM more memory: `cove set {} --memory {}` (then restart it)",
+            facts.name.as_deref().unwrap_or("NAME"),
+            facts
+                .memory_mib
+                .map(|m| format!("{}M", (m * 2).max(256)))
+                .unwrap_or_else(|| "1G".into())
+        )],
     });
 }
 
@@ -400,7 +407,9 @@ pub(super) fn other_panic(log: &Log, out: &mut Vec<Finding>) {
             Cause::RootNotMounted { .. } => reason.contains("mount root"),
             Cause::InitExited { .. } => reason.contains("kill init"),
             Cause::NoWorkingInit => reason.contains("No working init"),
-            Cause::OutOfMemory { .. } => reason.contains("Out of memory"),
+            Cause::OutOfMemory { .. } => {
+                reason.contains("Out of memory") || reason.contains("deadlocked on memory")
+            }
             _ => false,
         });
         if let Some(f) = owner {

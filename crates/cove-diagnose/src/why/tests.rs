@@ -249,6 +249,26 @@ fn out_of_memory_names_the_victim() {
     assert_eq!(d.findings[0].evidence.len(), 3);
 }
 
+/// Seen on a real 64M microvm boot: the OOM panic reason is "System is deadlocked on memory".
+#[test]
+fn oom_deadlock_panic_belongs_to_the_oom_finding() {
+    let log = "\
+[    2.172771] swapper/0 invoked oom-killer: gfp_mask=0x40cc0(GFP_KERNEL|__GFP_COMP), order=0, oom_score_adj=0
+[    2.784967] Out of memory and no killable processes...
+[    2.785296] Kernel panic - not syncing: System is deadlocked on memory
+";
+    let mut f = facts();
+    f.name = Some("tiny".into());
+    f.memory_mib = Some(64);
+    let d = analyze(log, &f);
+    assert_eq!(kinds(&d), vec!["oom"], "{d}");
+    assert_eq!(d.findings[0].evidence.len(), 3);
+    assert_eq!(
+        d.findings[0].fix,
+        vec!["give the VM more memory: `cove set tiny --memory 256M` (then restart it)"]
+    );
+}
+
 #[test]
 fn tsc_stall_on_microvm() {
     let log = format!(
