@@ -192,7 +192,7 @@ impl fmt::Display for Diagnosis {
                     l.text.trim()
                 )?;
             }
-            return Ok(());
+            return writeln!(f);
         }
         for (i, finding) in self.findings.iter().enumerate() {
             let label = if i == 0 { "cause" } else { "also" };
