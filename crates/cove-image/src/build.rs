@@ -138,7 +138,13 @@ pub fn build_image(
     };
     rep.stage("copy files", || debian::copy_files(&tree, &spec.files))?;
     rep.stage("install cove files", || {
-        rootfs::install_cove_files(&tree, spec.init, opts.agent.as_deref(), &spec.services)
+        rootfs::install_cove_files(
+            &tree,
+            &spec.name,
+            spec.init,
+            opts.agent.as_deref(),
+            &spec.services,
+        )
     })?;
     for (i, c) in spec.commands.iter().enumerate() {
         rep.stage(&format!("command {}", i + 1), || {

@@ -105,10 +105,31 @@ fn record(store: &mut Store, m: &ImageManifest) -> Result<()> {
 pub(crate) fn staging(paths: &Paths) -> Result<tempfile::TempDir> {
     let images = paths.images();
     crate::util::create_dir_all(&images)?;
+    remove_stale_builds(&images);
     tempfile::Builder::new()
         .prefix(".build-")
         .tempdir_in(&images)
         .map_err(io_err("cannot create a build directory in", images))
+}
+
+/// Build directories of builds that were killed (a finished or failed build
+/// removes its own) are deleted once they are a day old; younger ones may
+/// belong to a build still running.
+fn remove_stale_builds(images: &Path) {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let stale = e.file_name().to_string_lossy().starts_with(".build-")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(24 * 3600));
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Moves the finished staging directory to `images()/<id>` and records the
@@ -128,6 +149,11 @@ pub(crate) fn install(
     crate::util::write_file(&staging.path().join(files::MANIFEST), json)?;
     let dir = image_dir(paths, &m.id);
     if dir.exists() {
+        // A concurrent build of the same id finished first: keep theirs,
+        // VMs may already use it.
+        if let Some(theirs) = cached(paths, store, &m.id)? {
+            return Ok(theirs);
+        }
         // A broken leftover (no readable manifest, or files missing).
         std::fs::remove_dir_all(&dir).map_err(io_err("cannot replace", &dir))?;
     }

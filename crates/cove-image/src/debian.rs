@@ -140,16 +140,13 @@ pub(crate) fn debian_base(
 pub(crate) fn untar(rep: &Reporter, tarball: &Path, tree: &Path) -> Result<()> {
     create_dir_all(tree)?;
     let mut cmd = Command::new("tar");
-    cmd.arg("-C")
-        .arg(tree)
-        .args(["--numeric-owner", "-xpf"])
-        .arg(tarball);
+    // Device nodes in a tarball cannot be made without root; the guest's
+    // devtmpfs provides them anyway.
+    cmd.args(["--exclude=./dev/*", "--exclude=dev/*", "--numeric-owner"]);
     if !is_root() {
         cmd.arg("--no-same-owner");
     }
-    // Device nodes in a tarball cannot be made without root; the guest's
-    // devtmpfs provides them anyway.
-    cmd.args(["--exclude=./dev/*"]);
+    cmd.arg("-C").arg(tree).arg("-xpf").arg(tarball);
     util::run(
         rep,
         &format!("unpack {}", tarball.display()),

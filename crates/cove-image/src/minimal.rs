@@ -128,7 +128,13 @@ pub fn build_minimal(
     let root = staging.path().join("tree");
     rep.stage("populate root filesystem", || -> Result<()> {
         rootfs::minimal_tree(&root, &busybox, &applets)?;
-        rootfs::install_cove_files(&root, InitKind::Cove, opts.agent.as_deref(), &opts.services)
+        rootfs::install_cove_files(
+            &root,
+            &opts.name,
+            InitKind::Cove,
+            opts.agent.as_deref(),
+            &opts.services,
+        )
     })?;
     assemble(
         paths,

@@ -90,6 +90,7 @@ pub fn check_agent(path: &Path) -> Result<()> {
 /// systemd, the units), the agent and the network settings.
 pub(crate) fn install_cove_files(
     root: &Path,
+    hostname: &str,
     init: InitKind,
     agent: Option<&Path>,
     services: &[Service],
@@ -122,9 +123,9 @@ pub(crate) fn install_cove_files(
     let resolv = root.join("etc/resolv.conf");
     let _ = std::fs::remove_file(&resolv);
     write_file(&resolv, RESOLV_CONF)?;
-    if !root.join("etc/hostname").exists() {
-        write_file(&root.join("etc/hostname"), "cove\n")?;
-    }
+    // Debian bootstrappers copy the build host's name; the guest gets the image's.
+    let _ = std::fs::remove_file(root.join("etc/hostname"));
+    write_file(&root.join("etc/hostname"), format!("{hostname}\n"))?;
     if init == InitKind::Systemd {
         let units = root.join("etc/systemd/system");
         let wants = units.join("multi-user.target.wants");
@@ -184,8 +185,7 @@ pub(crate) fn minimal_tree(root: &Path, busybox: &Path, applets: &[String]) -> R
         "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
     )?;
     set_mode(&etc.join("shadow"), 0o600)?;
-    write_file(&etc.join("hostname"), "cove\n")?;
-    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n127.0.1.1 cove\n")?;
+    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n")?;
     write_file(
         &etc.join("os-release"),
         "NAME=\"cove minimal\"\nID=cove-minimal\nPRETTY_NAME=\"cove minimal (busybox)\"\n",

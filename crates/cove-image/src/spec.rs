@@ -261,7 +261,9 @@ impl ImageSpec {
     pub fn base_packages(&self) -> Vec<String> {
         let mut p = self.packages.clone();
         if self.init == InitKind::Systemd {
-            p.push("systemd-sysv".into());
+            // Without udev no device unit ever appears and systemd waits
+            // 90 s for dev-ttyS0.device before the serial getty (seen here).
+            p.extend(["systemd-sysv".into(), "udev".into()]);
         }
         p.sort();
         p.dedup();

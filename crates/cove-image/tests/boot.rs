@@ -203,7 +203,7 @@ fn systemd_image_boots_to_multi_user() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.cmdline_extra, ["cove.init=/sbin/init"]);
     let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
-    let (secs, console) = boot_until(&env, &m, &kernel, "sd", "Reached target multi-user.target");
+    let (secs, console) = boot_until(&env, &m, &kernel, "sd", "Multi-User System");
     eprintln!("debian (systemd): multi-user after {secs:.2} s");
     assert!(
         console.contains("cove-init: switching root to /sbin/init"),

@@ -172,3 +172,52 @@ fn rootfs_from_a_directory() {
     assert_eq!(m.sizes.rootfs, 32 << 20);
     assert!(m.base.starts_with("dir:"));
 }
+
+#[test]
+#[ignore = "downloads packages"]
+fn rootfs_from_a_tarball_keeps_owners() {
+    let mut env = common::env();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("srv")).unwrap();
+    std::fs::write(tree.join("srv/data"), "payload\n").unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--owner=1234", "--group=99", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(dir.path().join("root.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = spec(
+        dir.path(),
+        "name = \"from-tar\"\nrootfs = { tarball = \"root.tar\" }\n",
+    );
+    let m = build_image(
+        &env.paths,
+        &mut env.store,
+        &s,
+        &BuildOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(common::debugfs_cat(&m.rootfs, "/srv/data"), "payload\n");
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /srv/data"])
+        .arg(&m.rootfs)
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        stat.contains("User:  1234") && stat.contains("Group:    99"),
+        "{stat}"
+    );
+    // cove's own files are root's.
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /sbin/cove-init"])
+        .arg(&m.rootfs)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stat.stdout).contains("User:     0"));
+}
