@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -111,13 +112,14 @@ pub fn chain(top: &Path) -> Result<Vec<Layer>> {
         };
         match format {
             Format::Raw => {
-                let len = file
-                    .metadata()
+                // Seeking to the end also sizes block devices, whose
+                // metadata length is 0 (a rootfs partition read in place).
+                let len = (&file)
+                    .seek(SeekFrom::End(0))
                     .map_err(|source| Error::Open {
                         path: path.clone(),
                         source,
-                    })?
-                    .len();
+                    })?;
                 layers.push(Layer {
                     path,
                     format,
