@@ -209,8 +209,12 @@ impl Frame {
 /// frame, bytes that are not a frame are reported once as a [`DecodeError`] and then skipped.
 #[derive(Debug)]
 pub struct Decoder {
-    buf: Vec<u8>,
+    /// Fixed [`MAX_FRAME`]-byte buffer; bytes `pos..end` are pending. Reads go straight into
+    /// `end..`, and the pending part moves to the front only when the end is reached, so a
+    /// stream of small reads costs neither a memset nor a memmove per read.
+    buf: Box<[u8]>,
     pos: usize,
+    end: usize,
     hunting: bool,
     skipped: u64,
 }
@@ -229,8 +233,9 @@ impl Decoder {
     /// A decoder in hunting state.
     pub fn new() -> Self {
         Decoder {
-            buf: Vec::with_capacity(MAX_FRAME),
+            buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
             pos: 0,
+            end: 0,
             hunting: true,
             skipped: 0,
         }
@@ -238,7 +243,7 @@ impl Decoder {
 
     /// How many more bytes [`Decoder::push`] would accept now.
     pub fn space(&self) -> usize {
-        MAX_FRAME - (self.buf.len() - self.pos)
+        MAX_FRAME - (self.end - self.pos)
     }
 
     /// Total bytes skipped as garbage so far.
@@ -248,7 +253,8 @@ impl Decoder {
 
     fn compact(&mut self) {
         if self.pos > 0 {
-            self.buf.drain(..self.pos);
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
         }
     }
@@ -257,27 +263,26 @@ impl Decoder {
     /// [`Decoder::next_frame`] until it yields `Ok(None)` before pushing the rest.
     pub fn push(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.space());
-        if self.buf.len() + n > self.buf.capacity() {
+        if self.end + n > MAX_FRAME {
             self.compact();
         }
-        self.buf.extend_from_slice(&data[..n]);
+        self.buf[self.end..self.end + n].copy_from_slice(&data[..n]);
+        self.end += n;
         n
     }
 
     /// Reads once from `r` into the free space. Returns 0 on EOF (or when full, which cannot
     /// happen if frames are drained between reads).
     pub fn read_from<R: Read + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
-        self.compact();
-        let used = self.buf.len();
-        let want = MAX_FRAME - used;
-        if want == 0 {
+        if self.end == MAX_FRAME {
+            self.compact();
+        }
+        if self.end == MAX_FRAME {
             return Ok(0);
         }
-        self.buf.resize(used + want, 0);
-        let res = r.read(&mut self.buf[used..]);
-        let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(used + n);
-        res
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     fn skip(&mut self, n: usize) {
@@ -287,7 +292,7 @@ impl Decoder {
 
     /// Drops bytes up to the next possible magic. Returns how many were dropped.
     fn hunt(&mut self) -> usize {
-        let avail = &self.buf[self.pos..];
+        let avail = &self.buf[self.pos..self.end];
         let mut i = 0;
         while i < avail.len() {
             if avail[i] == MAGIC[0] {
@@ -314,7 +319,7 @@ impl Decoder {
                     skipped: dropped as u64,
                 });
             }
-            let avail = &self.buf[self.pos..];
+            let avail = &self.buf[self.pos..self.end];
             if avail.len() < HEADER_LEN {
                 return Ok(None);
             }
