@@ -90,7 +90,9 @@ pub fn of_output(ctx: &Context<'_>, code: Option<i32>, output: &str) -> Option<S
 /// The likely cause when the guest could not start the program at all.
 pub fn of_spawn(ctx: &Context<'_>, message: &str) -> String {
     let lower = message.to_ascii_lowercase();
-    if lower.contains("user") && (lower.contains("unknown") || lower.contains("no such")) {
+    if lower.contains("no user")
+        || (lower.contains("user") && (lower.contains("unknown") || lower.contains("no such")))
+    {
         return format!(
             "the guest has no user `{}`; is the software that creates it installed in the image?",
             ctx.user.unwrap_or("?")
@@ -244,5 +246,8 @@ mod tests {
                 .contains("not installed")
         );
         assert_eq!(of_output(&c, Some(1), "no rows"), None);
+        // What cove-agent says for a user missing from the guest's /etc/passwd.
+        let spawn = of_spawn(&c, "no user \"postgres\" in /etc/passwd of the guest");
+        assert!(spawn.contains("the guest has no user `postgres`"), "{spawn}");
     }
 }

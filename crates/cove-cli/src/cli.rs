@@ -61,6 +61,8 @@ pub enum Command {
     Doctor(commands::doctor::Args),
     /// Read files from a stopped VM's disk without mounting it.
     Disk(commands::disk::Args),
+    /// Run a VM's declared health checks.
+    Test(commands::test::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
     /// Run by `cove start`: the per-VM supervisor process.

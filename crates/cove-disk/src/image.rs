@@ -15,7 +15,7 @@
 //! the whole L1 and keeps one L2 table, backing only via a BufReader chain),
 //! `qcow2-rs` (async, io_uring oriented). imago is the only one that fits.
 //! What imago reports as a generic `io::Error` (encryption, external data
-//! files, zstd, missing backing files) is caught first by [`crate::probe`].
+//! files, zstd, missing backing files) is caught first by the header walk in `probe.rs`.
 
 use crate::error::{Error, Result};
 use crate::probe::{self, Format, Layer};

@@ -21,6 +21,7 @@ pub mod show;
 pub mod start;
 pub mod stop;
 pub mod supervise;
+pub mod test;
 pub mod why;
 
 use crate::cli::{Cli, Command};
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernel(a) => kernel::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Disk(a) => disk::run(&ctx, a),
+        Command::Test(a) => test::run(&ctx, a),
         Command::Why(a) => why::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
     }
