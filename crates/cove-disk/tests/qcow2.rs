@@ -272,6 +272,50 @@ fn three_layer_chain_with_relative_names_from_another_directory() {
 }
 
 #[test]
+fn an_overlay_larger_than_its_backing_file_reads_zeros_past_its_end() {
+    // What `qemu-img resize` of a VM's root overlay makes.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    patterned_base(d);
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "pat.raw",
+            "-F",
+            "raw",
+            "big.qcow2",
+            "20M",
+        ],
+    );
+    run(
+        d,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x33 8384512 8192",
+            "big.qcow2",
+        ],
+    );
+    assert_same_as_qemu(d, "big.qcow2");
+    // And a standalone data disk grown after it was written.
+    run(
+        d,
+        "qemu-img",
+        &["convert", "-q", "-O", "qcow2", "pat.raw", "data.qcow2"],
+    );
+    run(d, "qemu-img", &["resize", "-q", "data.qcow2", "12M"]);
+    assert_same_as_qemu(d, "data.qcow2");
+}
+
+#[test]
 fn read_and_seek_walk_the_virtual_disk() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
