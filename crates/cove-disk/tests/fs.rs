@@ -296,3 +296,35 @@ fn a_journal_that_cannot_be_replayed_says_the_filesystem_needs_recovery() {
     );
     assert!(msg.contains("e2fsck -fy"), "{msg}");
 }
+
+#[test]
+fn a_damaged_superblock_is_reported_as_a_damaged_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("tree")).unwrap();
+    std::fs::write(d.join("tree/a"), b"a").unwrap();
+    // No metadata_csum, so the superblock checksum does not catch it first.
+    run(
+        d,
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-O",
+            "^metadata_csum",
+            "-d",
+            "tree",
+            "fs.raw",
+            "8M",
+        ],
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("fs.raw"))
+        .unwrap();
+    // s_log_block_size = 30: a 1 TiB block size.
+    std::os::unix::fs::FileExt::write_all_at(&file, &30u32.to_le_bytes(), 1024 + 24).unwrap();
+    let e = Fs::open(DiskImage::open(d.join("fs.raw")).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::CorruptFilesystem { .. }), "{e:?}");
+    assert!(e.to_string().contains("e2fsck -fn"), "{e}");
+}

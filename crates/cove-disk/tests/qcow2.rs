@@ -441,3 +441,33 @@ fn encrypted_external_data_zstd_and_missing_backing_are_refused_clearly() {
     let e = open_err(d, "does-not-exist.qcow2");
     assert!(matches!(e, Error::Open { .. }), "{e}");
 }
+
+#[test]
+fn damaged_images_read_like_qemu_or_fail_clearly() {
+    let f = Fixture::new("32M");
+    let d = f.path();
+    // An overlay cut short (a copy interrupted): clusters past the end of
+    // the file read as zeros, exactly as QEMU reads them.
+    let len = std::fs::metadata(&f.overlay).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.overlay)
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    assert_same_as_qemu(d, "overlay.qcow2");
+    // A header with a nonsense cluster size.
+    let mut header = std::fs::read(d.join("base.raw")).unwrap();
+    header.truncate(0);
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "bad.qcow2", "1M"],
+    );
+    header.extend(std::fs::read(d.join("bad.qcow2")).unwrap());
+    header[20..24].copy_from_slice(&40u32.to_be_bytes());
+    std::fs::write(d.join("bad.qcow2"), &header).unwrap();
+    let e = DiskImage::open(d.join("bad.qcow2")).unwrap_err();
+    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    assert!(e.to_string().contains("cluster_bits is 40"), "{e}");
+}
