@@ -248,6 +248,9 @@ mod tests {
         assert_eq!(of_output(&c, Some(1), "no rows"), None);
         // What cove-agent says for a user missing from the guest's /etc/passwd.
         let spawn = of_spawn(&c, "no user \"postgres\" in /etc/passwd of the guest");
-        assert!(spawn.contains("the guest has no user `postgres`"), "{spawn}");
+        assert!(
+            spawn.contains("the guest has no user `postgres`"),
+            "{spawn}"
+        );
     }
 }
