@@ -68,6 +68,7 @@ fn shutdown(stream: AgentStream, reboot: bool) {
     } else {
         "powering off at the host's request"
     });
+    crate::poweroff::stop_everything();
     // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
     let err = unsafe {
         libc::sync();

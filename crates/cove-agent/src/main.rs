@@ -7,6 +7,8 @@ mod exec;
 mod files;
 mod handlers;
 mod mux;
+mod pid1;
+mod poweroff;
 mod procs;
 mod transport;
 mod users;
@@ -61,6 +63,7 @@ fn main() {
             _ => usage_exit(),
         }
     }
+    pid1::setup_if_init();
     match mode {
         Mode::Virtio(path) => transport::serve_device(path, allow_poweroff),
         Mode::Unix(path) => transport::serve_unix(&path, allow_poweroff),

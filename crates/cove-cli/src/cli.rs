@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Build, list and remove guest images.
     Image(commands::image::Args),
+    /// Converge the VMs a spec file declares: build, create, start, check.
+    Up(commands::up::Args),
+    /// Stop and remove the VMs a spec file declares (data disks are kept).
+    Down(commands::down::Args),
     /// Create a VM from an image (does not start it).
     Create(commands::create::Args),
     /// Boot a VM and wait until its agent answers.

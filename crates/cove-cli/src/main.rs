@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod context;
 mod output;
+mod up_spec;
 
 use clap::Parser;
 use std::process::ExitCode;

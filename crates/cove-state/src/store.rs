@@ -264,6 +264,7 @@ mod tests {
             machine: "microvm".into(),
             ports: vec![],
             data_disks: vec![],
+            disk_mounts: Default::default(),
             last_exit: None,
             last_error: None,
             created_at: now(),

@@ -169,6 +169,9 @@ pub struct VmRecord {
     pub ports: Vec<PortForward>,
     /// Names of persistent data disks attached in order after the root disk.
     pub data_disks: Vec<String>,
+    /// Where the guest's init mounts each data disk (disk name → absolute path).
+    #[serde(default)]
+    pub disk_mounts: std::collections::BTreeMap<String, String>,
     /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
     pub last_exit: Option<String>,
     /// A one-line explanation of the last failure, if any.

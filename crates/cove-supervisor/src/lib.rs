@@ -2,6 +2,7 @@
 //! supervisor process they start ([`supervisor`]).
 
 pub mod boot_image;
+pub mod data_disk;
 pub mod console_log;
 mod error;
 pub mod lifecycle;

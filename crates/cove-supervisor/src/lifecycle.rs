@@ -2,6 +2,7 @@
 //! kill, delete, reconfigure, and the reconcile that makes every read true.
 
 use crate::boot_image;
+use crate::data_disk;
 use crate::error::LifecycleError;
 use crate::liveness;
 use cove_api::{Request, Response};
@@ -25,7 +26,7 @@ pub struct CreateOptions {
     pub memory_mib: u64,
     pub machine: Machine,
     pub ports: Vec<PortForward>,
-    pub data_disks: Vec<String>,
+    pub disks: Vec<data_disk::DiskRequest>,
 }
 
 /// Creates a VM: a copy-on-write overlay of its image and a record, both or
@@ -40,6 +41,15 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         return Err(cove_state::StoreError::AlreadyExists(opts.name.clone()).into());
     }
     let image = boot_image::resolve(&store, &opts.image)?;
+    for disk in &opts.disks {
+        if let Some(mount) = disk.mount.as_deref().filter(|m| !m.starts_with('/')) {
+            return Err(LifecycleError::BadResources(format!(
+                "data disk `{}` mount point `{mount}` must be an absolute path",
+                disk.name
+            )));
+        }
+        data_disk::ensure(paths, &disk.name, disk.size_bytes)?;
+    }
     let staging = tempfile_dir(&paths.vm_staging(), opts.name.as_str())?;
     let overlay = staging.join("root.qcow2");
     create_overlay(&image.rootfs, &overlay)?;
@@ -55,7 +65,12 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         accel: None,
         machine: opts.machine.as_str().to_owned(),
         ports: opts.ports.clone(),
-        data_disks: opts.data_disks.clone(),
+        data_disks: opts.disks.iter().map(|d| d.name.clone()).collect(),
+        disk_mounts: opts
+            .disks
+            .iter()
+            .filter_map(|d| Some((d.name.clone(), d.mount.clone()?)))
+            .collect(),
         last_exit: None,
         last_error: None,
         created_at: now(),
@@ -241,6 +256,18 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
     })
 }
 
+/// This program, to run as the supervisor. If it was replaced on disk while
+/// running (an upgrade, a rebuild), the kernel reports the old path with
+/// " (deleted)": the new binary at that path is the one to run.
+fn cove_executable() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// The fd the supervisor finds its inherited lock on.
 pub const LOCK_FD: i32 = 3;
 
@@ -255,7 +282,7 @@ fn spawn_supervisor(
         .create(true)
         .append(true)
         .open(vm.supervisor_log())?;
-    let exe = std::env::current_exe()?;
+    let exe = cove_executable()?;
     let lock_fd = lock.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg(SUPERVISE_VERB)

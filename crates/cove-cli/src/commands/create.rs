@@ -4,6 +4,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
 use cove_state::{PortForward, VmName};
+use cove_supervisor::data_disk::DiskRequest;
 use cove_supervisor::lifecycle::{self, CreateOptions};
 use std::process::ExitCode;
 
@@ -23,6 +24,26 @@ pub struct Args {
     /// (bound to 127.0.0.1 unless an address is given).
     #[arg(long = "publish", short = 'p', value_parser = parse_port)]
     pub ports: Vec<PortForward>,
+    /// Attach a persistent data disk: `NAME[:SIZE][:/mount/point]`, created
+    /// empty (ext4) if it does not exist; it outlives the VM.
+    #[arg(long = "disk", value_parser = parse_disk)]
+    pub disks: Vec<DiskRequest>,
+}
+
+/// `pgdata:1G:/var/lib/postgresql`, `pgdata:/srv`, `scratch:512M`.
+pub fn parse_disk(text: &str) -> Result<DiskRequest, String> {
+    let mut parts = text.split(':');
+    let name = parts.next().unwrap_or_default().to_owned();
+    let mut disk = DiskRequest { name, size_bytes: 1 << 30, mount: None };
+    for part in parts {
+        if part.starts_with('/') {
+            disk.mount = Some(part.to_owned());
+        } else {
+            disk.size_bytes = parse_memory(part)? * 1024 * 1024;
+        }
+    }
+    cove_state::VmName::new(&disk.name).map_err(|e| format!("disk name: {e}"))?;
+    Ok(disk)
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +66,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             memory_mib: args.resources.memory,
             machine: args.machine,
             ports: args.ports,
-            data_disks: Vec::new(),
+            disks: args.disks,
         },
     )?;
     if ctx.json {

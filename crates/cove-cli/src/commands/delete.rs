@@ -13,11 +13,20 @@ pub struct Args {
     /// Kill a running VM first instead of refusing.
     #[arg(long, short = 'f')]
     pub force: bool,
+    /// Also delete the VM's data disks (kept otherwise, for the next VM).
+    #[arg(long)]
+    pub purge: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     for name in &args.names {
+        let disks = lifecycle::show(&ctx.paths, name)?.data_disks;
         lifecycle::delete(&ctx.paths, name, args.force)?;
+        if args.purge {
+            for disk in &disks {
+                cove_supervisor::data_disk::remove(&ctx.paths, disk)?;
+            }
+        }
         if ctx.json {
             output::print_json(&serde_json::json!({"name": name, "deleted": true}))?;
         } else {

@@ -41,6 +41,9 @@ pub struct BuildArgs {
     /// The static `cove-agent` to install (default: the one built beside `cove`).
     #[arg(long, env = "COVE_AGENT")]
     pub agent: Option<PathBuf>,
+    /// Size of the root filesystem, e.g. `512M` or `4G` (default: content plus headroom).
+    #[arg(long, value_parser = super::create::parse_memory)]
+    pub size: Option<u64>,
     /// Build without the agent (no `exec`, readiness by console marker only).
     #[arg(long, conflicts_with = "agent")]
     pub no_agent: bool,
@@ -68,6 +71,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
     let manifest = if args.what == "minimal" {
         let mut opts = MinimalOptions {
             agent,
+            size: args.size.map(|mib| mib * 1024 * 1024),
             ..MinimalOptions::default()
         };
         if let Some(name) = args.name {
@@ -106,23 +110,28 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
 }
 
 fn build_spec(
-    _ctx: &Ctx,
-    _store: &mut Store,
+    ctx: &Ctx,
+    store: &mut Store,
     path: &Path,
-    _name: Option<String>,
-    _agent: Option<PathBuf>,
-    _progress: &BuildProgress,
+    name: Option<String>,
+    agent: Option<PathBuf>,
+    progress: &BuildProgress,
 ) -> cove_image::Result<ImageManifest> {
-    Err(cove_image::ImageError::Spec {
-        path: path.to_owned(),
-        reason: "image specs are not supported by this build yet".into(),
-    })
+    let mut spec = cove_image::ImageSpec::load(path)?;
+    if let Some(name) = name {
+        spec.name = name;
+    }
+    let opts = cove_image::BuildOptions {
+        agent,
+        ..cove_image::BuildOptions::default()
+    };
+    cove_image::build_image(&ctx.paths, store, &spec, &opts, progress)
 }
 
 /// The static agent built by `scripts/build`, found relative to this binary
 /// (`target/release/cove` → `target/x86_64-unknown-linux-gnu/release/cove-agent`)
 /// or installed beside it.
-fn locate_agent() -> Result<PathBuf> {
+pub fn locate_agent() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the cove binary")?;
     let dir = exe.parent().context("cove binary has no directory")?;
     let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");

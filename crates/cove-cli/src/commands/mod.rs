@@ -7,6 +7,7 @@ pub mod create;
 pub mod delete;
 pub mod disk;
 pub mod doctor;
+pub mod down;
 pub mod exec;
 pub mod image;
 pub mod kernel;
@@ -22,6 +23,7 @@ pub mod start;
 pub mod stop;
 pub mod supervise;
 pub mod test;
+pub mod up;
 pub mod why;
 
 use crate::cli::{Cli, Command};
@@ -32,6 +34,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::from_env(cli.json)?;
     match cli.command {
         Command::Image(a) => image::run(&ctx, a),
+        Command::Up(a) => up::run(&ctx, a),
+        Command::Down(a) => down::run(&ctx, a),
         Command::Create(a) => create::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),

@@ -10,6 +10,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Environment variable with extra QEMU arguments, read by the supervisor.
+pub const EXTRA_ARGS_ENV: &str = "COVE_QEMU_EXTRA_ARGS";
+
 /// How long the VMM may take to open its sockets.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `quit` may take before the VMM is killed.
@@ -35,14 +38,14 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
         kernel: image.kernel.clone(),
         vmlinux: image.vmlinux.clone(),
         initrd: Some(image.initrd.clone()),
-        cmdline_extra: image.cmdline_extra.join(" "),
+        cmdline_extra: cmdline_extra(image, record),
         root_disk: vm.root_disk(),
         data_disks: record
             .data_disks
             .iter()
             .map(|d| DataDisk {
-                path: paths.data_disks().join(format!("{d}.qcow2")),
-                serial: format!("data-{d}"),
+                path: crate::data_disk::path(paths, d),
+                serial: crate::data_disk::serial(d),
             })
             .collect(),
         ports: record.ports.clone(),
@@ -54,6 +57,12 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
     };
     let qemu = cove_qemu::Qemu::find(cove_qemu::tsc::host_tsc_khz_cached(paths))?;
     let mut cmd = qemu.command(&spec)?;
+    // An escape hatch for experiments and benchmarks (e.g. a second
+    // virtio-serial port for qemu-guest-agent): extra QEMU arguments,
+    // whitespace-separated. Recorded in qemu.cmdline like everything else.
+    if let Ok(extra) = std::env::var(EXTRA_ARGS_ENV) {
+        cmd.args(extra.split_whitespace());
+    }
     std::fs::write(vm.qemu_cmdline(), render_cmdline(&cmd))?;
     let vmm_log = std::fs::OpenOptions::new()
         .create(true)
@@ -73,6 +82,16 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
         pid,
         accel: choice.accel.to_string(),
     })
+}
+
+/// The image's kernel arguments plus, for each mounted data disk,
+/// `cove.disk=<serial>:<path>`, which the image's init reads to mount it.
+fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
+    let mut args = image.cmdline_extra.clone();
+    for (disk, mount) in &record.disk_mounts {
+        args.push(format!("cove.disk={}:{mount}", crate::data_disk::serial(disk)));
+    }
+    args.join(" ")
 }
 
 fn render_cmdline(cmd: &std::process::Command) -> String {

@@ -1,0 +1,170 @@
+//! `cove up FILE.toml`: converge the VMs a spec declares (build the image
+//! if needed, create, start, wait ready, run their checks). Running it again
+//! with nothing changed changes nothing.
+
+use crate::context::Ctx;
+use crate::up_spec::{DeclaredVm, ImageSource, UpSpec};
+use anyhow::{Context, Result};
+use cove_image::ImageManifest;
+use cove_state::{Store, VmRecord};
+use cove_supervisor::lifecycle::{self, CreateOptions, StartOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The spec file (see examples/).
+    pub file: PathBuf,
+    /// Converge only; do not run the checks afterwards.
+    #[arg(long)]
+    pub no_test: bool,
+    /// Also write the checks' results as JUnit XML to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// The static `cove-agent` to put into a built image.
+    #[arg(long, env = "COVE_AGENT")]
+    pub agent: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    let spec = UpSpec::load(&args.file)?;
+    let image = ensure_image(ctx, &spec.image, args.agent.clone())?;
+    for vm in &spec.vms {
+        let action = converge(ctx, &image, vm)
+            .with_context(|| format!("bringing up VM `{}`", vm.name))?;
+        cove_check::save(&ctx.paths.vm(vm.name.as_str()).checks_file(), &vm.checks)?;
+        if !ctx.json {
+            println!("{}: {action}", vm.name);
+        }
+    }
+    if args.no_test {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all_passed = true;
+    for vm in &spec.vms {
+        let junit = args.junit.as_ref().map(|p| junit_path(p, &vm.name.to_string(), spec.vms.len()));
+        let code = super::test::run(
+            ctx,
+            super::test::Args {
+                name: vm.name.to_string(),
+                junit,
+            },
+        )?;
+        all_passed &= code == ExitCode::SUCCESS;
+    }
+    Ok(if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One JUnit file per VM when there are several.
+fn junit_path(path: &std::path::Path, vm: &str, count: usize) -> PathBuf {
+    if count == 1 {
+        return path.to_owned();
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("junit");
+    path.with_file_name(format!("{stem}-{vm}.xml"))
+}
+
+fn ensure_image(ctx: &Ctx, source: &ImageSource, agent: Option<PathBuf>) -> Result<ImageManifest> {
+    let mut store = Store::open(&ctx.paths)?;
+    let agent = match agent {
+        Some(a) => Some(a),
+        None => Some(super::image::locate_agent()?),
+    };
+    let progress = super::image::BuildProgress::new(ctx.json);
+    let built = match source {
+        ImageSource::Named(name) if name == "minimal" => {
+            let opts = cove_image::MinimalOptions {
+                agent,
+                ..Default::default()
+            };
+            cove_image::build_minimal(&ctx.paths, &mut store, &opts, &progress)
+        }
+        ImageSource::Named(name) => cove_image::resolve(&store, name),
+        ImageSource::Spec(spec) => {
+            let opts = cove_image::BuildOptions {
+                agent,
+                ..Default::default()
+            };
+            cove_image::build_image(&ctx.paths, &mut store, spec, &opts, &progress)
+        }
+    };
+    progress.finish();
+    Ok(built?)
+}
+
+/// Brings one VM to its declared shape and to `running`; says what it did.
+fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<String> {
+    let paths = &ctx.paths;
+    let name = want.name.as_str();
+    let start = StartOptions {
+        boot_timeout: Duration::from_secs(want.boot_timeout),
+    };
+    let existing = {
+        let store = Store::open(paths)?;
+        store.find_vm(name)?
+    };
+    let Some(_) = existing else {
+        lifecycle::create(paths, &create_options(image, want))?;
+        let started = lifecycle::start(paths, name, &start)?;
+        return Ok(format!("created and started (ready in {:.1}s)", started.boot_ms as f64 / 1000.0));
+    };
+    let have = lifecycle::show(paths, name)?;
+    let stop_timeout = Duration::from_secs(30);
+    if let Some(why) = needs_recreate(&have, image, want) {
+        // Data disks are separate files: recreating the VM keeps them.
+        lifecycle::stop(paths, name, stop_timeout)?;
+        lifecycle::delete(paths, name, false)?;
+        lifecycle::create(paths, &create_options(image, want))?;
+        lifecycle::start(paths, name, &start)?;
+        return Ok(format!("recreated ({why}) and started"));
+    }
+    let mut did = Vec::new();
+    if have.cpus != want.cpus || have.memory_mib != want.memory_mib {
+        lifecycle::stop(paths, name, stop_timeout)?;
+        lifecycle::set(paths, name, Some(want.cpus), Some(want.memory_mib))?;
+        did.push("resized");
+    }
+    if !lifecycle::show(paths, name)?.state.is_active() {
+        lifecycle::start(paths, name, &start)?;
+        did.push("started");
+    }
+    Ok(if did.is_empty() {
+        "up to date, running".to_owned()
+    } else {
+        did.join(" and ")
+    })
+}
+
+/// What cannot change on an existing VM without recreating it.
+fn needs_recreate(have: &VmRecord, image: &ImageManifest, want: &DeclaredVm) -> Option<&'static str> {
+    let disks: Vec<String> = want.disks.iter().map(|d| d.name.clone()).collect();
+    let mounts: std::collections::BTreeMap<String, String> = want
+        .disks
+        .iter()
+        .filter_map(|d| Some((d.name.clone(), d.mount.clone()?)))
+        .collect();
+    if have.image_id != image.id {
+        Some("its image changed")
+    } else if have.ports != want.ports {
+        Some("its ports changed")
+    } else if have.data_disks != disks || have.disk_mounts != mounts {
+        Some("its disks changed")
+    } else if have.machine != want.machine.as_str() {
+        Some("its machine changed")
+    } else {
+        None
+    }
+}
+
+fn create_options(image: &ImageManifest, want: &DeclaredVm) -> CreateOptions {
+    CreateOptions {
+        name: want.name.clone(),
+        image: image.id.clone(),
+        cpus: want.cpus,
+        memory_mib: want.memory_mib,
+        machine: want.machine,
+        ports: want.ports.clone(),
+        disks: want.disks.clone(),
+    }
+}

@@ -1,0 +1,216 @@
+//! The file `cove up` and `cove down` read: an image, the VMs made from it,
+//! and the checks each VM must pass. Loaded, then defaults filled, then
+//! validated, so every mistake is reported against the file before anything
+//! is built or booted.
+//!
+//! ```toml
+//! image = "minimal"            # a built image, or an [image] table (see cove-image's spec)
+//!
+//! [[vm]]
+//! name = "pg"
+//! cpus = 2
+//! memory = "1G"
+//! ports = ["5432:5432"]
+//! disks = [{ name = "pgdata", size = "2G", mount = "/var/lib/postgresql" }]
+//!
+//! [[vm.check]]
+//! tcp = 5432
+//! wait = "30s"
+//! ```
+
+use crate::commands::create::{parse_memory, parse_port};
+use anyhow::{Context, Result, bail};
+use cove_backend::Machine;
+use cove_check::Check;
+use cove_image::ImageSpec;
+use cove_state::{PortForward, VmName};
+use cove_supervisor::data_disk::DiskRequest;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    image: toml::Value,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    #[serde(default = "one")]
+    cpus: u32,
+    #[serde(default = "default_memory")]
+    memory: String,
+    #[serde(default)]
+    machine: Option<String>,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    disks: Vec<RawDisk>,
+    #[serde(default)]
+    check: Vec<Check>,
+    /// Seconds the guest may take to become ready.
+    #[serde(default)]
+    boot_timeout: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: String,
+    #[serde(default = "default_disk_size")]
+    size: String,
+    #[serde(default)]
+    mount: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_memory() -> String {
+    "256M".into()
+}
+fn default_disk_size() -> String {
+    "1G".into()
+}
+
+/// Where a spec's image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// An image built before (`minimal` is built on demand).
+    Named(String),
+    /// Built (or found in the cache) from this spec.
+    Spec(Box<ImageSpec>),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeclaredVm {
+    pub name: VmName,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub machine: Machine,
+    pub ports: Vec<PortForward>,
+    pub disks: Vec<DiskRequest>,
+    pub checks: Vec<Check>,
+    pub boot_timeout: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpSpec {
+    pub image: ImageSource,
+    pub vms: Vec<DeclaredVm>,
+}
+
+impl UpSpec {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the spec {}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, dir).with_context(|| format!("in the spec {}", path.display()))
+    }
+
+    fn parse(text: &str, path: &Path, dir: &Path) -> Result<Self> {
+        let raw: RawSpec = toml::from_str(text)?;
+        let image = match raw.image {
+            toml::Value::String(name) => ImageSource::Named(name),
+            table @ toml::Value::Table(_) => {
+                let text = toml::to_string(&table)?;
+                ImageSource::Spec(Box::new(ImageSpec::parse(&text, path, dir)?))
+            }
+            other => bail!("`image` must be an image name or an [image] table, not {other}"),
+        };
+        if raw.vm.is_empty() {
+            bail!("no [[vm]] declared: add at least one `[[vm]]` with a `name`");
+        }
+        let mut vms = Vec::new();
+        for vm in raw.vm {
+            let name = VmName::new(&vm.name)?;
+            if vms.iter().any(|v: &DeclaredVm| v.name == name) {
+                bail!("VM `{name}` is declared twice");
+            }
+            let ports = vm
+                .ports
+                .iter()
+                .map(|p| parse_port(p).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("ports of VM `{name}`"))?;
+            let disks = vm
+                .disks
+                .into_iter()
+                .map(|d| -> Result<DiskRequest> {
+                    VmName::new(&d.name).context("disk name")?;
+                    if let Some(m) = d.mount.as_deref().filter(|m| !m.starts_with('/')) {
+                        bail!("disk `{}`: mount `{m}` must be an absolute path", d.name);
+                    }
+                    Ok(DiskRequest {
+                        size_bytes: parse_memory(&d.size).map_err(anyhow::Error::msg)? * 1024 * 1024,
+                        name: d.name,
+                        mount: d.mount,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("disks of VM `{name}`"))?;
+            vms.push(DeclaredVm {
+                cpus: vm.cpus,
+                memory_mib: parse_memory(&vm.memory)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("memory of VM `{name}`"))?,
+                machine: vm.machine.as_deref().unwrap_or("microvm").parse()?,
+                ports,
+                disks,
+                checks: vm.check,
+                boot_timeout: vm.boot_timeout.unwrap_or(120),
+                name,
+            });
+        }
+        Ok(Self { image, vms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<UpSpec> {
+        UpSpec::parse(text, Path::new("t.toml"), Path::new("/tmp"))
+    }
+
+    #[test]
+    fn a_full_spec_reads() {
+        let spec = parse(
+            r#"
+            image = "minimal"
+            [[vm]]
+            name = "pg"
+            memory = "1G"
+            ports = ["5432:5432"]
+            disks = [{ name = "pgdata", size = "2G", mount = "/var/lib/postgresql" }]
+            [[vm.check]]
+            tcp = 5432
+            "#,
+        )
+        .unwrap();
+        let vm = &spec.vms[0];
+        assert_eq!(vm.memory_mib, 1024);
+        assert_eq!(vm.ports[0].host_port, 5432);
+        assert_eq!(vm.disks[0].size_bytes, 2 << 30);
+        assert_eq!(vm.checks.len(), 1);
+        assert!(matches!(spec.image, ImageSource::Named(ref n) if n == "minimal"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |t: &str| format!("{:#}", parse(t).unwrap_err());
+        assert!(err("image = \"m\"").contains("no [[vm]]"));
+        assert!(err("image = \"m\"\n[[vm]]\nname = \"a\"\nmemroy = \"1G\"").contains("memroy"));
+        assert!(err("image = \"m\"\n[[vm]]\nname = \"../a\"").contains("may only contain"));
+        assert!(err("image = \"m\"\n[[vm]]\nname = \"a\"\nports = [\"x\"]").contains("ports of VM"));
+        assert!(
+            err("image = \"m\"\n[[vm]]\nname = \"a\"\ndisks = [{name = \"d\", mount = \"rel\"}]")
+                .contains("absolute")
+        );
+    }
+}

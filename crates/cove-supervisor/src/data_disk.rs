@@ -1,0 +1,159 @@
+//! Persistent data disks: qcow2 files under `Paths::data_disks()` that
+//! outlive the VMs using them (and the images those VMs were built from).
+//! Each is created holding an empty ext4 filesystem labelled with its name,
+//! so a guest can mount it at once; it reaches the guest as a virtio disk
+//! with serial `data-<name>`, and the image's init mounts it where the VM
+//! record says (`cove.disk=` on the kernel command line).
+
+use crate::error::LifecycleError;
+use cove_state::Paths;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A data disk a VM asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRequest {
+    pub name: String,
+    /// Used only when the disk does not exist yet.
+    pub size_bytes: u64,
+    /// Where the guest mounts it; unmounted when absent.
+    pub mount: Option<String>,
+}
+
+/// The serial a data disk has in the guest (`/sys/block/vdX/serial`).
+pub fn serial(name: &str) -> String {
+    format!("data-{name}")
+}
+
+pub fn path(paths: &Paths, name: &str) -> PathBuf {
+    paths.data_disks().join(format!("{name}.qcow2"))
+}
+
+/// Creates the disk if it does not exist yet; an existing disk is kept as
+/// it is (its data is the point). Returns whether it was created.
+pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, LifecycleError> {
+    cove_state::VmName::new(name).map_err(|e| {
+        LifecycleError::BadResources(format!("data disk name: {e}"))
+    })?;
+    let target = path(paths, name);
+    if target.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(paths.data_disks())?;
+    // Build beside the target and rename, so a killed command never
+    // leaves a half-made disk under the real name.
+    let raw = paths.data_disks().join(format!(".{name}.raw.{}", std::process::id()));
+    let qcow = paths.data_disks().join(format!(".{name}.qcow2.{}", std::process::id()));
+    let result = (|| {
+        std::fs::File::create(&raw)?.set_len(size_bytes)?;
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", &label(name), "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+                .arg(&raw),
+            "mkfs.ext4",
+        )?;
+        run(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(&qcow),
+            "qemu-img",
+        )?;
+        std::fs::rename(&qcow, &target)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(&qcow);
+    result.map(|()| true)
+}
+
+/// ext4 labels are at most 16 bytes.
+fn label(name: &str) -> String {
+    name.chars().take(16).collect()
+}
+
+/// Grows a disk (never shrinks: that would lose data). The guest's init
+/// grows the filesystem to match at the next mount.
+pub fn resize(paths: &Paths, name: &str, size_bytes: u64) -> Result<(), LifecycleError> {
+    let target = path(paths, name);
+    if !target.exists() {
+        return Err(LifecycleError::BadResources(format!(
+            "no data disk named `{name}`; `cove disk list` shows them"
+        )));
+    }
+    run(
+        Command::new("qemu-img")
+            .args(["resize", "-q", "-f", "qcow2"])
+            .arg(&target)
+            .arg(size_bytes.to_string()),
+        "qemu-img",
+    )
+}
+
+pub fn remove(paths: &Paths, name: &str) -> Result<(), LifecycleError> {
+    match std::fs::remove_file(path(paths, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Every data disk: (name, file).
+pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
+    let mut disks = Vec::new();
+    let Ok(entries) = std::fs::read_dir(paths.data_disks()) else {
+        return Ok(disks);
+    };
+    for entry in entries.flatten() {
+        let file = entry.path();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(stem) = name.strip_suffix(".qcow2").filter(|s| !s.starts_with('.')) {
+            disks.push((stem.to_owned(), file.clone()));
+        }
+    }
+    disks.sort();
+    Ok(disks)
+}
+
+fn run(cmd: &mut Command, tool: &'static str) -> Result<(), LifecycleError> {
+    let out = cmd.output().map_err(|e| LifecycleError::Tool {
+        tool,
+        detail: e.to_string(),
+        fix: "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(LifecycleError::Tool {
+        tool,
+        detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        fix: "check free space in the data directory (`cove doctor`)",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_disk_holds_a_labelled_ext4_and_is_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        assert!(ensure(&paths, "pgdata", 64 << 20).unwrap());
+        let file = path(&paths, "pgdata");
+        let info = Command::new("qemu-img").arg("info").arg(&file).output().unwrap();
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(info.contains("file format: qcow2"), "{info}");
+        assert!(info.contains("64 MiB"), "{info}");
+        // A second ensure keeps the existing data.
+        std::fs::write(dir.path().join("marker"), b"x").unwrap();
+        let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+        assert!(!ensure(&paths, "pgdata", 128 << 20).unwrap());
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), before);
+        resize(&paths, "pgdata", 128 << 20).unwrap();
+        let info = Command::new("qemu-img").arg("info").arg(&file).output().unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("128 MiB"));
+        assert_eq!(list(&paths).unwrap().len(), 1);
+        remove(&paths, "pgdata").unwrap();
+        assert!(list(&paths).unwrap().is_empty());
+    }
+}
