@@ -67,6 +67,8 @@ pub enum Command {
     Disk(commands::disk::Args),
     /// Run a VM's declared health checks.
     Test(commands::test::Args),
+    /// Manage persistent data disks.
+    Volume(commands::volume::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
     /// Run by `cove start`: the per-VM supervisor process.

@@ -78,7 +78,7 @@ pub fn resize(paths: &Paths, name: &str, size_bytes: u64) -> Result<(), Lifecycl
     let target = path(paths, name);
     if !target.exists() {
         return Err(LifecycleError::BadResources(format!(
-            "no data disk named `{name}`; `cove disk list` shows them"
+            "no data disk named `{name}`; `cove volume ls` shows them"
         )));
     }
     run(

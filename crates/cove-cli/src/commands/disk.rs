@@ -99,7 +99,7 @@ fn locate(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<(PathBuf, 
             format!("VM {source}'s disk"),
         )),
         Some(d) if record.data_disks.iter().any(|x| x == d) => Ok((
-            ctx.paths.data_disks().join(format!("{d}.qcow2")),
+            cove_supervisor::data_disk::path(&ctx.paths, d),
             format!("VM {source}'s data disk {d}"),
         )),
         Some(d) => bail!(

@@ -24,6 +24,7 @@ pub mod stop;
 pub mod supervise;
 pub mod test;
 pub mod up;
+pub mod volume;
 pub mod why;
 
 use crate::cli::{Cli, Command};
@@ -56,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Disk(a) => disk::run(&ctx, a),
         Command::Test(a) => test::run(&ctx, a),
         Command::Why(a) => why::run(&ctx, a),
+        Command::Volume(a) => volume::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
     }
 }
