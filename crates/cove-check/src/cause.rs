@@ -67,6 +67,15 @@ pub fn of_output(ctx: &Context<'_>, code: Option<i32>, output: &str) -> Option<S
         ));
     }
     if lower.contains("server closed the connection unexpectedly") {
+        if let (true, Some(port)) = (ctx.from_host, ctx.guest_port) {
+            // QEMU's user-mode forward accepts on the host, then closes the connection when
+            // the guest refuses it: to psql that looks like a server that hung up.
+            return Some(format!(
+                "nothing listens on guest port {port} (the VM's forward accepted, then the guest \
+                 refused), or the server crashed; is it running? (`cove ps {vm}`, `cove logs {vm}`)",
+                vm = ctx.vm
+            ));
+        }
         return Some(format!(
             "the server accepted and then dropped the connection: it may be starting up or \
              crashing (add `wait = \"30s\"`, see `cove logs {}`)",
@@ -244,6 +253,18 @@ mod tests {
             of_output(&c, Some(127), missing)
                 .unwrap()
                 .contains("not installed")
+        );
+        let hung_up = "psql: error: connection to server at \"127.0.0.1\", port 25432 failed: \
+                       server closed the connection unexpectedly";
+        assert!(
+            of_output(&host, Some(2), hung_up)
+                .unwrap()
+                .contains("nothing listens on guest port 5432")
+        );
+        assert!(
+            of_output(&c, Some(2), hung_up)
+                .unwrap()
+                .contains("starting up or crashing")
         );
         assert_eq!(of_output(&c, Some(1), "no rows"), None);
         // What cove-agent says for a user missing from the guest's /etc/passwd.
