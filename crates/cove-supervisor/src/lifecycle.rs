@@ -147,6 +147,9 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     }
     let vm = paths.vm(name);
     let supervisor_alive = liveness::is_locked(&vm.supervisor_lock())?;
+    if !supervisor_alive && record.vmm_pid.is_some_and(|pid| vmm_is_ours(paths, name, pid)) {
+        return adopt(store, paths, name);
+    }
     let vmm_alive = record.vmm_pid.map(liveness::process_running);
     let verdict = match (supervisor_alive, vmm_alive) {
         (true, Some(false)) if record.state != VmState::Stopping => Some((
@@ -184,6 +187,31 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     })?;
     Ok(record)
 }
+
+/// True when `pid` is the QEMU of this VM (its command line names the VM's
+/// QMP socket), not a process that reused the pid.
+fn vmm_is_ours(paths: &Paths, name: &str, pid: u32) -> bool {
+    liveness::process_matches(pid, &paths.vm(name).qmp_socket().to_string_lossy())
+}
+
+/// The supervisor died but its VM runs on: start a supervisor that takes
+/// it over (console, QMP, agent link), and wait until it answers.
+fn adopt(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
+    let vm = paths.vm(name);
+    if let Some(lock) = liveness::try_lock(&vm.supervisor_lock())? {
+        let opts = StartOptions {
+            boot_timeout: ADOPT_TIMEOUT,
+        };
+        let pid = spawn_supervisor(paths, name, &opts, &lock, true)?;
+        drop(lock);
+        tracing::info!(name, pid, "adopting a running VM whose supervisor died");
+        wait_ready(paths, name, ADOPT_TIMEOUT)?;
+    }
+    Ok(store.get_vm(name)?)
+}
+
+/// How long a new supervisor may take to take over a running VM.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every VM, reconciled.
 pub fn list(paths: &Paths) -> Result<Vec<VmRecord>, LifecycleError> {
@@ -242,7 +270,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         r.vmm_pid = None;
         r.supervisor_pid = None;
     })?;
-    let child = spawn_supervisor(paths, name, opts, &lock)?;
+    let child = spawn_supervisor(paths, name, opts, &lock, false)?;
     drop(lock);
     store.update_vm(name, |r| {
         if r.supervisor_pid.is_none() {
@@ -276,6 +304,7 @@ fn spawn_supervisor(
     name: &str,
     opts: &StartOptions,
     lock: &std::fs::File,
+    adopt: bool,
 ) -> Result<u32, LifecycleError> {
     let vm = paths.vm(name);
     let log = std::fs::OpenOptions::new()
@@ -291,6 +320,7 @@ fn spawn_supervisor(
         .arg(opts.boot_timeout.as_secs().to_string())
         .arg("--lock-fd")
         .arg(LOCK_FD.to_string())
+        .args(adopt.then_some("--adopt"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -13,6 +13,9 @@ pub struct Args {
     pub boot_timeout: u64,
     #[arg(long)]
     pub lock_fd: Option<i32>,
+    /// Take over the running VMM of a supervisor that died.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
@@ -22,6 +25,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             name: args.name,
             boot_timeout: Duration::from_secs(args.boot_timeout),
             lock_fd: args.lock_fd,
+            adopt: args.adopt,
         },
     )?;
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,9 @@
 mod console;
 mod control;
 mod vmm;
+mod vmm_process;
+
+use vmm_process::VmmProcess;
 
 pub use console::READY_MARKER;
 
@@ -28,6 +31,9 @@ pub struct SuperviseOptions {
     pub boot_timeout: Duration,
     /// A lock on the VM's lock file inherited from `cove start`.
     pub lock_fd: Option<i32>,
+    /// Take over the running VMM of a supervisor that died, instead of
+    /// starting one.
+    pub adopt: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +91,16 @@ pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
     // Hold the lock for the life of this process: it is how everyone else
     // knows a supervisor is alive.
     let _lock: Box<dyn std::any::Any> = match opts.lock_fd {
-        // SAFETY: `cove start` placed an open, locked file on this fd for us
-        // (see lifecycle::spawn_supervisor) and nothing else owns it.
-        Some(fd) => Box::new(unsafe { File::from_raw_fd(fd) }),
+        Some(fd) => {
+            // SAFETY: `cove start` placed an open, locked file on this fd for
+            // us (see lifecycle::spawn_supervisor) and nothing else owns it.
+            let file = unsafe { File::from_raw_fd(fd) };
+            // The lock must die with this process, not live on in QEMU:
+            // a VMM holding it would make a dead supervisor look alive.
+            rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)
+                .map_err(std::io::Error::from)?;
+            Box::new(file)
+        }
         None => Box::new(
             liveness::try_lock(&vm.supervisor_lock())?
                 .ok_or_else(|| SuperviseError::AlreadySupervised(opts.name.clone()))?,
@@ -112,22 +125,37 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let record = store.get_vm(&opts.name)?;
     let image = boot_image::load(&store, &record.image_id)?;
     let listener = control::bind(&vm)?;
-    let log = rotate_console_log(&vm.console_log(), &vm.previous_console_log())?;
-
     let started = Instant::now();
-    let launch = vmm::launch(paths, &record, &image).await?;
+    let (mut process, pid, accel) = if opts.adopt {
+        let pid = record
+            .vmm_pid
+            .filter(|p| liveness::process_matches(*p, &vm.qmp_socket().to_string_lossy()))
+            .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
+        let accel = record.accel.clone().unwrap_or_default();
+        (VmmProcess::Adopted { pid }, pid, accel)
+    } else {
+        let launch = vmm::launch(paths, &record, &image).await?;
+        (VmmProcess::Child(launch.child), launch.pid, launch.accel)
+    };
+    // An adopted VM continues its boot's log; a new boot starts a new one.
+    let log = if opts.adopt {
+        std::fs::OpenOptions::new().create(true).append(true).open(vm.console_log())?
+    } else {
+        rotate_console_log(&vm.console_log(), &vm.previous_console_log())?
+    };
     store.update_vm(&opts.name, |r| {
         r.supervisor_pid = Some(std::process::id());
-        r.vmm_pid = Some(launch.pid);
-        r.accel = Some(launch.accel.clone());
-        r.started_at = Some(now());
+        r.vmm_pid = Some(pid);
+        r.accel = Some(accel.clone());
+        if !opts.adopt {
+            r.started_at = Some(now());
+        }
     })?;
-    let mut child = launch.child;
-    let (qmp, console_stream) = match vmm::connect(&vm, launch.pid).await {
+    let (qmp, console_stream) = match vmm::connect(&vm, pid).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = child.start_kill();
-            let status = child.wait().await.ok();
+            process.start_kill();
+            let status = process.wait().await.ok().flatten();
             // QEMU says why it refused to run (a locked disk, a bad option)
             // in its own log: that line is the cause, so quote it.
             let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
@@ -150,34 +178,39 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     } else {
         None
     };
-    qmp.cont().await.map_err(|e| SuperviseError::Boot(e.to_string()))?;
+    if !opts.adopt {
+        qmp.cont().await.map_err(|e| SuperviseError::Boot(e.to_string()))?;
+    }
 
     let (phase, _) = watch::channel(Phase::Booting);
     let shared = Arc::new(Shared {
         paths: paths.clone(),
         name: opts.name.clone(),
-        accel: launch.accel,
+        accel,
         machine: record.machine.clone(),
         image,
         phase,
         console: hub,
         qmp,
         agent,
-        vmm_pid: launch.pid,
+        vmm_pid: pid,
         stop: Mutex::new(None),
         boot_failure: Mutex::new(None),
     });
     let server = tokio::spawn(control::serve(listener, Arc::clone(&shared)));
     let readiness = tokio::spawn(wait_ready(Arc::clone(&shared), started, opts.boot_timeout));
 
-    let status = child.wait().await?;
+    let status = process.wait().await?;
     readiness.abort();
-    let outcome = vmm::outcome(&shared, &status).await;
+    let outcome = vmm::outcome(&shared, status.as_ref()).await;
     record_exit(
         paths,
         &opts.name,
         outcome.state,
-        Some(vmm::describe_exit(&status)),
+        Some(status.as_ref().map_or_else(
+            || "exited (status unknown: it was adopted from an earlier supervisor)".to_owned(),
+            vmm::describe_exit,
+        )),
         outcome.failure.as_ref().map(|f| f.message.clone()),
     );
     shared.phase.send_replace(Phase::Exited {

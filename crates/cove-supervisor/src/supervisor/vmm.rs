@@ -6,7 +6,7 @@ use crate::console_log::tail_lines;
 use cove_api::Failure;
 use cove_backend::{Backend, DataDisk, Machine, VmSpec};
 use cove_state::{Paths, VmPaths, VmRecord, VmState};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,11 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
         .create(true)
         .append(true)
         .open(vm.vmm_log())?;
-    cove_qemu::process::supervise(&mut cmd)
+    // Its own process group, so the terminal's signals and a group kill of
+    // the supervisor never reach it. Deliberately no parent-death signal:
+    // a VM outlives a supervisor that dies, and the next cove command
+    // starts a new supervisor that adopts it (see `lifecycle::reconcile`).
+    cmd.process_group(0)
         .stdin(Stdio::null())
         .stdout(vmm_log.try_clone()?)
         .stderr(vmm_log);
@@ -200,7 +204,7 @@ pub struct Outcome {
 /// Judges how the VMM ended: a stop somebody asked for or a guest that
 /// powered itself off is `stopped`; anything else is `crashed`, with the
 /// console lines that show why.
-pub async fn outcome(shared: &Shared, status: &ExitStatus) -> Outcome {
+pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
     let log = shared.paths.vm(&shared.name).console_log();
     let tail = tail_lines(&log, 15);
     let failure = |message: String| Failure {
@@ -216,6 +220,10 @@ pub async fn outcome(shared: &Shared, status: &ExitStatus) -> Outcome {
         };
     }
     let panic = tail.iter().find(|l| l.contains("Kernel panic")).cloned();
+    // The kernel's last word when the guest powered itself off; the only
+    // evidence there is for an adopted VMM, whose exit status is unknown.
+    let powered_off = tail.iter().any(|l| l.contains("reboot: Power down"));
+    let clean_exit = status.map_or(powered_off, |s| s.success());
     match *shared.stop.lock().await {
         Some((StopKind::Graceful, _)) => Outcome {
             state: VmState::Stopped,
@@ -227,7 +235,7 @@ pub async fn outcome(shared: &Shared, status: &ExitStatus) -> Outcome {
             failure: None,
             detail: "killed".into(),
         },
-        None if status.success() && panic.is_none() => Outcome {
+        None if clean_exit && panic.is_none() => Outcome {
             state: VmState::Stopped,
             failure: Some(failure("the guest powered off".into())).filter(|_| {
                 matches!(*shared.phase.borrow(), Phase::Booting)
@@ -238,7 +246,10 @@ pub async fn outcome(shared: &Shared, status: &ExitStatus) -> Outcome {
             state: VmState::Crashed,
             failure: Some(failure(match panic {
                 Some(line) => format!("the guest kernel panicked: {line}"),
-                None => format!("QEMU {} unexpectedly", describe_exit(status)),
+                None => match status {
+                    Some(status) => format!("QEMU {} unexpectedly", describe_exit(status)),
+                    None => "QEMU exited unexpectedly".to_owned(),
+                },
             })),
             detail: String::new(),
         },
