@@ -224,3 +224,100 @@ stdout_contains = "accepting connections"
     );
     assert_eq!(report.summary(), "=== 3 OF 11 CHECKS FAILED ===");
 }
+
+/// Makes `shmget` fail with ENOSYS for this thread and every process it starts from now on,
+/// as on seed 000's guest kernel built without CONFIG_SYSVIPC.
+fn deny_shmget_on_this_thread() {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let mut program = [
+        stmt(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 3),
+        stmt(load, 0), // seccomp_data.nr
+        jump(libc::SYS_shmget as u32, 1),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: prctl with these options reads only `fprog`, which outlives the call; the
+    // filter applies to the calling thread (no TSYNC), which this test owns.
+    let rc = unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            -1
+        } else {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &fprog as *const libc::sock_fprog as libc::c_ulong,
+            )
+        }
+    };
+    assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+#[ignore = "needs postgresql server (installs Debian's package if missing, runs as root)"]
+fn seed_000_initdb_without_sysvipc_is_traced_to_the_kernel_option() {
+    let bin = server_bin();
+    let dir = tempfile::Builder::new()
+        .prefix("cove-check-initdb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    sh(Command::new("chown").args(["postgres:", dir.path().to_str().unwrap()]));
+    let toml = format!(
+        r#"
+[[check]]
+name = "initdb"
+command = ["{initdb}", "-D", "{data}", "-U", "postgres", "--no-sync"]
+user = "postgres"
+timeout = "60s"
+"#,
+        initdb = bin.join("initdb").display(),
+        data = dir.path().join("data").display()
+    );
+    let checks = from_toml(&toml).unwrap();
+    let vm = VmFacts {
+        name: "pg".into(),
+        state: VmState::Running,
+        vmm_pid: Some(std::process::id()),
+        ports: vec![],
+    };
+    // A thread of its own: the filter stays with it and ends with it.
+    let report = std::thread::spawn(move || {
+        deny_shmget_on_this_thread();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run(&vm, &LocalGuest, &checks))
+    })
+    .join()
+    .unwrap();
+    print!("{}", report.to_text());
+    let f = report.checks[2].failure.as_ref().expect("initdb must fail");
+    let output = format!("{:?}{:?}", f.stdout, f.stderr);
+    assert!(output.contains("shmget"), "{output}");
+    assert!(output.contains("Function not implemented"), "{output}");
+    let cause = f.cause.as_deref().unwrap();
+    assert!(cause.contains("CONFIG_SYSVIPC"), "{cause}");
+    assert!(cause.contains("cove kernel explain shmget"), "{cause}");
+}
