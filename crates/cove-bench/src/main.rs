@@ -1,0 +1,182 @@
+//! `cove-bench`: side-by-side measurements of cove against the bare tools it
+//! replaces (QEMU's own command line, ssh, scp, qemu-guest-agent), in one
+//! run, written with their method to BENCHMARKS.md.
+
+mod boot;
+mod copy;
+mod cove;
+mod create;
+mod exec;
+mod guest;
+mod machine;
+mod memory;
+mod qga;
+mod report;
+mod stats;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use report::Section;
+use std::path::PathBuf;
+
+const ALL: [&str; 5] = ["boot", "create", "memory", "exec", "cp"];
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
+)]
+struct Args {
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Runs per slow measurement (boots, creates, new ssh connections); fast
+    /// ones (exec over cove, ControlMaster, qemu-ga) run 10× as often, copies
+    /// half as often (at least 3).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// The `cove` binary (default: `cove` beside this program, i.e. the same build).
+    #[arg(long)]
+    cove: Option<PathBuf>,
+    /// Where to write the report (default: BENCHMARKS.md at the workspace root).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report without writing it.
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let only: Vec<String> = if args.only.is_empty() {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.only.clone()
+    };
+    if let Some(bad) = only.iter().find(|o| !ALL.contains(&o.as_str())) {
+        bail!("unknown benchmark `{bad}`; pick from {}", ALL.join(", "));
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bin = match &args.cove {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this program's directory")?
+            .join("cove"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} does not exist; build it with `cargo build --release -p cove-cli` or pass --cove",
+            bin.display()
+        );
+    }
+    let cove = cove::Cove::new(bin)?;
+    let m = machine::Machine::detect(&cove);
+    for (k, v) in m.lines() {
+        println!("{k:>14}: {v}");
+    }
+    let want = |b: &str| only.iter().any(|o| o == b);
+    let mut sections = Vec::new();
+    let runs = args.runs;
+
+    if ["boot", "create", "memory"].iter().any(|b| want(b)) {
+        eprintln!("building images m64 and m4g (cached after the first time)");
+    }
+    let images = (|| -> Result<()> {
+        if want("boot") || want("memory") || want("create") {
+            cove.build_image("minimal", &["--name", "m64", "--size", "64M"], None)?;
+        }
+        if want("create") {
+            cove.build_image("minimal", &["--name", "m4g", "--size", "4G"], None)?;
+        }
+        Ok(())
+    })();
+    let images_err = images.err().map(|e| format!("building the images: {e:#}"));
+
+    let mut bench = |id: &str, title: &str, f: &mut dyn FnMut(&mut Section) -> Result<()>| {
+        if !want(id) {
+            return;
+        }
+        eprintln!("== {title}");
+        let mut s = Section::new(title);
+        if let Err(e) = f(&mut s) {
+            eprintln!("{title}: failed: {e:#}");
+            s.error = Some(format!("{e:#}"));
+        }
+        println!("\n{}", s.markdown());
+        sections.push(s);
+    };
+    let need_images = || -> Result<()> {
+        match &images_err {
+            Some(e) => bail!("{e}"),
+            None => Ok(()),
+        }
+    };
+    bench("boot", "1. Boot: `cove start` vs bare QEMU", &mut |s| {
+        need_images()?;
+        boot::run(&cove, runs, s)
+    });
+    bench(
+        "create",
+        "2. `cove create` from a 64 MiB and a 4 GiB image",
+        &mut |s| {
+            need_images()?;
+            create::run(&cove, runs, s)
+        },
+    );
+    bench("memory", "3. Supervisor memory", &mut |s| {
+        need_images()?;
+        memory::run(&cove, 20, s)
+    });
+
+    if want("exec") || want("cp") {
+        eprintln!("== booting the Debian guest for exec and cp");
+        let g = guest::Guest::boot(&cove);
+        let g_err = g
+            .as_ref()
+            .err()
+            .map(|e| format!("setting up the Debian guest: {e:#}"));
+        bench(
+            "exec",
+            "4. `cove exec` vs ssh vs qemu-guest-agent",
+            &mut |s| match &g {
+                Ok(g) => exec::run(&cove, g, runs * 10, runs * 2, s),
+                Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
+            },
+        );
+        bench("cp", "5. `cove cp` vs scp, 100 MiB", &mut |s| match &g {
+            Ok(g) => copy::run(&cove, g, (runs / 2).max(3), s),
+            Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
+        });
+        let _ = cove.delete(guest::NAME);
+    }
+
+    let mut cmdline = String::from("target/release/cove-bench");
+    for a in std::env::args().skip(1) {
+        cmdline.push(' ');
+        cmdline.push_str(&a);
+    }
+    let when = now_utc();
+    let doc = report::document(&m, &cmdline, &when, &sections);
+    if !args.no_write {
+        let out = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md")
+        });
+        std::fs::write(&out, doc).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    if sections.iter().any(|s| s.error.is_some()) {
+        bail!("some benchmarks did not complete (see above)");
+    }
+    Ok(())
+}
+
+/// The current UTC time, from `date` (std has no calendar).
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "at an unknown time".into())
+}

@@ -1,0 +1,160 @@
+//! The results of one run, printed and written to BENCHMARKS.md as a whole.
+
+use crate::machine::Machine;
+use std::fmt::Write as _;
+
+/// One benchmark's outcome.
+#[derive(Debug, Default)]
+pub struct Section {
+    pub title: String,
+    /// How it was measured, one sentence per entry.
+    pub method: Vec<String>,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub goals: Vec<Goal>,
+    /// What limits a figure, caveats.
+    pub notes: Vec<String>,
+    /// Set when the benchmark could not run to the end.
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Goal {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+impl Section {
+    pub fn new(title: &str) -> Self {
+        Self {
+            title: title.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn goal(&mut self, what: &str, target: &str, measured: String, met: bool) {
+        self.goals.push(Goal {
+            what: what.into(),
+            target: target.into(),
+            measured,
+            met,
+        });
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!("## {}\n\n", self.title);
+        if !self.method.is_empty() {
+            s.push_str("**Method.** ");
+            s.push_str(&self.method.join(" "));
+            s.push_str("\n\n");
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "**Did not complete:** {e}\n");
+        }
+        if !self.rows.is_empty() {
+            s.push_str(&table(&self.headers, &self.rows));
+            s.push('\n');
+        }
+        if !self.goals.is_empty() {
+            let rows: Vec<Vec<String>> = self
+                .goals
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.what.clone(),
+                        g.target.clone(),
+                        g.measured.clone(),
+                        if g.met {
+                            "met".into()
+                        } else {
+                            "**NOT met**".into()
+                        },
+                    ]
+                })
+                .collect();
+            s.push_str(&table(
+                &["goal".into(), "target".into(), "measured".into(), "".into()],
+                &rows,
+            ));
+            s.push('\n');
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+        }
+        s
+    }
+}
+
+fn table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut s = format!("| {} |\n", headers.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(headers.len()));
+    for r in rows {
+        let _ = writeln!(s, "| {} |", r.join(" | "));
+    }
+    s
+}
+
+/// The whole BENCHMARKS.md.
+pub fn document(machine: &Machine, command: &str, when: &str, sections: &[Section]) -> String {
+    let mut s = String::from("# cove benchmarks\n\n");
+    s.push_str(
+        "Written by `cove-bench` (crates/cove-bench); do not edit by hand, run it again:\n\n",
+    );
+    let _ = writeln!(s, "```sh\nscripts/build && {command}\n```\n");
+    s.push_str(
+        "## Method\n\n\
+         - Every comparison is made **side by side in one run**: the compared systems alternate \
+         run by run (A B, B A, …), so load on the machine or a slow phase of the host affects \
+         both alike. Results are given as **ratios** as well as absolute figures, because the \
+         absolute figures depend on this machine far more than the ratios do.\n\
+         - Times are wall-clock, taken by the benchmark around the whole command (process start \
+         and exit included). Each figure is the **median (p50)** and the **p99** (nearest rank) \
+         over the stated number of runs; with fewer than 100 runs, p99 is the slowest run.\n\
+         - Every `cove` command runs with its own `XDG_STATE_HOME` and `XDG_RUNTIME_DIR` under \
+         /tmp (images are shared through the usual cache and data dirs) and every VM is deleted \
+         at the end. `cove` is the release build.\n\
+         - Speed goals are checked here and only here, never in timed tests.\n\n",
+    );
+    let _ = writeln!(s, "## Machine\n\nMeasured {when}.\n");
+    let rows: Vec<Vec<String>> = machine
+        .lines()
+        .into_iter()
+        .map(|(k, v)| vec![k, v.replace('|', "\\|")])
+        .collect();
+    s.push_str(&table(&["".into(), "".into()], &rows));
+    s.push('\n');
+    let goals: Vec<Vec<String>> = sections
+        .iter()
+        .flat_map(|sec| {
+            sec.goals.iter().map(|g| {
+                vec![
+                    g.what.clone(),
+                    g.target.clone(),
+                    g.measured.clone(),
+                    if g.met {
+                        "met".into()
+                    } else {
+                        "**NOT met**".into()
+                    },
+                ]
+            })
+        })
+        .collect();
+    if !goals.is_empty() {
+        s.push_str("## Goals at a glance\n\n");
+        s.push_str(&table(
+            &["goal".into(), "target".into(), "measured".into(), "".into()],
+            &goals,
+        ));
+        s.push('\n');
+    }
+    for sec in sections {
+        s.push_str(&sec.markdown());
+    }
+    s
+}
