@@ -155,3 +155,29 @@ fn mistakes_are_refused_with_what_to_write() {
     let e = refusal("[[check]]\nprocess = \" \"\n");
     assert!(e.contains("must not be empty"), "{e}");
 }
+
+#[test]
+fn the_checks_in_the_shipped_examples_are_valid() {
+    #[derive(serde::Deserialize)]
+    struct Vm {
+        #[serde(default)]
+        check: Vec<Check>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        vm: Vec<Vm>,
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec: Spec =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += spec.vm.iter().map(|v| v.check.len()).sum::<usize>();
+        }
+    }
+    assert!(seen > 0, "no [[vm.check]] found in {}", dir.display());
+}
