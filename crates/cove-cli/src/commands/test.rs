@@ -19,7 +19,13 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Checks are declared as [[vm.check]] tables in the spec used with `cove up`; \
+    every VM also gets \"VM running\" and \"agent ready\".\n\
+    Exit status: 0 all passed, 1 a check failed or was skipped, 2 the checks could not run."
+)]
 pub struct Args {
+    /// The VM whose checks to run.
     pub name: String,
     /// Also write the results as JUnit XML to this file (for CI).
     #[arg(long, value_name = "FILE")]
@@ -64,7 +70,7 @@ fn test(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     if declared.is_none() {
         eprintln!(
             "note: `{name}` has no declared checks, so only the two built-in ones ran; declare \
-             more as [[check]] tables (e.g. `process = \"postgres\"`, `tcp = 5432`, \
+             more as [[vm.check]] tables (e.g. `process = \"postgres\"`, `tcp = 5432`, \
              `sql = \"select 1\"` with `expect = \"1\"`) in the spec used with `cove up`"
         );
     }
