@@ -1,6 +1,7 @@
 //! Health checks for cove VMs: what `cove test NAME` runs.
 //!
-//! * [`Check`]: a declared check, the same serde type for a spec's `[[check]]` tables and for
+//! * [`Check`]: a declared check, the same serde type for a spec's check tables (`[[vm.check]]`
+//!   in a `cove up` spec, `[[check]]` for [`from_toml`]) and for
 //!   the JSON file `cove up` stores ([`save`], [`load`]):
 //!
 //!   ```toml

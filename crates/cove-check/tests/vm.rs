@@ -47,7 +47,7 @@ fn cove_test_reports_a_real_guest_and_exits_by_the_result() {
         text(&out.stdout)
     );
     assert!(
-        text(&out.stderr).contains("[[check]]"),
+        text(&out.stderr).contains("[[vm.check]]"),
         "{}",
         text(&out.stderr)
     );
