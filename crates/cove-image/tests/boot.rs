@@ -26,6 +26,19 @@ fn boot_until(
     tag: &str,
     marker: &str,
 ) -> (f64, String) {
+    boot_with(env, m, kernel, tag, marker, true).0
+}
+
+/// Boots (with or without the root disk) until `marker` is on the console;
+/// also returns whether QEMU exited by itself within 10 s after that.
+fn boot_with(
+    env: &common::Env,
+    m: &ImageManifest,
+    kernel: &Path,
+    tag: &str,
+    marker: &str,
+    disk: bool,
+) -> ((f64, String), bool) {
     let overlay = common::tmp_file(env, &format!("root-{tag}.qcow2"));
     std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
     let st = Command::new("qemu-img")
@@ -41,7 +54,16 @@ fn boot_until(
         m.cmdline_extra.join(" ")
     );
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut cmd = Command::new("qemu-system-x86_64");
+    if disk {
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=root,format=qcow2",
+                overlay.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=root,serial=cove-root"]);
+    }
+    let mut child = cmd
         .args([
             "-M",
             "microvm,acpi=on",
@@ -64,12 +86,6 @@ fn boot_until(
         .arg("-initrd")
         .arg(&m.initrd)
         .args(["-append", &append])
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=none,id=root,format=qcow2",
-            overlay.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=root,serial=cove-root"])
         .args([
             "-netdev",
             "user,id=n",
@@ -103,17 +119,31 @@ fn boot_until(
                     ready = Some(t.duration_since(start).as_secs_f64());
                     break;
                 }
-                if line.contains("cove-init: FATAL") {
+                if line.contains("cove-init: FATAL") && !marker.contains("FATAL") {
                     break;
                 }
             }
             Err(_) => break,
         }
     }
+    // Did the guest end QEMU by itself (poweroff)? Give it 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited = false;
+    while ready.is_some() && Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            exited = true;
+            break;
+        }
+        // Console lines arrive until QEMU exits; waiting on them paces the poll.
+        if let Ok((_, line)) = rx.recv_timeout(Duration::from_millis(100)) {
+            console.push_str(&line);
+            console.push('\n');
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
     match ready {
-        Some(secs) => (secs, console),
+        Some(secs) => ((secs, console), exited),
         None => panic!("the guest never said `{marker}`; console:\n{console}"),
     }
 }
@@ -208,5 +238,22 @@ fn systemd_image_boots_to_multi_user() {
     assert!(
         console.contains("cove-init: switching root to /sbin/init"),
         "{console}"
+    );
+}
+
+#[test]
+#[ignore = "boots a VM"]
+fn missing_root_disk_is_a_named_fatal_and_powers_off() {
+    let mut env = common::env();
+    let m = common::build(&mut env, &MinimalOptions::default());
+    let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
+    let ((_, console), exited) = boot_with(&env, &m, &kernel, "nodisk", "cove-init: FATAL", false);
+    assert!(
+        console.contains("no block device with LABEL=cove-root"),
+        "{console}"
+    );
+    assert!(
+        exited,
+        "QEMU kept running after the FATAL; console:\n{console}"
     );
 }
