@@ -18,16 +18,17 @@ use tokio::net::TcpStream;
 /// under TCG: the close arrives 10-11 ms after the connect, so the window has a wide margin.
 pub const GUEST_REFUSAL_WINDOW: Duration = Duration::from_millis(300);
 
+/// A process's scheduler state letter from `/proc/PID/stat` (`R`, `S`, `T`, `Z`, …), or
+/// `None` when there is no such process.
+pub fn pid_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state is the first field after `(comm)`, and comm may itself hold spaces or `)`.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 /// Whether a process runs: it exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the `(comm)`, which may itself hold spaces.
-        Ok(stat) => match stat.rfind(')').map(|i| stat[i + 1..].trim_start()) {
-            Some(rest) => !rest.starts_with('Z') && !rest.starts_with('X'),
-            None => false,
-        },
-        Err(_) => false,
-    }
+    pid_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 /// The program name of a process's command line: `/usr/lib/postgresql/15/bin/postgres -D …`

@@ -95,13 +95,13 @@ pub async fn run<G: Guest>(vm: &VmFacts, guest: &G, checks: &[Check]) -> Report 
         push(
             "agent ready".into(),
             "agent",
-            Attempted::skip("the VM is not running"),
+            Attempted::skip("needs a running VM, see check 1"),
         )
     };
 
     for check in checks {
         let outcome = if !vm_ok {
-            Attempted::skip("the VM is not running")
+            Attempted::skip("needs a running VM, see check 1")
         } else if check.needs_agent() && !agent_ok {
             Attempted::skip("needs the guest agent, which did not answer")
         } else {
@@ -357,6 +357,16 @@ fn vm_running(vm: &VmFacts) -> Result<Option<String>, Failure> {
             "it ended behind cove's back: `cove why {name}` reads its console, then `cove start {name}`"
         )))
         .permanent());
+    }
+    if let Some(state @ ('T' | 't')) = probe::pid_state(pid) {
+        // A stopped VMM still has its sockets, and the host kernel still completes TCP
+        // handshakes on its forwards: without this, port checks would pass on a frozen guest.
+        return Err(Failure::new(format!(
+            "the VMM process (pid {pid}) is stopped (state {state}): the guest is frozen"
+        ))
+        .cause(Some(format!(
+            "something sent it SIGSTOP or a debugger holds it; resume it with `kill -CONT {pid}`"
+        ))));
     }
     Ok(Some(format!("VMM pid {pid}")))
 }

@@ -140,7 +140,7 @@ tcp = 5432
     let xml = to_junit(&report);
     assert!(xml.contains("skipped=\"4\""), "{xml}");
     assert_eq!(
-        xml.matches("<skipped message=\"the VM is not running\"/>")
+        xml.matches("<skipped message=\"needs a running VM, see check 1\"/>")
             .count(),
         4,
         "{xml}"

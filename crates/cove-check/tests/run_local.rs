@@ -277,6 +277,33 @@ async fn a_vm_that_is_not_running_skips_everything_after_the_first_check() {
         "{}",
         evidence(&r, 1)
     );
+
+    // A VMM stopped with SIGSTOP: alive, but the guest is frozen (and the host kernel would
+    // still complete TCP handshakes on its forwards).
+    let mut frozen = vm(&[]);
+    let mut child = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // SAFETY: kill has no memory effects; the pid is our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    frozen.vmm_pid = Some(pid);
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    while !stat().contains(") T") {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = run_local(&frozen, "[[check]]\ntcp = 5432\n").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    print!("{}", r.to_text());
+    assert!(
+        evidence(&r, 1).contains("is stopped (state T)"),
+        "{}",
+        evidence(&r, 1)
+    );
+    assert!(evidence(&r, 1).contains(&format!("kill -CONT {pid}")));
+    assert_eq!(r.checks[2].status, Status::Skip);
 }
 
 #[tokio::test]
