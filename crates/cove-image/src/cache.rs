@@ -24,12 +24,26 @@ fn decode(row: &ImageRow) -> Result<ImageManifest> {
     })
 }
 
-/// Finds an image by name (its newest build), full id or id prefix.
+/// Finds an image by name (its newest build), full id or id prefix, and
+/// checks that its files are still there.
 pub fn resolve(store: &Store, name_or_id: &str) -> Result<ImageManifest> {
     let row = store
         .find_image(name_or_id)?
         .ok_or_else(|| ImageError::NotFound(name_or_id.to_owned()))?;
-    decode(&row)
+    let m = decode(&row)?;
+    let vmlinux = m.vmlinux.iter();
+    if let Some(path) = [&m.kernel, &m.initrd, &m.rootfs]
+        .into_iter()
+        .chain(vmlinux)
+        .find(|p| !p.exists())
+    {
+        return Err(ImageError::FilesMissing {
+            name: m.name.clone(),
+            id: m.id.clone(),
+            path: path.clone(),
+        });
+    }
+    Ok(m)
 }
 
 /// Every image, by name then newest first.
@@ -46,7 +60,10 @@ pub fn remove(
     name_or_id: &str,
     used_by: &[String],
 ) -> Result<ImageManifest> {
-    let m = resolve(store, name_or_id)?;
+    let row = store
+        .find_image(name_or_id)?
+        .ok_or_else(|| ImageError::NotFound(name_or_id.to_owned()))?;
+    let m = decode(&row)?;
     if !used_by.is_empty() {
         return Err(ImageError::InUse {
             name: m.name,

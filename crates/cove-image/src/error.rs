@@ -78,6 +78,15 @@ pub enum ImageError {
         "the stored manifest of image {id} is corrupt ({reason}); `cove image rm {id}` and rebuild it"
     )]
     CorruptManifest { id: String, reason: String },
+    #[error(
+        "image `{name}` ({id}) is missing its file {path}; rebuild it (`cove image build`) \
+         or remove it (`cove image rm {id}`)"
+    )]
+    FilesMissing {
+        name: String,
+        id: String,
+        path: PathBuf,
+    },
     #[error("invalid image spec {path}: {reason}")]
     Spec { path: PathBuf, reason: String },
     #[error(

@@ -83,6 +83,13 @@ fn minimal_builds_then_comes_from_the_cache() {
         m.id
     );
     assert_eq!(cove_image::list(&env.store).unwrap().len(), 1);
+    // Files deleted behind cove's back are named when the image is used.
+    let initrd = std::fs::read(&m.initrd).unwrap();
+    std::fs::remove_file(&m.initrd).unwrap();
+    let err = cove_image::resolve(&env.store, "minimal").unwrap_err();
+    assert!(matches!(err, ImageError::FilesMissing { .. }), "{err}");
+    std::fs::write(&m.initrd, initrd).unwrap();
+
     let err =
         cove_image::remove(&env.paths, &mut env.store, "minimal", &["web".into()]).unwrap_err();
     assert!(matches!(err, ImageError::InUse { .. }), "{err}");
