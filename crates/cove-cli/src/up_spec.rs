@@ -141,7 +141,7 @@ impl UpSpec {
                 .disks
                 .into_iter()
                 .map(|d| -> Result<DiskRequest> {
-                    VmName::new(&d.name).context("disk name")?;
+                    cove_supervisor::data_disk::validate_name(&d.name).map_err(anyhow::Error::msg)?;
                     if let Some(m) = d.mount.as_deref().filter(|m| !m.starts_with('/')) {
                         bail!("disk `{}`: mount `{m}` must be an absolute path", d.name);
                     }

@@ -20,6 +20,21 @@ pub struct DiskRequest {
     pub mount: Option<String>,
 }
 
+/// virtio-blk serials hold 20 bytes, and a data disk's is `data-<name>`.
+pub const MAX_NAME_LEN: usize = 15;
+
+/// Checks a data disk name: the rules of VM names, at most [`MAX_NAME_LEN`] long.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    cove_state::VmName::new(name).map_err(|e| format!("data disk name: {e}"))?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "data disk name `{name}` is longer than {MAX_NAME_LEN} characters (the guest sees it as a \
+             20-byte virtio serial `data-<name>`)"
+        ));
+    }
+    Ok(())
+}
+
 /// The serial a data disk has in the guest (`/sys/block/vdX/serial`).
 pub fn serial(name: &str) -> String {
     format!("data-{name}")
@@ -32,9 +47,7 @@ pub fn path(paths: &Paths, name: &str) -> PathBuf {
 /// Creates the disk if it does not exist yet; an existing disk is kept as
 /// it is (its data is the point). Returns whether it was created.
 pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, LifecycleError> {
-    cove_state::VmName::new(name).map_err(|e| {
-        LifecycleError::BadResources(format!("data disk name: {e}"))
-    })?;
+    validate_name(name).map_err(LifecycleError::BadResources)?;
     let target = path(paths, name);
     if target.exists() {
         return Ok(false);

@@ -413,6 +413,7 @@ pub fn stop(paths: &Paths, name: &str, timeout: Duration) -> Result<(StopOutcome
         timeout_secs: timeout.as_secs(),
     };
     let detail = control_call(paths, name, &request)?;
+    wait_supervisor_gone(paths, name);
     Ok((StopOutcome::Stopped, detail))
 }
 
@@ -433,7 +434,19 @@ pub fn kill(paths: &Paths, name: &str) -> Result<StopOutcome, LifecycleError> {
         }
     }
     wait_inactive(&mut store, paths, name, Duration::from_secs(10))?;
+    wait_supervisor_gone(paths, name);
     Ok(StopOutcome::Stopped)
+}
+
+/// After the VM stopped, its supervisor delivers its last answers and
+/// exits within moments; waiting for that (bounded) means a `start` right
+/// after a `stop` never finds the old supervisor still holding the lock.
+fn wait_supervisor_gone(paths: &Paths, name: &str) {
+    let lock = paths.vm(name).supervisor_lock();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while liveness::is_locked(&lock).unwrap_or(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn control_call(paths: &Paths, name: &str, request: &Request) -> Result<String, LifecycleError> {

@@ -42,7 +42,7 @@ pub fn parse_disk(text: &str) -> Result<DiskRequest, String> {
             disk.size_bytes = parse_memory(part)? * 1024 * 1024;
         }
     }
-    cove_state::VmName::new(&disk.name).map_err(|e| format!("disk name: {e}"))?;
+    cove_supervisor::data_disk::validate_name(&disk.name)?;
     Ok(disk)
 }
 
