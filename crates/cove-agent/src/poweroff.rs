@@ -22,11 +22,18 @@ pub fn stop_everything() {
         std::thread::sleep(SYSTEMD_GRACE);
         crate::log("systemd did not power off in time; forcing it");
     }
+    // Wait for the processes that were told to stop, not for ones the
+    // init's loops start meanwhile (they die in the final SIGKILL).
+    let told = user_processes();
     signal_all(libc::SIGTERM);
     signal_all(libc::SIGCONT);
     let started = Instant::now();
     let mut hung_up = false;
-    while !user_processes().is_empty() && started.elapsed() < TERM_GRACE {
+    let still_running = || {
+        let now = user_processes();
+        told.iter().copied().filter(|pid| now.contains(pid)).collect::<Vec<_>>()
+    };
+    while !still_running().is_empty() && started.elapsed() < TERM_GRACE {
         // Interactive shells (the serial console's) ignore SIGTERM but end on SIGHUP.
         if !hung_up && started.elapsed() > HUP_AFTER {
             signal_all(libc::SIGHUP);
@@ -34,7 +41,7 @@ pub fn stop_everything() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = user_processes();
+    let left = still_running();
     if !left.is_empty() {
         let names: Vec<String> = left.iter().map(|&pid| process_name(pid)).collect();
         crate::log(&format!(
@@ -42,8 +49,8 @@ pub fn stop_everything() {
             TERM_GRACE.as_secs(),
             names.join(", ")
         ));
-        signal_all(libc::SIGKILL);
     }
+    signal_all(libc::SIGKILL);
     // SAFETY: sync takes no arguments.
     unsafe { libc::sync() };
     unmount_data_filesystems();
