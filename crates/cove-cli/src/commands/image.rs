@@ -44,6 +44,10 @@ pub struct BuildArgs {
     /// Size of the root filesystem, e.g. `512M` or `4G` (default: content plus headroom).
     #[arg(long, value_parser = super::create::parse_memory)]
     pub size: Option<u64>,
+    /// Load this kernel module too (repeatable); `-NAME` leaves out one of
+    /// the defaults (e.g. `-virtio_console` to reproduce an agent that never answers).
+    #[arg(long = "module", allow_hyphen_values = true)]
+    pub modules: Vec<String>,
     /// Build without the agent (no `exec`, readiness by console marker only).
     #[arg(long, conflicts_with = "agent")]
     pub no_agent: bool,
@@ -72,6 +76,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
         let mut opts = MinimalOptions {
             agent,
             size: args.size.map(|mib| mib * 1024 * 1024),
+            extra_modules: args.modules.clone(),
             ..MinimalOptions::default()
         };
         if let Some(name) = args.name {
