@@ -41,7 +41,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// `1536` MiB as `1.5G`, `256` as `256M`.
 pub fn mib(m: u64) -> String {
-    if m >= 1024 && m % 1024 == 0 {
+    if m >= 1024 && m.is_multiple_of(1024) {
         format!("{}G", m / 1024)
     } else if m >= 1024 {
         format!("{:.1}G", m as f64 / 1024.0)

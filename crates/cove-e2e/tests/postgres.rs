@@ -24,7 +24,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     // on this host, so it runs a copy of the example on another port.
     let spec = std::fs::read_to_string(examples().join("postgres.toml"))
         .unwrap()
-        .replace("\"5432:5432\"", "\"25432:5432\"")
+        .replace("\"15432:5432\"", "\"25432:5432\"")
         // Data disks live in the shared data directory: a name of its own.
         .replace("name = \"pgdata\"", &format!("name = \"e2e{}\"", std::process::id() % 1_000_000));
     let spec_path = cove.root().join("postgres.toml");

@@ -72,6 +72,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
         })
     };
     let progress = BuildProgress::new(ctx.json);
+    let began = std::time::Instant::now();
     let manifest = if args.what == "minimal" {
         let mut opts = MinimalOptions {
             agent,
@@ -101,11 +102,16 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
     if ctx.json {
         output::print_json(&manifest)?;
     } else {
+        // A build that found its result in the cache says so: the manifest's
+        // build time is that of the original build.
+        let took = began.elapsed().as_secs_f64();
+        let cached = took < manifest.build_seconds / 2.0;
         println!(
-            "image {} ({}) ready in {:.1}s: kernel {}, {} modules, agent {}",
+            "image {} ({}) {} {:.1}s: kernel {}, {} modules, agent {}",
             manifest.name,
             &manifest.id[..12],
-            manifest.build_seconds,
+            if cached { "unchanged, found in the cache in" } else { "built in" },
+            took,
             manifest.kernel_version,
             manifest.modules.len(),
             if manifest.agent { "included" } else { "absent" },

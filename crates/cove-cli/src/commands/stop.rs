@@ -16,7 +16,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    if !ctx.json {
+    let current = lifecycle::show(&ctx.paths, &args.name)?;
+    if !ctx.json && current.state.is_active() {
         eprintln!(
             "stopping {} (graceful, forced after {}s)",
             args.name, args.timeout
