@@ -147,6 +147,17 @@ impl Cove {
         Ok(())
     }
 
+    /// Deletes every VM this run created except `keep`, so that a benchmark
+    /// that failed half-way leaves no guest burning CPU during the next one.
+    pub fn delete_all_except(&self, keep: &[&str]) {
+        let names: Vec<String> = self.created.borrow().clone();
+        for name in names.iter().filter(|n| !keep.contains(&n.as_str())) {
+            if let Err(e) = self.delete(name) {
+                eprintln!("warning: could not delete VM {name}: {e:#}");
+            }
+        }
+    }
+
     /// `cove --json show NAME`.
     pub fn show(&self, name: &str) -> Result<Value> {
         self.json(&["show", name])

@@ -13,6 +13,16 @@ pub struct Machine {
     /// The accelerator cove's VMs ran under, with doctor's reason.
     pub accel: String,
     pub cove: String,
+    /// /proc/loadavg when the run began and ended: other work on the
+    /// machine shows here (the alternation makes it hit both sides alike).
+    pub load_start: String,
+    pub load_end: String,
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 impl Machine {
@@ -43,6 +53,8 @@ impl Machine {
                 .run(&["--version"])
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
                 .unwrap_or_else(|e| format!("unknown ({e})")),
+            load_start: loadavg(),
+            load_end: String::new(),
         }
     }
 
@@ -55,6 +67,13 @@ impl Machine {
             ("QEMU".into(), self.qemu.clone()),
             ("accelerator".into(), self.accel.clone()),
             ("cove".into(), self.cove.clone()),
+            (
+                "load average (1, 5, 15 min)".into(),
+                format!(
+                    "{} at the start, {} at the end",
+                    self.load_start, self.load_end
+                ),
+            ),
         ]
     }
 }

@@ -72,7 +72,7 @@ fn main() -> Result<()> {
         );
     }
     let cove = cove::Cove::new(bin)?;
-    let m = machine::Machine::detect(&cove);
+    let mut m = machine::Machine::detect(&cove);
     for (k, v) in m.lines() {
         println!("{k:>14}: {v}");
     }
@@ -104,6 +104,7 @@ fn main() -> Result<()> {
             eprintln!("{title}: failed: {e:#}");
             s.error = Some(format!("{e:#}"));
         }
+        cove.delete_all_except(&[guest::NAME]);
         println!("\n{}", s.markdown());
         sections.push(s);
     };
@@ -157,6 +158,7 @@ fn main() -> Result<()> {
         cmdline.push(' ');
         cmdline.push_str(&a);
     }
+    m.load_end = machine::loadavg();
     let when = now_utc();
     let doc = report::document(&m, &cmdline, &when, &sections);
     if !args.no_write {
@@ -167,7 +169,9 @@ fn main() -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     if sections.iter().any(|s| s.error.is_some()) {
-        bail!("some benchmarks did not complete (see above)");
+        eprintln!("error: some benchmarks did not complete (see above)");
+        drop(cove);
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -48,16 +48,6 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     let sup = json_u64(&show, "supervisor_pid")?;
     let qemu = json_u64(&show, "pid")?;
     let idle = (read(sup)?, read(qemu)?);
-    let file = cove.root().join("mem-1m");
-    std::fs::write(&file, vec![0x5au8; 1024 * 1024])?;
-    for _ in 0..execs {
-        cove.run(&["exec", name, "--", "true"])?;
-    }
-    let f = file.to_string_lossy().into_owned();
-    cove.run(&["cp", &f, &format!("{name}:/tmp/m")])?;
-    cove.run(&["cp", &format!("{name}:/tmp/m"), &format!("{f}.back")])?;
-    let busy = (read(sup)?, read(qemu)?);
-    cove.delete(name)?;
     s.headers = [
         "",
         "supervisor RSS",
@@ -67,29 +57,51 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     ]
     .map(String::from)
     .to_vec();
-    for (when, (sm, qm)) in [("after start", idle), ("after exec and cp", busy)] {
-        s.rows.push(vec![
+    let row = |when: &str, (sm, qm): (Mem, Mem)| {
+        vec![
             when.into(),
             mib(sm.rss),
             mib(sm.pss),
             mib(qm.rss),
             mib(qm.pss),
-        ]);
+        ]
+    };
+    s.rows.push(row("after start", idle));
+    // The busy phase may fail (a cove bug); the idle figures still count.
+    let busy = (|| -> Result<(Mem, Mem)> {
+        let file = cove.root().join("mem-1m");
+        std::fs::write(&file, vec![0x5au8; 1024 * 1024])?;
+        for _ in 0..execs {
+            cove.run(&["exec", name, "--", "true"])?;
+        }
+        let f = file.to_string_lossy().into_owned();
+        cove.run(&["cp", &f, &format!("{name}:/tmp/m")])?;
+        cove.run(&["cp", &format!("{name}:/tmp/m"), &format!("{f}.back")])?;
+        Ok((read(sup)?, read(qemu)?))
+    })();
+    let mut worst = idle.0;
+    if let Ok(b) = &busy {
+        s.rows.push(row("after exec and cp", *b));
+        worst = Mem {
+            rss: worst.rss.max(b.0.rss),
+            pss: worst.pss.max(b.0.pss),
+        };
     }
-    let worst = idle.0.rss.max(busy.0.rss);
+    cove.delete(name)?;
     s.goal(
         "supervisor RSS (highest reading)",
         "< 10 MiB",
-        mib(worst),
-        worst < GOAL_KIB,
+        mib(worst.rss),
+        worst.rss < GOAL_KIB,
     );
-    let worst_pss = idle.0.pss.max(busy.0.pss);
     s.goal(
         "supervisor PSS (highest reading)",
         "< 10 MiB",
-        mib(worst_pss),
-        worst_pss < GOAL_KIB,
+        mib(worst.pss),
+        worst.pss < GOAL_KIB,
     );
+    busy.map(|_| ())
+        .context("the exec/cp phase (figures after start are above)")?;
     Ok(())
 }
 
