@@ -266,6 +266,7 @@ mod tests {
             data_disks: vec![],
             disk_mounts: Default::default(),
             last_exit: None,
+            agent_answered: false,
             last_error: None,
             created_at: now(),
             started_at: None,

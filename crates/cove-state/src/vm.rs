@@ -174,6 +174,9 @@ pub struct VmRecord {
     pub disk_mounts: std::collections::BTreeMap<String, String>,
     /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
     pub last_exit: Option<String>,
+    /// Whether the guest's agent completed its handshake during the last boot.
+    #[serde(default)]
+    pub agent_answered: bool,
     /// A one-line explanation of the last failure, if any.
     pub last_error: Option<String>,
     pub created_at: i64,

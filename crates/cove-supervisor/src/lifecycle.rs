@@ -72,6 +72,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
             .filter_map(|d| Some((d.name.clone(), d.mount.clone()?)))
             .collect(),
         last_exit: None,
+        agent_answered: false,
         last_error: None,
         created_at: now(),
         started_at: None,
@@ -267,6 +268,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         r.state = VmState::Starting;
         r.last_error = None;
         r.last_exit = None;
+        r.agent_answered = false;
         r.vmm_pid = None;
         r.supervisor_pid = None;
     })?;

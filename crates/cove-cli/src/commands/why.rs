@@ -81,10 +81,9 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
         kernel::load_config(path).ok().map(|(c, _)| c)
     });
     let running = record.state == VmState::Running;
-    // The supervisor does not record agent handshakes yet: a running VM whose agent said
-    // ready counts as answered, and an image without an agent has nothing to answer.
-    let agent_answered = manifest.as_ref().is_some_and(|m| !m.agent)
-        || (running && text.contains("cove-agent: ready"));
+    // The supervisor records the agent's handshake; an image without an agent has
+    // nothing to answer.
+    let agent_answered = manifest.as_ref().is_some_and(|m| !m.agent) || record.agent_answered;
     let facts = VmFacts {
         name: Some(name.to_string()),
         memory_mib: Some(record.memory_mib),

@@ -265,6 +265,7 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
                     if r.state == VmState::Starting {
                         r.state = VmState::Running;
                     }
+                    r.agent_answered = shared.agent.is_some();
                 });
             }
             shared.phase.send_if_modified(|p| {
