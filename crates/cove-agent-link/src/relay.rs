@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cove_proto::{ErrorKind, ErrorMsg, OpenRequest, StreamMsg};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::error::LinkError;
@@ -37,12 +37,18 @@ fn to_error_msg(e: &LinkError) -> ErrorMsg {
 
 /// Supervisor side: serves one stream for the CLI connected on `client`. Waits at most
 /// `accept_timeout` for the CLI's Open. Returns when the stream is over.
-pub async fn relay(
-    client: UnixStream,
+///
+/// `client` is usually the accepted `tokio::net::UnixStream`; any byte stream works, e.g. a
+/// `BufReader` that still holds bytes read past the control preamble.
+pub async fn relay<S>(
+    client: S,
     link: &AgentLink,
     accept_timeout: Duration,
-) -> Result<RelayOutcome, LinkError> {
-    let (r, w) = client.into_split();
+) -> Result<RelayOutcome, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(client);
     let (acc_tx, mut acc_rx) = mpsc::unbounded_channel();
     let (shared, tasks) = mux::spawn(r, w, false, Some(acc_tx));
     let _tasks = Tasks(tasks);
@@ -129,12 +135,11 @@ pub struct RemoteStream;
 impl RemoteStream {
     /// Opens `req` over `conn` (a supervisor connection whose control preamble is done) and waits
     /// up to `timeout` for the agent to accept it. The returned [`Stream`] owns the connection.
-    pub async fn open(
-        conn: UnixStream,
-        req: OpenRequest,
-        timeout: Duration,
-    ) -> Result<Stream, LinkError> {
-        let (r, w) = conn.into_split();
+    pub async fn open<S>(conn: S, req: OpenRequest, timeout: Duration) -> Result<Stream, LinkError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(conn);
         let (shared, tasks) = mux::spawn(r, w, false, None);
         open_on(&shared, &req, timeout, Some(Arc::new(Tasks(tasks)))).await
     }

@@ -415,3 +415,62 @@ async fn measure_exec_round_trip() {
     ));
     eprintln!("{}", report.join("\n"));
 }
+
+/// The agent as PID 1 (in a fresh pid namespace): orphans are reaped, and the reaper never steals
+/// the exit status of the agent's own children.
+#[tokio::test]
+async fn agent_as_pid1_reaps_orphans_and_keeps_exit_codes() {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: a pid namespace needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    // Wrapped in Agent so that a failing assertion still kills it (unshare --kill-child takes
+    // the agent along).
+    let child = std::process::Command::new("unshare")
+        .args(["--fork", "--pid", "--mount-proc", "--kill-child"])
+        .arg(agent_bin())
+        .arg("--connect-unix")
+        .arg(&broker.agent_sock)
+        .arg("--no-poweroff")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let _agent = Agent(child);
+    let link = AgentLink::connect(&broker.host_sock, T).await.unwrap();
+    let procs = ps(&link).await.unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p.pid == 1 && p.command.contains("cove-agent")),
+        "{procs:?}"
+    );
+    for i in 0..20 {
+        let io = ExecIo {
+            stdin: Input::None,
+            stdout: Box::new(tokio::io::sink()),
+            stderr: Box::new(tokio::io::sink()),
+            control: None,
+        };
+        // Each command leaves an orphan behind that PID 1 must reap.
+        let st = exec(&link, sh(&format!("sleep 0.05 & exit {i}")), io)
+            .await
+            .unwrap();
+        assert_eq!(st, ExitStatus::Code(i));
+    }
+    let no_zombies = async {
+        loop {
+            let procs = ps(&link).await.unwrap();
+            if !procs.iter().any(|p| p.state == "Z") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(T, no_zombies)
+        .await
+        .expect("orphans were not reaped");
+}

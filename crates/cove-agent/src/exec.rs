@@ -197,7 +197,14 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
             Ok(())
         });
     }
-    let spawned = cmd.spawn();
+    let spawned = {
+        let mut own = crate::pid1::children();
+        let spawned = cmd.spawn();
+        if let Ok(c) = &spawned {
+            own.insert(c.id() as i32);
+        }
+        spawned
+    };
     drop(cmd); // closes our copies of the PTY slave, so the master sees EIO when the child ends
     let mut child = match spawned {
         Ok(c) => c,
@@ -209,6 +216,7 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     if s.msg(&StreamMsg::Started { pid: Some(pid) }).is_err() {
         let _ = child.kill();
         let _ = child.wait();
+        crate::pid1::children().remove(&(pid as i32));
         return;
     }
 
@@ -265,6 +273,7 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
         .name("wait".into())
         .spawn(move || {
             let st = child.wait();
+            crate::pid1::children().remove(&(child.id() as i32));
             let _ = waker.send(Inbound::ChildExited);
             st
         });

@@ -130,9 +130,22 @@ impl Mux {
         }
     }
 
+    /// The agent's own first Hello on a new transport, unless a host Hello already started a
+    /// session: restarting after that would reset the session the host just began.
+    pub fn start_session_if_idle(&self) {
+        let w = lock(&self.writer);
+        if lock(&self.state).session.synced() {
+            return;
+        }
+        self.restart_locked(w);
+    }
+
     /// Rule 1 of the session: reset, preamble, Hello request.
     pub fn restart_session(&self) {
-        let mut w = lock(&self.writer);
+        self.restart_locked(lock(&self.writer));
+    }
+
+    fn restart_locked(&self, mut w: MutexGuard<'_, Box<dyn Write + Send>>) {
         let hello = {
             let mut st = lock(&self.state);
             Self::reset_all(&mut st);

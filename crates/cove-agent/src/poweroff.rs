@@ -31,7 +31,10 @@ pub fn stop_everything() {
     let mut hung_up = false;
     let still_running = || {
         let now = user_processes();
-        told.iter().copied().filter(|pid| now.contains(pid)).collect::<Vec<_>>()
+        told.iter()
+            .copied()
+            .filter(|pid| now.contains(pid))
+            .collect::<Vec<_>>()
     };
     while !still_running().is_empty() && started.elapsed() < TERM_GRACE {
         // Interactive shells (the serial console's) ignore SIGTERM but end on SIGHUP.
@@ -117,7 +120,10 @@ fn unmount_data_filesystems() {
         };
         // SAFETY: path is a valid NUL-terminated string for the call's duration.
         if unsafe { libc::umount(path.as_ptr()) } != 0 {
-            crate::log(&format!("could not unmount {target}: {}", std::io::Error::last_os_error()));
+            crate::log(&format!(
+                "could not unmount {target}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
 }
@@ -136,6 +142,9 @@ fn remount_root_read_only() {
         )
     };
     if rc != 0 {
-        crate::log(&format!("could not remount / read-only: {}", std::io::Error::last_os_error()));
+        crate::log(&format!(
+            "could not remount / read-only: {}",
+            std::io::Error::last_os_error()
+        ));
     }
 }

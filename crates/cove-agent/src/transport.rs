@@ -62,7 +62,7 @@ fn start_session(mux: &Arc<Mux>) {
     let m = mux.clone();
     let _ = std::thread::Builder::new()
         .name("hello".into())
-        .spawn(move || m.restart_session());
+        .spawn(move || m.start_session_if_idle());
 }
 
 /// Reads frames until EOF or a read error; returns whether any byte arrived.

@@ -47,6 +47,7 @@ impl Agent {
             .arg(sock)
             .arg("--no-poweroff")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(if std::env::var("COVE_TEST_AGENT_LOG").is_ok() {
                 Stdio::inherit()
             } else {
