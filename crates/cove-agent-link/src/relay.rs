@@ -28,9 +28,18 @@ pub enum RelayOutcome {
     ClientGone,
 }
 
+/// How a link failure reaches the CLI through the relay: as a typed remote error.
 fn to_error_msg(e: &LinkError) -> ErrorMsg {
     match e {
         LinkError::Remote(m) => m.clone(),
+        LinkError::NotReady
+        | LinkError::Timeout { .. }
+        | LinkError::AgentUnresponsive { .. }
+        | LinkError::SessionReset { .. }
+        | LinkError::Disconnected { .. }
+        | LinkError::HandshakeTimeout { .. } => {
+            ErrorMsg::new(ErrorKind::Unavailable, e.to_string())
+        }
         other => ErrorMsg::new(ErrorKind::Internal, other.to_string()),
     }
 }

@@ -414,3 +414,20 @@ async fn shutdown_is_refused_by_an_agent_started_with_no_poweroff() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tty_stdin_eof_ends_a_reader() {
+    let env = setup().await;
+    let req = ExecRequest {
+        argv: vec!["cat".into()],
+        tty: Some(TtySize { rows: 24, cols: 80 }),
+        ..Default::default()
+    };
+    let input = Input::Reader(Box::new(std::io::Cursor::new(b"hello tty\n".to_vec())));
+    let c = tokio::time::timeout(T, run(&env.link, req, input))
+        .await
+        .expect("cat ended")
+        .unwrap();
+    assert_eq!(c.status, ExitStatus::Code(0));
+    assert!(String::from_utf8_lossy(&c.out).contains("hello tty"));
+}

@@ -293,7 +293,14 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
                 }
                 None => stream.consumed(c),
             },
-            Inbound::Eof(Channel::Data) => in_tx = None,
+            Inbound::Eof(Channel::Data) => {
+                // A PTY has no EOF of its own: send the terminal's EOF character (^D), which a
+                // canonical-mode reader such as `cat` sees as end of input.
+                if let (Some(tx), true) = (&in_tx, tty) {
+                    let _ = tx.send((vec![4], 0));
+                }
+                in_tx = None;
+            }
             Inbound::Eof(_) => {}
             Inbound::Msg(m, c) => {
                 match m {

@@ -150,6 +150,8 @@ pub enum ErrorKind {
     Unsupported,
     Io,
     Internal,
+    /// The agent could not be reached (not connected yet, hung, restarted): retry later.
+    Unavailable,
 }
 
 /// A failure reported by the agent.
