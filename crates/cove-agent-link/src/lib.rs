@@ -7,6 +7,49 @@
 //!   the CLI gets the same [`Stream`] type back.
 //! * [`exec`], [`exec_tty`], [`copy_in`], [`copy_out`], [`ps`], [`stat`], [`shutdown`]: what
 //!   `cove exec/shell/cp/ps` run over any [`StreamOpener`].
+//!
+//! # Supervisor
+//!
+//! ```no_run
+//! # async fn sup(chardev: &std::path::Path, control: tokio::net::UnixListener) -> Result<(), cove_agent_link::LinkError> {
+//! use std::{sync::Arc, time::Duration};
+//! use cove_agent_link::{AgentLink, LinkConfig, relay};
+//! // QEMU: -chardev socket,id=agent,path=CHARDEV,server=on,wait=off
+//! //       -device virtserialport,chardev=agent,name=org.cove.agent
+//! let sock = tokio::net::UnixStream::connect(chardev).await.expect("QEMU is up");
+//! let link = Arc::new(AgentLink::from_stream(sock, LinkConfig::default()));
+//! let info = link.wait_ready(Duration::from_secs(60)).await?; // the guest boots meanwhile
+//! println!("agent {}", info.version);
+//! loop {
+//!     let (conn, _) = control.accept().await.expect("accept");
+//!     // ... read the control preamble that says "agent stream" ...
+//!     let link = link.clone();
+//!     tokio::spawn(async move { relay(conn, &link, Duration::from_secs(10)).await });
+//! }
+//! # }
+//! ```
+//!
+//! # CLI
+//!
+//! ```no_run
+//! # async fn cli(control: std::path::PathBuf) -> Result<(), cove_agent_link::LinkError> {
+//! use std::time::Duration;
+//! use cove_agent_link::*;
+//! let opener = FnOpener(move |req: OpenRequest| {
+//!     let control = control.clone();
+//!     async move {
+//!         let conn = tokio::net::UnixStream::connect(&control).await.map_err(|e| {
+//!             LinkError::Connect { path: control.clone(), source: std::sync::Arc::new(e) }
+//!         })?;
+//!         // ... write the control preamble that asks for an agent stream ...
+//!         RemoteStream::open(conn, req, Duration::from_secs(10)).await
+//!     }
+//! });
+//! let req = ExecRequest { argv: vec!["uname".into(), "-a".into()], ..Default::default() };
+//! let status = exec(&opener, req, ExecIo::process_stdio()).await?;
+//! std::process::exit(status.shell_code());
+//! # }
+//! ```
 
 mod copy;
 mod error;
