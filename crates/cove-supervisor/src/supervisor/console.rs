@@ -98,7 +98,9 @@ impl ConsoleHub {
 
 /// Starts pumping the console socket into `log`; returns the hub.
 pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
-    let (output, _) = broadcast::channel(256);
+    // Viewers that fall behind skip ahead (the log has everything), so a
+    // short queue bounds memory even with a chatty console.
+    let (output, _) = broadcast::channel(32);
     let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
     let (marker_seen, _) = watch::channel(false);
     let hub = Arc::new(ConsoleHub {
