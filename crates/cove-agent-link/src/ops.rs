@@ -66,6 +66,31 @@ impl ExecIo {
     }
 }
 
+/// Turns SIGINT, SIGTERM, SIGHUP and SIGQUIT received by this process into Signal messages for
+/// [`ExecIo::control`], so Ctrl-C on `cove exec` (without `-t`) interrupts the guest command
+/// instead of only the CLI. Must be called inside a tokio runtime.
+pub fn forward_signals() -> mpsc::Receiver<StreamMsg> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = mpsc::channel(8);
+    for (kind, num) in [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::hangup(), libc::SIGHUP),
+        (SignalKind::quit(), libc::SIGQUIT),
+    ] {
+        let Ok(mut s) = signal(kind) else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(StreamMsg::Signal { signal: num }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
 /// Reads fd 0 on a detached OS thread into a channel (tokio's own stdin would keep the runtime
 /// from shutting down while a read is pending).
 pub fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {

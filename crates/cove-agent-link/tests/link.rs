@@ -431,3 +431,39 @@ async fn tty_stdin_eof_ends_a_reader() {
     assert_eq!(c.status, ExitStatus::Code(0));
     assert!(String::from_utf8_lossy(&c.out).contains("hello tty"));
 }
+
+#[tokio::test]
+async fn sigint_to_the_cli_is_forwarded_to_the_guest_command() {
+    let env = setup().await;
+    let control = forward_signals();
+    let io = ExecIo {
+        stdin: Input::None,
+        stdout: Box::new(SharedBuf::default()),
+        stderr: Box::new(SharedBuf::default()),
+        control: Some(control),
+    };
+    let link = &env.link;
+    let run = exec(
+        link,
+        ExecRequest {
+            argv: vec!["sleep".into(), "101".into()],
+            ..Default::default()
+        },
+        io,
+    );
+    let interrupt = async {
+        // Wait until the guest process runs, then "press Ctrl-C" on this (the CLI) process.
+        assert!(wait_until(T, procs_named_sleep_101).await);
+        // SAFETY: raising a signal this process handles (tokio installed the handler).
+        unsafe { libc::raise(libc::SIGINT) };
+    };
+    let (status, ()) = tokio::join!(run, interrupt);
+    assert_eq!(status.unwrap(), ExitStatus::Signal(libc::SIGINT));
+}
+
+fn procs_named_sleep_101() -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00101\x00"))
+}
