@@ -80,7 +80,9 @@ fn read_until_eof(r: &mut dyn Read, mux: &Arc<Mux>, backoff: &mut Backoff) -> bo
                         Ok(Some(f)) => mux.handle(f),
                         Ok(None) => break,
                         Err(e) => {
-                            log(&format!("{e}; resynchronising"));
+                            log(&format!(
+                                "byte stream out of sync ({e}); starting a new session (normal when the host reconnects)"
+                            ));
                             mux.restart_session();
                         }
                     }
