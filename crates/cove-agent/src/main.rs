@@ -21,13 +21,16 @@ pub fn log(msg: &str) {
 }
 
 const USAGE: &str =
-    "usage: cove-agent [--port-path DEV | --connect-unix SOCKET | --stdio] [--no-poweroff]
+    "usage: cove-agent [--port-path DEV | --connect-unix SOCKET | --stdio] [--no-poweroff | --allow-poweroff]
 
   (default)            find the virtio-serial port named org.cove.agent in /sys/class/virtio-ports
   --port-path DEV      use this character device
   --connect-unix PATH  connect to a unix socket (host-side tests); reconnects when it closes
   --stdio              speak on stdin/stdout; exit at EOF
-  --no-poweroff        refuse Shutdown requests (for running on a development host)";
+  --no-poweroff        refuse Shutdown requests
+  --allow-poweroff     honour Shutdown requests also with --connect-unix/--stdio (by default only
+                       the virtio-serial modes do: those two run on development hosts, where a
+                       Shutdown would stop every process and power the machine off)";
 
 enum Mode {
     Virtio(Option<String>),
@@ -37,7 +40,7 @@ enum Mode {
 
 fn main() {
     let mut mode = Mode::Virtio(None);
-    let mut allow_poweroff = true;
+    let mut poweroff: Option<bool> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -47,7 +50,8 @@ fn main() {
                 None => usage_exit(),
             },
             "--stdio" => mode = Mode::Stdio,
-            "--no-poweroff" => allow_poweroff = false,
+            "--no-poweroff" => poweroff = Some(false),
+            "--allow-poweroff" => poweroff = Some(true),
             "--version" => {
                 println!(
                     "cove-agent {} (protocol {})",
@@ -63,6 +67,7 @@ fn main() {
             _ => usage_exit(),
         }
     }
+    let allow_poweroff = poweroff.unwrap_or(matches!(mode, Mode::Virtio(_)));
     pid1::setup_if_init();
     match mode {
         Mode::Virtio(path) => transport::serve_device(path, allow_poweroff),
