@@ -6,6 +6,7 @@
 //! acknowledged only when the consumer takes them from the stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -78,9 +79,15 @@ pub(crate) struct Shared {
     /// and the frames it implies must reach the wire in that order. Memory stays bounded by
     /// flow control (data waits for the peer's credit before it is queued).
     out: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes queued for the writer. Replies the peer provokes (Pong, Reset, Hello) are dropped
+    /// above [`REPLY_QUEUE_LIMIT`]: a guest that floods pings without reading cannot grow it.
+    queued: AtomicUsize,
     st: Mutex<State>,
     pub status: watch::Sender<Status>,
 }
+
+/// See [`Shared::queued`].
+const REPLY_QUEUE_LIMIT: usize = 4 << 20;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,9 +119,19 @@ impl Shared {
     /// Queues bytes for the writer task (never blocks).
     pub fn send(&self, bytes: Vec<u8>) -> Result<(), LinkError> {
         // No state lock here: callers may hold it.
-        self.out.send(bytes).map_err(|_| LinkError::Disconnected {
-            reason: "the connection's writer stopped".into(),
-        })
+        let n = bytes.len();
+        self.out
+            .send(bytes)
+            .map(|_| {
+                self.queued.fetch_add(n, Ordering::Relaxed);
+            })
+            .map_err(|_| LinkError::Disconnected {
+                reason: "the connection's writer stopped".into(),
+            })
+    }
+
+    fn enqueue(&self, bytes: Vec<u8>) {
+        let _ = self.send(bytes);
     }
 
     pub fn dead_error(&self) -> LinkError {
@@ -145,7 +162,7 @@ impl Shared {
         self.status.send_replace(Status::Connecting);
         let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
         let _ = encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
-        let _ = self.out.send(bytes);
+        self.enqueue(bytes);
     }
 
     pub fn close(&self, e: LinkError) {
@@ -228,8 +245,16 @@ impl Shared {
     /// Handles one frame; replies are queued before the state lock is released (see `out`).
     fn on_frame(self: &Arc<Self>, f: Frame) {
         let mut st = self.state();
-        for o in self.on_frame_locked(&mut st, f) {
-            let _ = self.out.send(o);
+        let replies = self.on_frame_locked(&mut st, f);
+        if !replies.is_empty() && self.queued.load(Ordering::Relaxed) > REPLY_QUEUE_LIMIT {
+            tracing::warn!(
+                "peer is not reading its replies; dropping {} of them",
+                replies.len()
+            );
+            return;
+        }
+        for o in replies {
+            self.enqueue(o);
         }
     }
 
@@ -399,6 +424,7 @@ where
     let session = handshake.then(|| Session::new(Role::Host, env!("CARGO_PKG_VERSION"), vec![]));
     let shared = Arc::new(Shared {
         out: out_tx,
+        queued: AtomicUsize::new(0),
         st: Mutex::new(State {
             session,
             streams: HashMap::new(),
@@ -443,7 +469,9 @@ async fn writer<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        if let Err(e) = w.write_all(&buf).await {
+        let res = w.write_all(&buf).await;
+        shared.queued.fetch_sub(buf.len(), Ordering::Relaxed);
+        if let Err(e) = res {
             shared.close(LinkError::Disconnected {
                 reason: format!("write failed: {e}"),
             });

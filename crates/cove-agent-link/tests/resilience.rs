@@ -474,3 +474,65 @@ async fn agent_as_pid1_reaps_orphans_and_keeps_exit_codes() {
         .await
         .expect("orphans were not reaped");
 }
+
+/// A guest that floods pings and never reads the answers must not grow host memory.
+#[tokio::test]
+async fn ping_flood_without_reading_keeps_host_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flood.sock");
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let flooder = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut dec = Decoder::new();
+        // Handshake properly, then stop reading for good.
+        loop {
+            let Ok(f) = cove_proto::read_frame(&mut c, &mut dec) else {
+                continue;
+            };
+            if f.kind == FrameKind::Hello {
+                let h: Hello = cove_proto::from_payload("hello", &f.payload).unwrap();
+                let reply = Hello {
+                    protocol: h.protocol,
+                    role: Role::Agent,
+                    version: "flood".into(),
+                    capabilities: vec![],
+                    nonce: h.nonce,
+                    reply: true,
+                };
+                cove_proto::write_frame(
+                    &mut c,
+                    &Frame::new(FrameKind::Hello, 0, 0, to_payload(&reply)),
+                )
+                .unwrap();
+                break;
+            }
+        }
+        let mut batch = Vec::new();
+        for i in 0u64..2048 {
+            batch.extend(
+                Frame::new(FrameKind::Ping, 0, 0, i.to_le_bytes().to_vec())
+                    .encode()
+                    .unwrap(),
+            );
+        }
+        for _ in 0..1000 {
+            // 2 million pings: 64 MiB of Pong answers if the host queued them all.
+            if c.write_all(&batch).is_err() {
+                break;
+            }
+        }
+        c
+    });
+    let link = AgentLink::connect(&path, T).await.unwrap();
+    let before = rss_kib();
+    let conn = tokio::task::spawn_blocking(move || flooder.join().unwrap())
+        .await
+        .unwrap();
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 24 * 1024,
+        "host memory grew by {grown} KiB under a ping flood"
+    );
+    drop(conn);
+    drop(link);
+}
