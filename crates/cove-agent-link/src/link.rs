@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
 use crate::error::LinkError;
-use crate::mux::{self, AgentInfo, Shared, Status, Tasks, encode};
+use crate::mux::{self, AgentInfo, LinkState, Shared, Tasks, encode};
 use crate::stream::{Stream, StreamEvent};
 
 /// Timings of a link. The defaults suit TCG guests; KVM guests answer far faster.
@@ -98,9 +98,15 @@ impl AgentLink {
         }
     }
 
+    /// Follows the link's state: log "agent restarted" / "agent unresponsive" or react to the
+    /// connection closing (the VMM exited).
+    pub fn state_changes(&self) -> tokio::sync::watch::Receiver<LinkState> {
+        self.shared.status.subscribe()
+    }
+
     /// Whether the session is up right now.
     pub fn ready(&self) -> bool {
-        matches!(*self.shared.status.borrow(), Status::Ready(_))
+        matches!(*self.shared.status.borrow(), LinkState::Ready(_))
     }
 
     /// Waits until the agent has answered the handshake. Errors at once if the connection is
@@ -110,9 +116,9 @@ impl AgentLink {
         let res = tokio::time::timeout(timeout, async {
             loop {
                 match rx.borrow_and_update().clone() {
-                    Status::Ready(info) => return Ok(info),
-                    Status::Closed(e) | Status::Failed(e) => return Err(e),
-                    Status::Connecting => {}
+                    LinkState::Ready(info) => return Ok(info),
+                    LinkState::Closed(e) | LinkState::Failed(e) => return Err(e),
+                    LinkState::Connecting => {}
                 }
                 if rx.changed().await.is_err() {
                     return Err(self.shared.dead_error());
@@ -151,7 +157,7 @@ impl AgentLink {
     /// The agent's version and capabilities (from its latest Hello), if the session is up.
     pub fn info(&self) -> Option<AgentInfo> {
         match &*self.shared.status.borrow() {
-            Status::Ready(i) => Some(i.clone()),
+            LinkState::Ready(i) => Some(i.clone()),
             _ => None,
         }
     }

@@ -30,12 +30,16 @@ pub struct AgentInfo {
     pub capabilities: Vec<String>,
 }
 
+/// Where a link stands; watch it with [`crate::AgentLink::state_changes`].
 #[derive(Debug, Clone)]
-pub(crate) enum Status {
+pub enum LinkState {
+    /// Waiting for the agent's Hello (guest booting, agent restarting, resynchronising).
     Connecting,
+    /// Session up with this agent.
     Ready(AgentInfo),
-    /// A definite failure that wait_ready reports at once (the link may still recover).
+    /// A definite failure (e.g. protocol mismatch); the link keeps listening and may recover.
     Failed(LinkError),
+    /// The connection is gone for good; make a new link.
     Closed(LinkError),
 }
 
@@ -83,7 +87,7 @@ pub(crate) struct Shared {
     /// above [`REPLY_QUEUE_LIMIT`]: a guest that floods pings without reading cannot grow it.
     queued: AtomicUsize,
     st: Mutex<State>,
-    pub status: watch::Sender<Status>,
+    pub status: watch::Sender<LinkState>,
 }
 
 /// See [`Shared::queued`].
@@ -159,7 +163,7 @@ impl Shared {
             return;
         };
         let hello = session.restart(cove_proto::fresh_nonce());
-        self.status.send_replace(Status::Connecting);
+        self.status.send_replace(LinkState::Connecting);
         let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
         let _ = encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
         self.enqueue(bytes);
@@ -170,7 +174,7 @@ impl Shared {
         st.dead.get_or_insert(e.clone());
         Self::fail_all(&mut st, &e);
         st.accept = None;
-        self.status.send_replace(Status::Closed(e));
+        self.status.send_replace(LinkState::Closed(e));
     }
 
     /// Registers a stream and returns its receiving end.
@@ -389,18 +393,18 @@ impl Shared {
                 );
                 out.push(encode(FrameKind::Hello, 0, 0, &to_payload(&reply)));
                 tracing::info!(agent = %info.version, "agent session (re)started");
-                self.status.send_replace(Status::Ready(info));
+                self.status.send_replace(LinkState::Ready(info));
             }
             HelloAction::Reply(reply) => {
                 out.push(encode(FrameKind::Hello, 0, 0, &to_payload(&reply)))
             }
             HelloAction::Synced => {
-                self.status.send_replace(Status::Ready(info));
+                self.status.send_replace(LinkState::Ready(info));
             }
             HelloAction::Ignore => {}
             HelloAction::Incompatible { peer_protocol } => {
                 self.status
-                    .send_replace(Status::Failed(LinkError::Incompatible {
+                    .send_replace(LinkState::Failed(LinkError::Incompatible {
                         agent: peer_protocol,
                         ours: cove_proto::PROTOCOL_VERSION,
                     }));
@@ -437,9 +441,9 @@ where
             frames_seen: 0,
         }),
         status: watch::channel(if handshake {
-            Status::Connecting
+            LinkState::Connecting
         } else {
-            Status::Ready(AgentInfo {
+            LinkState::Ready(AgentInfo {
                 version: String::new(),
                 protocol: cove_proto::PROTOCOL_VERSION,
                 capabilities: vec![],

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::LinkError;
 use crate::link::{AgentLink, open_on};
-use crate::mux::{self, Status, Tasks};
+use crate::mux::{self, LinkState, Tasks};
 use crate::stream::{Stream, StreamEvent, StreamReceiver, StreamSender};
 
 /// How a relayed stream ended.
@@ -94,7 +94,7 @@ where
     let mut status = shared.status.subscribe();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
-        status.wait_for(|s| matches!(s, Status::Closed(_))),
+        status.wait_for(|s| matches!(s, LinkState::Closed(_))),
     )
     .await;
     outcome

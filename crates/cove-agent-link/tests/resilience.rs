@@ -45,9 +45,20 @@ async fn agent_killed_and_restarted_the_link_recovers() {
         .unwrap();
     let sleeper = s.pid().unwrap() as i32;
 
+    let mut states = link.state_changes();
+    states.borrow_and_update();
     agent.signal(libc::SIGKILL);
     drop(agent);
     let agent = Agent::start(&broker.agent_sock);
+    // The supervisor can see the new agent session (to log "agent restarted").
+    tokio::time::timeout(T, states.changed())
+        .await
+        .expect("a state change")
+        .unwrap();
+    assert!(matches!(
+        *states.borrow(),
+        LinkState::Ready(_) | LinkState::Connecting
+    ));
     // The in-flight stream fails with a clear error, bounded in time.
     let err = tokio::time::timeout(T, s.recv())
         .await
