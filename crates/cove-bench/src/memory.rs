@@ -11,6 +11,10 @@ const GOAL_KIB: u64 = 10 * 1024;
 pub struct Mem {
     pub rss: u64,
     pub pss: u64,
+    /// The split of RSS: private heap/stacks vs mapped files (the binary).
+    pub anon: u64,
+    pub file: u64,
+    pub threads: u64,
 }
 
 pub fn read(pid: u64) -> Result<Mem> {
@@ -21,6 +25,9 @@ pub fn read(pid: u64) -> Result<Mem> {
     Ok(Mem {
         rss: field_kib(&status, "VmRSS:").context("VmRSS missing")?,
         pss: field_kib(&rollup, "Pss:").context("Pss missing")?,
+        anon: field_kib(&status, "RssAnon:").unwrap_or(0),
+        file: field_kib(&status, "RssFile:").unwrap_or(0),
+        threads: field_kib(&status, "Threads:").unwrap_or(0),
     })
 }
 
@@ -29,6 +36,13 @@ fn field_kib(text: &str, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The size on disk of a process's executable, in MiB.
+fn binary_mib(pid: u64) -> f64 {
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map(|m| m.len() as f64 / 1024.0 / 1024.0)
+        .unwrap_or(0.0)
 }
 
 fn mib(kib: u64) -> String {
@@ -48,6 +62,7 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     let sup = json_u64(&show, "supervisor_pid")?;
     let qemu = json_u64(&show, "pid")?;
     let idle = (read(sup)?, read(qemu)?);
+    let bin_mib = binary_mib(sup);
     s.headers = [
         "",
         "supervisor RSS",
@@ -82,12 +97,27 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     let mut worst = idle.0;
     if let Ok(b) = &busy {
         s.rows.push(row("after exec and cp", *b));
-        worst = Mem {
-            rss: worst.rss.max(b.0.rss),
-            pss: worst.pss.max(b.0.pss),
-        };
+        if b.0.rss > worst.rss {
+            worst = b.0;
+        }
     }
+    let pss = idle.0.pss.max(busy.as_ref().map(|b| b.0.pss).unwrap_or(0));
     cove.delete(name)?;
+    s.notes.push(format!(
+        "Supervisor at its highest RSS: {} anonymous (heap, stacks) + {} file-backed (mostly the `cove` binary's own pages, shared with every other cove process, hence PSS < RSS); {} threads.",
+        mib(worst.anon),
+        mib(worst.file),
+        worst.threads
+    ));
+    if worst.rss >= GOAL_KIB {
+        s.notes.push(format!(
+            "**Why RSS is over 10 MiB:** {} of it is file-backed, i.e. pages of the `cove` binary itself ({:.1} MiB on disk; the supervisor is `cove __supervise`, the same binary as the CLI with every command linked in), and {} is the supervisor's own memory. PSS ({}) counts shared binary pages only in part.",
+            mib(worst.file),
+            bin_mib,
+            mib(worst.anon),
+            mib(pss)
+        ));
+    }
     s.goal(
         "supervisor RSS (highest reading)",
         "< 10 MiB",
@@ -97,8 +127,8 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     s.goal(
         "supervisor PSS (highest reading)",
         "< 10 MiB",
-        mib(worst.pss),
-        worst.pss < GOAL_KIB,
+        mib(pss),
+        pss < GOAL_KIB,
     );
     busy.map(|_| ())
         .context("the exec/cp phase (figures after start are above)")?;
