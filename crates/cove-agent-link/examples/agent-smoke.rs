@@ -50,6 +50,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?
     );
+    let tty = ExecRequest {
+        tty: Some(TtySize { rows: 33, cols: 99 }),
+        ..sh("tty; stty size")
+    };
+    println!("tty exit: {:?}", run(&link, tty).await?);
     let mut times = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();

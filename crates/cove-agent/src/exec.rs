@@ -38,6 +38,7 @@ fn current_user() -> User {
 }
 
 fn openpty(size: TtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    crate::pid1::ensure_pty_support();
     let mut master = -1;
     let mut slave = -1;
     let ws = libc::winsize {

@@ -1,5 +1,6 @@
-//! When the agent runs as PID 1 (a test image may boot it as init): mount the pseudo file systems
-//! it needs and reap orphans, without stealing the exit status of the agent's own children.
+//! Guest setup the agent does itself. As PID 1 (a test image may boot it as init) it mounts the
+//! pseudo file systems it needs and reaps orphans without stealing the exit status of its own
+//! children; in any minimal guest it mounts devpts the first time a PTY is needed.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -74,4 +75,41 @@ fn reap_orphans() {
         // SAFETY: reaping a specific exited orphan; a null status pointer is allowed.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
+}
+
+/// Makes PTYs work in a minimal guest whose init mounted neither devtmpfs nor devpts: mounts
+/// devpts on /dev/pts and provides /dev/ptmx. Runs once; failures surface later as the openpty
+/// error, which names the missing piece.
+pub fn ensure_pty_support() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let ptmx = std::path::Path::new("/dev/ptmx");
+        let pts_mounted = std::fs::read_to_string("/proc/mounts")
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split_whitespace().nth(1) == Some("/dev/pts"))
+            })
+            .unwrap_or(true);
+        if !pts_mounted {
+            let _ = std::fs::create_dir_all("/dev/pts");
+            let opts = CString::new("mode=0620,ptmxmode=0666").unwrap_or_default();
+            let (s, t, f) = (c"devpts", c"/dev/pts", c"devpts");
+            // SAFETY: valid NUL-terminated strings for the call's duration.
+            let rc =
+                unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, opts.as_ptr().cast()) };
+            if rc == 0 {
+                log("mounted devpts on /dev/pts for PTY support");
+            } else {
+                log(&format!(
+                    "cannot mount devpts on /dev/pts: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        if !ptmx.exists()
+            && let Err(e) = std::os::unix::fs::symlink("pts/ptmx", ptmx)
+        {
+            log(&format!("cannot create /dev/ptmx: {e}"));
+        }
+    });
 }
