@@ -49,7 +49,8 @@ async fn open(socket: PathBuf, req: OpenRequest) -> Result<Stream, LinkError> {
         Response::Failed(f) => return Err(refused(f.message)),
         other => return Err(refused(format!("unexpected answer {other:?}"))),
     }
-    RemoteStream::open(conn.into_inner(), req, OPEN_TIMEOUT).await
+    // The reader itself: the relay's first bytes may already be in its buffer.
+    RemoteStream::open(conn, req, OPEN_TIMEOUT).await
 }
 
 /// A runtime for one command's async work.

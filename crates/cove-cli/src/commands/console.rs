@@ -53,6 +53,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             args.name
         );
         let _raw = cove_agent_link::RawModeGuard::enter();
+        // Console bytes that arrived with the answer are already buffered.
+        let early = conn.buffer().to_vec();
         let (mut from_vm, mut to_vm) = conn.into_inner().into_split();
         let mut keys = cove_agent_link::spawn_stdin_reader();
         let input = async {
@@ -69,6 +71,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         let output = async {
             let mut buf = vec![0u8; 16 * 1024];
             let mut stdout = std::io::stdout();
+            if stdout.write_all(&early).and_then(|_| stdout.flush()).is_err() {
+                return;
+            }
             loop {
                 match from_vm.read(&mut buf).await {
                     Ok(0) | Err(_) => return,

@@ -83,7 +83,9 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
         Request::Agent => match &shared.agent {
             Some(link) => {
                 if write_message(stream.get_mut(), &Response::Streaming).await.is_ok() {
-                    let _ = cove_agent_link::relay(stream.into_inner(), link, RELAY_OPEN_TIMEOUT).await;
+                    // The reader itself, not its inner stream: bytes it already
+                    // buffered past the request line belong to the relayed stream.
+                    let _ = cove_agent_link::relay(stream, link, RELAY_OPEN_TIMEOUT).await;
                 }
                 return;
             }
