@@ -68,9 +68,13 @@ pub struct Status {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Ready { boot_ms: u64 },
+    Ready {
+        boot_ms: u64,
+    },
     /// The request was carried out.
-    Done { detail: String },
+    Done {
+        detail: String,
+    },
     /// The connection now carries a stream (console or agent).
     Streaming,
     Failed(Failure),
@@ -125,7 +129,11 @@ pub async fn read_message<T: for<'de> Deserialize<'de>>(
         return Err(WireError::Closed);
     }
     if line.last() != Some(&b'\n') {
-        return Err(if n > MAX_LINE { WireError::TooLong } else { WireError::Closed });
+        return Err(if n > MAX_LINE {
+            WireError::TooLong
+        } else {
+            WireError::Closed
+        });
     }
     Ok(serde_json::from_slice(&line)?)
 }
@@ -147,10 +155,14 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let mut a = BufReader::new(a);
         let mut b = BufReader::new(b);
-        write_message(a.get_mut(), &Request::Stop { timeout_secs: 5 }).await.unwrap();
+        write_message(a.get_mut(), &Request::Stop { timeout_secs: 5 })
+            .await
+            .unwrap();
         let req: Request = read_message(&mut b).await.unwrap();
         assert_eq!(req, Request::Stop { timeout_secs: 5 });
-        write_message(b.get_mut(), &Response::Ready { boot_ms: 7 }).await.unwrap();
+        write_message(b.get_mut(), &Response::Ready { boot_ms: 7 })
+            .await
+            .unwrap();
         let resp: Response = read_message(&mut a).await.unwrap();
         assert_eq!(resp, Response::Ready { boot_ms: 7 });
     }

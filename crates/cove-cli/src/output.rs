@@ -29,7 +29,13 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         let text: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == last { c.to_string() } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         println!("{}", text.join("  ").trim_end());
     };

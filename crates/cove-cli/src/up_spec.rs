@@ -141,12 +141,15 @@ impl UpSpec {
                 .disks
                 .into_iter()
                 .map(|d| -> Result<DiskRequest> {
-                    cove_supervisor::data_disk::validate_name(&d.name).map_err(anyhow::Error::msg)?;
+                    cove_supervisor::data_disk::validate_name(&d.name)
+                        .map_err(anyhow::Error::msg)?;
                     if let Some(m) = d.mount.as_deref().filter(|m| !m.starts_with('/')) {
                         bail!("disk `{}`: mount `{m}` must be an absolute path", d.name);
                     }
                     Ok(DiskRequest {
-                        size_bytes: parse_memory(&d.size).map_err(anyhow::Error::msg)? * 1024 * 1024,
+                        size_bytes: parse_memory(&d.size).map_err(anyhow::Error::msg)?
+                            * 1024
+                            * 1024,
                         name: d.name,
                         mount: d.mount,
                     })
@@ -207,7 +210,9 @@ mod tests {
         assert!(err("image = \"m\"").contains("no [[vm]]"));
         assert!(err("image = \"m\"\n[[vm]]\nname = \"a\"\nmemroy = \"1G\"").contains("memroy"));
         assert!(err("image = \"m\"\n[[vm]]\nname = \"../a\"").contains("may only contain"));
-        assert!(err("image = \"m\"\n[[vm]]\nname = \"a\"\nports = [\"x\"]").contains("ports of VM"));
+        assert!(
+            err("image = \"m\"\n[[vm]]\nname = \"a\"\nports = [\"x\"]").contains("ports of VM")
+        );
         assert!(
             err("image = \"m\"\n[[vm]]\nname = \"a\"\ndisks = [{name = \"d\", mount = \"rel\"}]")
                 .contains("absolute")

@@ -156,7 +156,10 @@ impl Cove {
             for file in ["console.log", "supervisor.log", "qemu.log"] {
                 let text = std::fs::read_to_string(entry.path().join(file)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("----- {} {file} (last 40 lines) -----", entry.file_name().to_string_lossy());
+                eprintln!(
+                    "----- {} {file} (last 40 lines) -----",
+                    entry.file_name().to_string_lossy()
+                );
                 for line in tail.iter().rev() {
                     eprintln!("{line}");
                 }

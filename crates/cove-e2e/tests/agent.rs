@@ -17,20 +17,44 @@ fn running_vm(cove: &Cove, name: &str) {
 fn exec_propagates_exit_codes_and_keeps_streams_apart() {
     let cove = Cove::new();
     running_vm(&cove, "ex");
-    let out = cove.run(&["exec", "ex", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let out = cove.run(&[
+        "exec",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     // Environment, working directory and stdin.
     let mut child = cove
         .command()
-        .args(["exec", "-i", "-e", "GREETING=hi", "-w", "/tmp", "ex", "--", "sh", "-c", "echo $GREETING $(pwd) $(cat)"])
+        .args([
+            "exec",
+            "-i",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/tmp",
+            "ex",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING $(pwd) $(cat)",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"from-stdin").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from-stdin")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi /tmp from-stdin\n");
     let err = cove.fails(&["exec", "ex", "--", "/no/such/program"]);
@@ -45,7 +69,14 @@ fn twenty_concurrent_execs_each_get_their_own_output() {
     let children: Vec<_> = (0..20)
         .map(|i| {
             cove.command()
-                .args(["exec", "conc", "--", "sh", "-c", &format!("sleep 0.$((RANDOM % 5)) 2>/dev/null; echo exec-{i}")])
+                .args([
+                    "exec",
+                    "conc",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("sleep 0.$((RANDOM % 5)) 2>/dev/null; echo exec-{i}"),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -69,8 +100,14 @@ fn ten_megabytes_on_each_stream_arrive_on_the_right_one() {
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 10_000_000);
     assert_eq!(out.stderr.len(), 10_000_000);
-    assert!(out.stdout.iter().all(|b| *b == b'o' || *b == b'\n'), "stderr bytes leaked into stdout");
-    assert!(out.stderr.iter().all(|b| *b == b'e' || *b == b'\n'), "stdout bytes leaked into stderr");
+    assert!(
+        out.stdout.iter().all(|b| *b == b'o' || *b == b'\n'),
+        "stderr bytes leaked into stdout"
+    );
+    assert!(
+        out.stderr.iter().all(|b| *b == b'e' || *b == b'\n'),
+        "stdout bytes leaked into stderr"
+    );
 }
 
 #[test]
@@ -91,13 +128,26 @@ fn copy_100_mib_in_and_out_unchanged() {
     std::fs::write(&src, &data).unwrap();
     std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     cove.ok(&["cp", src.to_str().unwrap(), "cp:/tmp/in.bin"]);
-    let guest_sum = cove.ok(&["exec", "cp", "--", "sh", "-c", "sha256sum /tmp/in.bin; stat -c %a /tmp/in.bin"]);
+    let guest_sum = cove.ok(&[
+        "exec",
+        "cp",
+        "--",
+        "sh",
+        "-c",
+        "sha256sum /tmp/in.bin; stat -c %a /tmp/in.bin",
+    ]);
     let host_sum = hex::encode(sha2::Sha256::digest(&data));
-    assert!(guest_sum.contains(&host_sum), "guest {guest_sum} host {host_sum}");
+    assert!(
+        guest_sum.contains(&host_sum),
+        "guest {guest_sum} host {host_sum}"
+    );
     assert!(guest_sum.contains("640"), "mode kept: {guest_sum}");
     let back = cove.root().join("out.bin");
     cove.ok(&["cp", "cp:/tmp/in.bin", back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == data, "the copy out differs");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the copy out differs"
+    );
 }
 
 #[test]
@@ -106,11 +156,23 @@ fn agent_killed_in_the_guest_comes_back_and_the_host_reconnects() {
     let cove = Cove::new();
     running_vm(&cove, "ak");
     // The agent runs the kill, so the exec itself may be cut off; that is fine.
-    let _ = cove.run(&["exec", "ak", "--", "sh", "-c", "kill -9 $(pidof cove-agent)"]);
-    cove.wait_for("exec to work again after the agent restarted", Duration::from_secs(60), || {
-        cove.run(&["exec", "ak", "--", "true"]).status.success()
-    });
-    assert!(cove.console_log("ak").contains("cove-agent exited"), "the init saw the agent die");
+    let _ = cove.run(&[
+        "exec",
+        "ak",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $(pidof cove-agent)",
+    ]);
+    cove.wait_for(
+        "exec to work again after the agent restarted",
+        Duration::from_secs(60),
+        || cove.run(&["exec", "ak", "--", "true"]).status.success(),
+    );
+    assert!(
+        cove.console_log("ak").contains("cove-agent exited"),
+        "the init saw the agent die"
+    );
 }
 
 #[test]
@@ -119,7 +181,10 @@ fn a_killed_supervisor_is_replaced_and_the_vm_never_stops() {
     let cove = Cove::new();
     running_vm(&cove, "sv");
     let show = cove.json(&["show", "sv"]);
-    let (supervisor, qemu) = (show["supervisor_pid"].as_u64().unwrap(), show["pid"].as_u64().unwrap());
+    let (supervisor, qemu) = (
+        show["supervisor_pid"].as_u64().unwrap(),
+        show["pid"].as_u64().unwrap(),
+    );
     // SAFETY: kill has no memory effects; the pid is this test's supervisor.
     unsafe {
         libc::kill(supervisor as i32, libc::SIGKILL);
@@ -129,7 +194,11 @@ fn a_killed_supervisor_is_replaced_and_the_vm_never_stops() {
     assert_eq!(out, "still-here\n");
     let show = cove.json(&["show", "sv"]);
     assert_eq!(show["state"], "running");
-    assert_eq!(show["pid"].as_u64(), Some(qemu), "the same QEMU, never restarted");
+    assert_eq!(
+        show["pid"].as_u64(),
+        Some(qemu),
+        "the same QEMU, never restarted"
+    );
     assert_ne!(show["supervisor_pid"].as_u64(), Some(supervisor));
     cove.ok(&["stop", "sv"]);
     assert_eq!(cove.state("sv"), "stopped");
@@ -147,6 +216,12 @@ fn ps_lists_the_guest_processes() {
         .iter()
         .filter_map(|p| p["command"].as_str())
         .collect();
-    assert!(commands.iter().any(|c| c.contains("cove-agent")), "{commands:?}");
-    assert!(commands.iter().any(|c| c.contains("cove-init")), "{commands:?}");
+    assert!(
+        commands.iter().any(|c| c.contains("cove-agent")),
+        "{commands:?}"
+    );
+    assert!(
+        commands.iter().any(|c| c.contains("cove-init")),
+        "{commands:?}"
+    );
 }

@@ -60,15 +60,29 @@ fn two_viewers_share_the_console_and_detach_with_ctrl_bracket() {
     // The serial shell answers; both viewers see the answer.
     let mut input = first.stdin.take().unwrap();
     input.write_all(b"\necho console-$((6*7))\n").unwrap();
-    assert!(wait_for_text(&out1, &mut seen1, "console-42"), "first viewer saw: {seen1}");
-    assert!(wait_for_text(&out2, &mut seen2, "console-42"), "second viewer saw: {seen2}");
+    assert!(
+        wait_for_text(&out1, &mut seen1, "console-42"),
+        "first viewer saw: {seen1}"
+    );
+    assert!(
+        wait_for_text(&out2, &mut seen2, "console-42"),
+        "second viewer saw: {seen2}"
+    );
     // Ctrl-] detaches this viewer only; the VM and the other viewer go on.
     input.write_all(&[0x1d]).unwrap();
     let status = first.wait().unwrap();
     assert!(status.success());
     let mut err = String::new();
-    first.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("detach with Ctrl-]") && err.contains("detached"), "{err}");
+    first
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("detach with Ctrl-]") && err.contains("detached"),
+        "{err}"
+    );
     assert_eq!(cove.state("con"), "running");
     // Stopping the VM ends the remaining viewer.
     cove.ok(&["stop", "con"]);
@@ -90,5 +104,8 @@ fn a_shell_asking_for_the_cursor_position_gets_an_answer_without_a_viewer() {
                   (sleep 0.5; printf '\\033[6n' > /dev/ttyS0) & \
                   timeout 10 dd if=/dev/ttyS0 bs=1 count=6 2>/dev/null | od -c | head -1";
     let reply = cove.ok(&["exec", "cpr", "--", "sh", "-c", script]);
-    assert!(reply.contains("033   [   1   ;   1   R"), "the supervisor answered: {reply}");
+    assert!(
+        reply.contains("033   [   1   ;   1   R"),
+        "the supervisor answered: {reply}"
+    );
 }

@@ -8,19 +8,39 @@ use cove_e2e::Cove;
 #[ignore = "boots VMs"]
 fn missing_virtio_console_fails_start_and_why_names_the_driver() {
     let cove = Cove::new();
-    cove.ok(&["image", "build", "minimal", "--name", "noconsole", "--module", "-virtio_console"]);
+    cove.ok(&[
+        "image",
+        "build",
+        "minimal",
+        "--name",
+        "noconsole",
+        "--module",
+        "-virtio_console",
+    ]);
     cove.ok(&["create", "nc", "--image", "noconsole"]);
     let started = std::time::Instant::now();
     let err = cove.fails(&["start", "nc", "--timeout", "30"]);
-    assert!(started.elapsed().as_secs() < 60, "start gave up within its timeout");
-    assert!(err.contains("agent never answered"), "says what went wrong: {err}");
-    assert!(err.contains("last console lines"), "quotes the console: {err}");
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "start gave up within its timeout"
+    );
+    assert!(
+        err.contains("agent never answered"),
+        "says what went wrong: {err}"
+    );
+    assert!(
+        err.contains("last console lines"),
+        "quotes the console: {err}"
+    );
     assert_eq!(cove.state("nc"), "crashed");
     // `why` exits 1 when it found what went wrong.
     let why = cove.run(&["why", "nc"]);
     assert_eq!(why.status.code(), Some(1));
     let text = String::from_utf8_lossy(&why.stdout);
-    assert!(text.contains("CONFIG_VIRTIO_CONSOLE") && text.contains("virtio_console.ko"), "{text}");
+    assert!(
+        text.contains("CONFIG_VIRTIO_CONSOLE") && text.contains("virtio_console.ko"),
+        "{text}"
+    );
     let json = cove.run(&["--json", "why", "nc"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(json.to_string().contains("VIRTIO_CONSOLE"), "{json}");
@@ -34,7 +54,14 @@ fn an_init_that_exits_is_named_by_why() {
     cove.ok(&["create", "ie", "--image", "minimal"]);
     cove.ok(&["start", "ie"]);
     // Break the init on the VM's own disk, then boot it again.
-    cove.ok(&["exec", "ie", "--", "sh", "-c", "printf '#!/bin/sh\\necho init gives up\\nexit 3\\n' > /sbin/cove-init; sync"]);
+    cove.ok(&[
+        "exec",
+        "ie",
+        "--",
+        "sh",
+        "-c",
+        "printf '#!/bin/sh\\necho init gives up\\nexit 3\\n' > /sbin/cove-init; sync",
+    ]);
     cove.ok(&["stop", "ie"]);
     let err = cove.fails(&["start", "ie", "--timeout", "30"]);
     assert!(err.contains("panic") || err.contains("init"), "{err}");
@@ -50,9 +77,19 @@ fn a_file_written_in_the_guest_is_read_back_from_the_stopped_disk() {
     cove.minimal_image();
     cove.ok(&["create", "dk", "--image", "minimal"]);
     cove.ok(&["start", "dk"]);
-    cove.ok(&["exec", "dk", "--", "sh", "-c", "mkdir -p /var/log && echo 'initdb: shmget: Function not implemented' > /var/log/init.log"]);
+    cove.ok(&[
+        "exec",
+        "dk",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /var/log && echo 'initdb: shmget: Function not implemented' > /var/log/init.log",
+    ]);
     let err = cove.fails(&["disk", "cat", "dk:/var/log/init.log"]);
-    assert!(err.contains("cove exec") || err.contains("cove cp"), "a running VM is refused: {err}");
+    assert!(
+        err.contains("cove exec") || err.contains("cove cp"),
+        "a running VM is refused: {err}"
+    );
     cove.ok(&["stop", "dk"]);
     let text = cove.ok(&["disk", "cat", "dk:/var/log/init.log"]);
     assert_eq!(text, "initdb: shmget: Function not implemented\n");

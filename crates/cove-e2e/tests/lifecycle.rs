@@ -15,7 +15,10 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
     cove.ok(&["stop", "web"]);
     assert_eq!(cove.state("web"), "stopped");
     cove.ok(&["start", "web"]);
-    assert!(cove.console_log("web").contains("cove-init: ready"), "second boot reached ready");
+    assert!(
+        cove.console_log("web").contains("cove-init: ready"),
+        "second boot reached ready"
+    );
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(cove.state("web"), "running", "still running 5 s later");
     let show = cove.json(&["show", "web"]);
@@ -50,7 +53,11 @@ fn killing_the_cli_mid_command_never_kills_the_vm() {
     let pid = cove.json(&["show", "vm"])["pid"].as_u64().expect("pid");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(cove.state("vm"), "running");
-    assert_eq!(cove.json(&["show", "vm"])["pid"].as_u64(), Some(pid), "same VMM, never restarted");
+    assert_eq!(
+        cove.json(&["show", "vm"])["pid"].as_u64(),
+        Some(pid),
+        "same VMM, never restarted"
+    );
     cove.ok(&["delete", "--force", "vm"]);
 }
 
@@ -61,7 +68,9 @@ fn qemu_killed_shows_crashed_at_once() {
     cove.minimal_image();
     cove.ok(&["create", "c", "--image", "minimal"]);
     cove.ok(&["start", "c"]);
-    let pid = cove.json(&["show", "c"])["pid"].as_u64().expect("a running VM has a pid");
+    let pid = cove.json(&["show", "c"])["pid"]
+        .as_u64()
+        .expect("a running VM has a pid");
     // SAFETY: kill has no memory effects; pid is this test's QEMU.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
@@ -69,11 +78,15 @@ fn qemu_killed_shows_crashed_at_once() {
     // No waiting: the very next read must tell the truth.
     let show = cove.json(&["show", "c"]);
     assert_eq!(show["state"], "crashed", "{show}");
-    cove.wait_for("the supervisor to record the exit", Duration::from_secs(10), || {
-        cove.json(&["show", "c"])["last_exit"]
-            .as_str()
-            .is_some_and(|e| e.contains("signal 9"))
-    });
+    cove.wait_for(
+        "the supervisor to record the exit",
+        Duration::from_secs(10),
+        || {
+            cove.json(&["show", "c"])["last_exit"]
+                .as_str()
+                .is_some_and(|e| e.contains("signal 9"))
+        },
+    );
     cove.ok(&["delete", "c"]);
 }
 
@@ -92,7 +105,10 @@ fn two_creates_of_one_name_exactly_one_wins() {
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert_eq!(
-        [a.status.success(), b.status.success()].iter().filter(|s| **s).count(),
+        [a.status.success(), b.status.success()]
+            .iter()
+            .filter(|s| **s)
+            .count(),
         1,
         "exactly one create succeeds"
     );
@@ -100,7 +116,11 @@ fn two_creates_of_one_name_exactly_one_wins() {
     let err = String::from_utf8_lossy(&loser.stderr);
     assert!(err.contains("already exists"), "the loser says why: {err}");
     let staging = cove.root().join("state/cove/staging");
-    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0, "no half VM left");
+    assert_eq!(
+        std::fs::read_dir(staging).unwrap().count(),
+        0,
+        "no half VM left"
+    );
 }
 
 #[test]
@@ -111,7 +131,10 @@ fn delete_leaves_no_files_and_no_processes() {
     cove.ok(&["create", "gone", "--image", "minimal"]);
     cove.ok(&["start", "gone"]);
     let err = cove.fails(&["delete", "gone"]);
-    assert!(err.contains("--force"), "refuses a running VM and says how: {err}");
+    assert!(
+        err.contains("--force"),
+        "refuses a running VM and says how: {err}"
+    );
     cove.ok(&["delete", "--force", "gone"]);
     assert!(!cove.vm_dir("gone").exists());
     assert!(!cove.root().join("run/cove/gone").exists());
@@ -125,7 +148,11 @@ fn delete_leaves_no_files_and_no_processes() {
 #[test]
 fn bad_names_are_refused_with_the_reason() {
     let cove = Cove::new();
-    for (name, says) in [("../x", "may only contain"), ("", "empty"), (&"a".repeat(60), "longer")] {
+    for (name, says) in [
+        ("../x", "may only contain"),
+        ("", "empty"),
+        (&"a".repeat(60), "longer"),
+    ] {
         let err = cove.fails(&["create", name]);
         assert!(err.contains(says), "`{name}`: {err}");
     }

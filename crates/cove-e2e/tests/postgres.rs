@@ -11,7 +11,19 @@ fn examples() -> &'static Path {
 
 fn psql(port: &str, sql: &str) -> std::process::Output {
     Command::new("psql")
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("the host's psql (postgresql-client) is installed")
 }
@@ -26,7 +38,10 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
         .unwrap()
         .replace("\"15432:5432\"", "\"25432:5432\"")
         // Data disks live in the shared data directory: a name of its own.
-        .replace("name = \"pgdata\"", &format!("name = \"e2e{}\"", std::process::id() % 1_000_000));
+        .replace(
+            "name = \"pgdata\"",
+            &format!("name = \"e2e{}\"", std::process::id() % 1_000_000),
+        );
     let spec_path = cove.root().join("postgres.toml");
     std::fs::write(&spec_path, spec).unwrap();
     let spec_path = spec_path.to_str().unwrap();
@@ -40,22 +55,39 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     let again = cove.ok(&["up", "--no-test", spec_path]);
     assert!(again.contains("up to date"), "{again}");
 
-    let write = psql("25432", "create table kept(v text); insert into kept values ('survives restarts')");
+    let write = psql(
+        "25432",
+        "create table kept(v text); insert into kept values ('survives restarts')",
+    );
     assert!(write.status.success(), "{write:?}");
     cove.ok(&["stop", "pg"]);
     cove.ok(&["start", "pg"]);
-    let report = cove.ok(&["test", "pg", "--junit", cove.root().join("junit.xml").to_str().unwrap()]);
+    let report = cove.ok(&[
+        "test",
+        "pg",
+        "--junit",
+        cove.root().join("junit.xml").to_str().unwrap(),
+    ]);
     assert!(report.contains("ALL 5 CHECKS PASSED"), "{report}");
     let junit = std::fs::read_to_string(cove.root().join("junit.xml")).unwrap();
-    assert!(junit.contains("<testsuite") && junit.contains("failures=\"0\""), "{junit}");
+    assert!(
+        junit.contains("<testsuite") && junit.contains("failures=\"0\""),
+        "{junit}"
+    );
     let read = psql("25432", "select v from kept");
-    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "survives restarts");
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout).trim(),
+        "survives restarts"
+    );
 
     // `down` removes the VM but keeps the data disk; a new `up` finds the data.
     cove.ok(&["down", spec_path]);
     cove.ok(&["up", "--no-test", spec_path]);
     cove.ok(&["test", "pg"]);
     let read = psql("25432", "select v from kept");
-    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "survives restarts");
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout).trim(),
+        "survives restarts"
+    );
     cove.ok(&["down", "--purge", spec_path]);
 }

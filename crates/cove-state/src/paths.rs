@@ -203,6 +203,9 @@ mod tests {
     fn short_paths_pass() {
         let paths = Paths::under(Path::new("/tmp/t"));
         paths.vm("web").check_socket_paths().unwrap();
-        assert_eq!(paths.vm("web").control_socket(), Path::new("/tmp/t/run/web/control.sock"));
+        assert_eq!(
+            paths.vm("web").control_socket(),
+            Path::new("/tmp/t/run/web/control.sock")
+        );
     }
 }

@@ -147,7 +147,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let json: String = tx
-            .query_row("SELECT record FROM vms WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT record FROM vms WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NoSuchVm(name.to_owned()))?;
         let mut record = decode(&json)?;
@@ -166,7 +168,8 @@ impl Store {
     }
 
     pub fn delete_vm(&mut self, name: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        self.conn
+            .execute("DELETE FROM vms WHERE name = ?1", [name])?;
         Ok(())
     }
 
@@ -213,7 +216,8 @@ impl Store {
     }
 
     pub fn delete_image(&mut self, id: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM images WHERE id = ?1", [id])?;
+        self.conn
+            .execute("DELETE FROM images WHERE id = ?1", [id])?;
         Ok(())
     }
 }
@@ -296,9 +300,7 @@ mod tests {
     fn failed_finish_records_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&Paths::under(dir.path())).unwrap();
-        let err = store.create_vm(&record("b"), || {
-            Err(std::io::Error::other("disk full"))
-        });
+        let err = store.create_vm(&record("b"), || Err(std::io::Error::other("disk full")));
         assert!(err.is_err());
         assert!(store.find_vm("b").unwrap().is_none());
     }
@@ -331,8 +333,14 @@ mod tests {
                 })
                 .unwrap();
         }
-        assert_eq!(store.find_image("minimal").unwrap().unwrap().id, "2222222222");
-        assert_eq!(store.find_image("11111111").unwrap().unwrap().id, "1111111111");
+        assert_eq!(
+            store.find_image("minimal").unwrap().unwrap().id,
+            "2222222222"
+        );
+        assert_eq!(
+            store.find_image("11111111").unwrap().unwrap().id,
+            "1111111111"
+        );
         assert!(store.find_image("nope").unwrap().is_none());
     }
 }

@@ -34,7 +34,10 @@ impl VmState {
 
     /// True when a supervisor process is supposed to exist.
     pub fn is_active(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
     }
 
     pub fn can_start(self) -> bool {
@@ -101,8 +104,13 @@ impl VmName {
         if name.len() > Self::MAX_LEN {
             return Err(NameError::TooLong(name.to_owned()));
         }
-        let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-        let rest_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let first_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !first_ok || !rest_ok {
             return Err(NameError::BadCharacters(name.to_owned()));
         }
@@ -190,10 +198,22 @@ mod tests {
     #[test]
     fn names_that_could_escape_or_break_paths_are_refused() {
         assert_eq!(VmName::new(""), Err(NameError::Empty));
-        assert!(matches!(VmName::new("../x"), Err(NameError::BadCharacters(_))));
-        assert!(matches!(VmName::new("-rf"), Err(NameError::BadCharacters(_))));
-        assert!(matches!(VmName::new("a b"), Err(NameError::BadCharacters(_))));
-        assert!(matches!(VmName::new(&"a".repeat(41)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            VmName::new("../x"),
+            Err(NameError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            VmName::new("-rf"),
+            Err(NameError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            VmName::new("a b"),
+            Err(NameError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            VmName::new(&"a".repeat(41)),
+            Err(NameError::TooLong(_))
+        ));
         assert_eq!(VmName::new("pg-1_a").unwrap().as_str(), "pg-1_a");
     }
 

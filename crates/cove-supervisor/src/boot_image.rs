@@ -8,8 +8,14 @@ use std::path::PathBuf;
 pub enum ImageError {
     #[error(transparent)]
     Image(#[from] cove_image::ImageError),
-    #[error("image `{name}` ({id}) lacks its file {path}; rebuild it with `cove image build {name}`")]
-    MissingFile { name: String, id: String, path: PathBuf },
+    #[error(
+        "image `{name}` ({id}) lacks its file {path}; rebuild it with `cove image build {name}`"
+    )]
+    MissingFile {
+        name: String,
+        id: String,
+        path: PathBuf,
+    },
 }
 
 /// The image a VM boots: cove-image's manifest.

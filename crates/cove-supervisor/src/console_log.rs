@@ -26,7 +26,10 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
         .collect();
     // The first line of the window may be cut mid-way.
     let skip_first = window < len;
-    let start = lines.len().saturating_sub(n).max(usize::from(skip_first && lines.len() > n));
+    let start = lines
+        .len()
+        .saturating_sub(n)
+        .max(usize::from(skip_first && lines.len() > n));
     lines[start.min(lines.len())..].to_vec()
 }
 

@@ -55,13 +55,24 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
     std::fs::create_dir_all(paths.data_disks())?;
     // Build beside the target and rename, so a killed command never
     // leaves a half-made disk under the real name.
-    let raw = paths.data_disks().join(format!(".{name}.raw.{}", std::process::id()));
-    let qcow = paths.data_disks().join(format!(".{name}.qcow2.{}", std::process::id()));
+    let raw = paths
+        .data_disks()
+        .join(format!(".{name}.raw.{}", std::process::id()));
+    let qcow = paths
+        .data_disks()
+        .join(format!(".{name}.qcow2.{}", std::process::id()));
     let result = (|| {
         std::fs::File::create(&raw)?.set_len(size_bytes)?;
         run(
             Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", &label(name), "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+                .args([
+                    "-q",
+                    "-F",
+                    "-L",
+                    &label(name),
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                ])
                 .arg(&raw),
             "mkfs.ext4",
         )?;
@@ -118,7 +129,10 @@ pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
     };
     for entry in entries.flatten() {
         let file = entry.path();
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(stem) = name.strip_suffix(".qcow2").filter(|s| !s.starts_with('.')) {
             disks.push((stem.to_owned(), file.clone()));
         }
@@ -153,7 +167,11 @@ mod tests {
         let paths = Paths::under(dir.path());
         assert!(ensure(&paths, "pgdata", 64 << 20).unwrap());
         let file = path(&paths, "pgdata");
-        let info = Command::new("qemu-img").arg("info").arg(&file).output().unwrap();
+        let info = Command::new("qemu-img")
+            .arg("info")
+            .arg(&file)
+            .output()
+            .unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
         assert!(info.contains("file format: qcow2"), "{info}");
         assert!(info.contains("64 MiB"), "{info}");
@@ -161,9 +179,16 @@ mod tests {
         std::fs::write(dir.path().join("marker"), b"x").unwrap();
         let before = std::fs::metadata(&file).unwrap().modified().unwrap();
         assert!(!ensure(&paths, "pgdata", 128 << 20).unwrap());
-        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            before
+        );
         resize(&paths, "pgdata", 128 << 20).unwrap();
-        let info = Command::new("qemu-img").arg("info").arg(&file).output().unwrap();
+        let info = Command::new("qemu-img")
+            .arg("info")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&info.stdout).contains("128 MiB"));
         assert_eq!(list(&paths).unwrap().len(), 1);
         remove(&paths, "pgdata").unwrap();

@@ -16,7 +16,9 @@ pub enum LifecycleError {
     AlreadyRunning(String, VmState),
     #[error("`{0}` is {1}; stop it first (`cove stop {0}`) or pass --force")]
     Running(String, VmState),
-    #[error("host port {addr} is not free ({detail}); pick another host port or stop what uses it (`ss -ltnp`)")]
+    #[error(
+        "host port {addr} is not free ({detail}); pick another host port or stop what uses it (`ss -ltnp`)"
+    )]
     PortTaken { addr: String, detail: String },
     #[error("{tool} failed: {detail}; {fix}")]
     Tool {
@@ -26,7 +28,9 @@ pub enum LifecycleError {
     },
     #[error("the VM did not start: {}{}", .0.message, render_tail(&.0.console_tail, .0.hint.as_deref()))]
     BootFailed(cove_api::Failure),
-    #[error("the supervisor of `{0}` does not answer on its control socket; `cove kill {0}` ends the VM")]
+    #[error(
+        "the supervisor of `{0}` does not answer on its control socket; `cove kill {0}` ends the VM"
+    )]
     SupervisorUnreachable(String),
     #[error("unexpected answer from the supervisor: {0}")]
     Protocol(String),

@@ -2,8 +2,8 @@
 //! supervisor process they start ([`supervisor`]).
 
 pub mod boot_image;
-pub mod data_disk;
 pub mod console_log;
+pub mod data_disk;
 mod error;
 pub mod lifecycle;
 pub mod liveness;

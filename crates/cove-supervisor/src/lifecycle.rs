@@ -148,19 +148,20 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     }
     let vm = paths.vm(name);
     let supervisor_alive = liveness::is_locked(&vm.supervisor_lock())?;
-    if !supervisor_alive && record.vmm_pid.is_some_and(|pid| vmm_is_ours(paths, name, pid)) {
+    if !supervisor_alive
+        && record
+            .vmm_pid
+            .is_some_and(|pid| vmm_is_ours(paths, name, pid))
+    {
         return adopt(store, paths, name);
     }
     let vmm_alive = record.vmm_pid.map(liveness::process_running);
     let verdict = match (supervisor_alive, vmm_alive) {
-        (true, Some(false)) if record.state != VmState::Stopping => Some((
-            VmState::Crashed,
-            "the VMM exited unexpectedly".to_owned(),
-        )),
-        (true, _) => None,
-        (false, _) if record.state == VmState::Stopping => {
-            Some((VmState::Stopped, String::new()))
+        (true, Some(false)) if record.state != VmState::Stopping => {
+            Some((VmState::Crashed, "the VMM exited unexpectedly".to_owned()))
         }
+        (true, _) => None,
+        (false, _) if record.state == VmState::Stopping => Some((VmState::Stopped, String::new())),
         (false, _) => Some((
             VmState::Crashed,
             format!(
@@ -251,7 +252,10 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
     let mut store = Store::open(paths)?;
     let record = reconcile(&mut store, paths, name)?;
     if record.state.is_active() {
-        return Err(LifecycleError::AlreadyRunning(name.to_owned(), record.state));
+        return Err(LifecycleError::AlreadyRunning(
+            name.to_owned(),
+            record.state,
+        ));
     }
     let image = boot_image::load(&store, &record.image_id)?;
     for port in &record.ports {
@@ -378,9 +382,8 @@ fn supervisor_died(paths: &Paths, name: &str) -> LifecycleError {
         .and_then(|s| s.find_vm(name).ok().flatten())
         .and_then(|r| r.last_error);
     LifecycleError::BootFailed(cove_api::Failure {
-        message: recorded.unwrap_or_else(|| {
-            "the supervisor exited before the VM became ready".to_owned()
-        }),
+        message: recorded
+            .unwrap_or_else(|| "the supervisor exited before the VM became ready".to_owned()),
         hint: Some(format!(
             "run `cove why {name}`; the supervisor's own log is {}",
             paths.vm(name).supervisor_log().display()
@@ -405,7 +408,11 @@ pub enum StopOutcome {
 }
 
 /// Asks the supervisor for a graceful stop, forced after `timeout`.
-pub fn stop(paths: &Paths, name: &str, timeout: Duration) -> Result<(StopOutcome, String), LifecycleError> {
+pub fn stop(
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+) -> Result<(StopOutcome, String), LifecycleError> {
     let mut store = Store::open(paths)?;
     let record = reconcile(&mut store, paths, name)?;
     if !record.state.is_active() {

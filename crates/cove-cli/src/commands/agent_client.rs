@@ -20,7 +20,9 @@ pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener> {
     let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
     match record.state {
         VmState::Running => {}
-        VmState::Starting => bail!("`{name}` is still starting; wait for `cove start {name}` to return"),
+        VmState::Starting => {
+            bail!("`{name}` is still starting; wait for `cove start {name}` to return")
+        }
         state => bail!(
             "`{name}` is {state}, so there is nothing to run commands in; start it with \
              `cove start {name}` (a stopped VM's files can be read with `cove disk cat {name}:/path`)"
@@ -43,7 +45,9 @@ async fn open(socket: PathBuf, req: OpenRequest) -> Result<Stream, LinkError> {
         source: Arc::new(std::io::Error::other(message)),
     };
     let wire = |e: cove_api::WireError| refused(e.to_string());
-    write_message(conn.get_mut(), &Request::Agent).await.map_err(wire)?;
+    write_message(conn.get_mut(), &Request::Agent)
+        .await
+        .map_err(wire)?;
     match read_message::<Response>(&mut conn).await.map_err(wire)? {
         Response::Streaming => {}
         Response::Failed(f) => return Err(refused(f.message)),

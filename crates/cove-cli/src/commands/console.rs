@@ -42,7 +42,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             .await
             .with_context(|| format!("connecting to the supervisor of `{}`", args.name))?;
         let mut conn = BufReader::new(conn);
-        write_message(conn.get_mut(), &Request::Console { replay_bytes: args.replay }).await?;
+        write_message(
+            conn.get_mut(),
+            &Request::Console {
+                replay_bytes: args.replay,
+            },
+        )
+        .await?;
         match read_message::<Response>(&mut conn).await? {
             Response::Streaming => {}
             Response::Failed(f) => bail!("{}", f.message),
@@ -71,14 +77,22 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         let output = async {
             let mut buf = vec![0u8; 16 * 1024];
             let mut stdout = std::io::stdout();
-            if stdout.write_all(&early).and_then(|_| stdout.flush()).is_err() {
+            if stdout
+                .write_all(&early)
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
                 return;
             }
             loop {
                 match from_vm.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                        if stdout
+                            .write_all(&buf[..n])
+                            .and_then(|_| stdout.flush())
+                            .is_err()
+                        {
                             return;
                         }
                     }

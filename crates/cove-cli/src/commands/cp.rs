@@ -32,7 +32,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let (name, remote_path, local, inbound) = match (remote(&args.src), remote(&args.dst)) {
         (None, Some((n, p))) => (n, p, PathBuf::from(&args.src), true),
         (Some((n, p)), None) => (n, p, PathBuf::from(&args.dst), false),
-        (Some(_), Some(_)) => bail!("copying between two VMs is not supported; copy through the host"),
+        (Some(_), Some(_)) => {
+            bail!("copying between two VMs is not supported; copy through the host")
+        }
         (None, None) => bail!(
             "neither `{}` nor `{}` names a VM path; write one side as NAME:/absolute/path",
             args.src,
@@ -84,7 +86,10 @@ mod tests {
 
     #[test]
     fn vm_paths_are_told_from_local_ones() {
-        assert_eq!(remote("web:/etc/hosts"), Some(("web".into(), "/etc/hosts".into())));
+        assert_eq!(
+            remote("web:/etc/hosts"),
+            Some(("web".into(), "/etc/hosts".into()))
+        );
         assert_eq!(remote("./a:b"), None);
         assert_eq!(remote("/tmp/x"), None);
         assert_eq!(remote("web:relative"), None);

@@ -34,7 +34,11 @@ pub struct Args {
 pub fn parse_disk(text: &str) -> Result<DiskRequest, String> {
     let mut parts = text.split(':');
     let name = parts.next().unwrap_or_default().to_owned();
-    let mut disk = DiskRequest { name, size_bytes: 1 << 30, mount: None };
+    let mut disk = DiskRequest {
+        name,
+        size_bytes: 1 << 30,
+        mount: None,
+    };
     for part in parts {
         if part.starts_with('/') {
             disk.mount = Some(part.to_owned());
@@ -143,7 +147,10 @@ mod tests {
     #[test]
     fn ports_bind_to_loopback_unless_asked() {
         let p = parse_port("8080:80").unwrap();
-        assert_eq!((p.host_addr.as_str(), p.host_port, p.guest_port), ("127.0.0.1", 8080, 80));
+        assert_eq!(
+            (p.host_addr.as_str(), p.host_port, p.guest_port),
+            ("127.0.0.1", 8080, 80)
+        );
         assert_eq!(parse_port("0.0.0.0:1:2").unwrap().host_addr, "0.0.0.0");
         assert!(parse_port("80").is_err());
         assert!(parse_port("x:80").is_err());

@@ -43,11 +43,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             let kept: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
             println!(
                 "{name}: {}{}",
-                if exists { "stopped and removed" } else { "not present" },
+                if exists {
+                    "stopped and removed"
+                } else {
+                    "not present"
+                },
                 if args.purge || kept.is_empty() {
                     String::new()
                 } else {
-                    format!("; data disks kept: {} (`--purge` deletes them)", kept.join(", "))
+                    format!(
+                        "; data disks kept: {} (`--purge` deletes them)",
+                        kept.join(", ")
+                    )
                 }
             );
         }

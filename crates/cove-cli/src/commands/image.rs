@@ -110,7 +110,11 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
             "image {} ({}) {} {:.1}s: kernel {}, {} modules, agent {}",
             manifest.name,
             &manifest.id[..12],
-            if cached { "unchanged, found in the cache in" } else { "built in" },
+            if cached {
+                "unchanged, found in the cache in"
+            } else {
+                "built in"
+            },
             took,
             manifest.kernel_version,
             manifest.modules.len(),
@@ -145,14 +149,27 @@ fn build_spec(
 pub fn locate_agent() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the cove binary")?;
     let dir = exe.parent().context("cove binary has no directory")?;
-    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
     let mut candidates = vec![
         dir.join("cove-agent-static"),
         dir.join("../lib/cove/cove-agent"),
     ];
     if let Some(target) = dir.parent() {
-        candidates.push(target.join("x86_64-unknown-linux-gnu").join(profile).join("cove-agent"));
-        candidates.push(target.join("x86_64-unknown-linux-musl").join(profile).join("cove-agent"));
+        candidates.push(
+            target
+                .join("x86_64-unknown-linux-gnu")
+                .join(profile)
+                .join("cove-agent"),
+        );
+        candidates.push(
+            target
+                .join("x86_64-unknown-linux-musl")
+                .join(profile)
+                .join("cove-agent"),
+        );
     }
     candidates.push(PathBuf::from("/usr/lib/cove/cove-agent"));
     candidates

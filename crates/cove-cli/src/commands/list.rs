@@ -34,6 +34,9 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode> {
             ]
         })
         .collect();
-    output::print_table(&["NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "ACCEL", "PORTS"], &rows);
+    output::print_table(
+        &["NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "ACCEL", "PORTS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }

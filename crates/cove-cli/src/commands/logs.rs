@@ -26,7 +26,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     // Fails with a clear message for an unknown VM.
     lifecycle::show(&ctx.paths, &args.name)?;
     let vm = ctx.paths.vm(&args.name);
-    let path = if args.previous { vm.previous_console_log() } else { vm.console_log() };
+    let path = if args.previous {
+        vm.previous_console_log()
+    } else {
+        vm.console_log()
+    };
     let mut out = std::io::stdout().lock();
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,

@@ -18,7 +18,11 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    lifecycle::stop(&ctx.paths, &args.name, Duration::from_secs(args.stop_timeout))?;
+    lifecycle::stop(
+        &ctx.paths,
+        &args.name,
+        Duration::from_secs(args.stop_timeout),
+    )?;
     let started = lifecycle::start(&ctx.paths, &args.name, &args.boot.options())?;
     start::report(ctx, &started)
 }

@@ -59,12 +59,24 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let field = |k: &str, v: String| println!("{k:<12} {v}");
     field("name", r.name.to_string());
     field("state", r.state.to_string());
-    field("image", format!("{} ({})", r.image_name, &r.image_id[..r.image_id.len().min(12)]));
+    field(
+        "image",
+        format!(
+            "{} ({})",
+            r.image_name,
+            &r.image_id[..r.image_id.len().min(12)]
+        ),
+    );
     field("cpus", r.cpus.to_string());
     field("memory", output::mib(r.memory_mib));
     field("machine", r.machine.clone());
     field("accel", r.accel.clone().unwrap_or_else(|| "-".into()));
-    field("pid", r.vmm_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()));
+    field(
+        "pid",
+        r.vmm_pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
     field("ports", ports_text(&r.ports));
     field("console", vm.console_log().display().to_string());
     if let Some(exit) = &r.last_exit {

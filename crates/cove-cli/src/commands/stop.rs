@@ -23,7 +23,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             args.name, args.timeout
         );
     }
-    let (outcome, detail) = lifecycle::stop(&ctx.paths, &args.name, Duration::from_secs(args.timeout))?;
+    let (outcome, detail) =
+        lifecycle::stop(&ctx.paths, &args.name, Duration::from_secs(args.timeout))?;
     let record = lifecycle::show(&ctx.paths, &args.name)?;
     if ctx.json {
         output::print_json(&serde_json::json!({

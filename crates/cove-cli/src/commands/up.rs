@@ -31,8 +31,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let spec = UpSpec::load(&args.file)?;
     let image = ensure_image(ctx, &spec.image, args.agent.clone())?;
     for vm in &spec.vms {
-        let action = converge(ctx, &image, vm)
-            .with_context(|| format!("bringing up VM `{}`", vm.name))?;
+        let action =
+            converge(ctx, &image, vm).with_context(|| format!("bringing up VM `{}`", vm.name))?;
         cove_check::save(&ctx.paths.vm(vm.name.as_str()).checks_file(), &vm.checks)?;
         if !ctx.json {
             println!("{}: {action}", vm.name);
@@ -43,7 +43,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     let mut all_passed = true;
     for vm in &spec.vms {
-        let junit = args.junit.as_ref().map(|p| junit_path(p, &vm.name.to_string(), spec.vms.len()));
+        let junit = args
+            .junit
+            .as_ref()
+            .map(|p| junit_path(p, &vm.name.to_string(), spec.vms.len()));
         let code = super::test::run(
             ctx,
             super::test::Args {
@@ -53,7 +56,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         )?;
         all_passed &= code == ExitCode::SUCCESS;
     }
-    Ok(if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// One JUnit file per VM when there are several.
@@ -107,7 +114,10 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
     let Some(_) = existing else {
         lifecycle::create(paths, &create_options(image, want))?;
         let started = lifecycle::start(paths, name, &start)?;
-        return Ok(format!("created and started (ready in {:.1}s)", started.boot_ms as f64 / 1000.0));
+        return Ok(format!(
+            "created and started (ready in {:.1}s)",
+            started.boot_ms as f64 / 1000.0
+        ));
     };
     let have = lifecycle::show(paths, name)?;
     let stop_timeout = Duration::from_secs(30);
@@ -137,7 +147,11 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
 }
 
 /// What cannot change on an existing VM without recreating it.
-fn needs_recreate(have: &VmRecord, image: &ImageManifest, want: &DeclaredVm) -> Option<&'static str> {
+fn needs_recreate(
+    have: &VmRecord,
+    image: &ImageManifest,
+    want: &DeclaredVm,
+) -> Option<&'static str> {
     let disks: Vec<String> = want.disks.iter().map(|d| d.name.clone()).collect();
     let mounts: std::collections::BTreeMap<String, String> = want
         .disks

@@ -96,7 +96,11 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
         rows.push(vec![
             name.clone(),
             output::mib(bytes / (1024 * 1024)),
-            if users.is_empty() { "-".into() } else { users.join(",") },
+            if users.is_empty() {
+                "-".into()
+            } else {
+                users.join(",")
+            },
         ]);
         json.push(serde_json::json!({"name": name, "path": path, "allocated_bytes": bytes, "used_by": users}));
     }

@@ -194,10 +194,25 @@ mod tests {
         assert_eq!(s.feed(b"boot... cove-init: re"), Found::default());
         assert_eq!(
             s.feed(b"ady\r\n$ \x1b[6"),
-            Found { ready: true, cursor_queries: 0 }
+            Found {
+                ready: true,
+                cursor_queries: 0
+            }
         );
-        assert_eq!(s.feed(b"n"), Found { ready: false, cursor_queries: 1 });
-        assert_eq!(s.feed(b"x\x1b[6n\x1b[6n"), Found { ready: false, cursor_queries: 2 });
+        assert_eq!(
+            s.feed(b"n"),
+            Found {
+                ready: false,
+                cursor_queries: 1
+            }
+        );
+        assert_eq!(
+            s.feed(b"x\x1b[6n\x1b[6n"),
+            Found {
+                ready: false,
+                cursor_queries: 2
+            }
+        );
     }
 
     #[tokio::test]

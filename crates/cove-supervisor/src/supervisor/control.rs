@@ -48,7 +48,10 @@ pub async fn drain(server: tokio::task::JoinHandle<JoinSet<()>>, grace: Duration
     let Ok(Ok(mut handlers)) = tokio::time::timeout(grace, server).await else {
         return;
     };
-    let _ = tokio::time::timeout(grace, async { while handlers.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(grace, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn handle(stream: UnixStream, shared: Arc<Shared>) {
@@ -72,17 +75,28 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
             vmm::kill(&shared);
             let mut phase = shared.phase.subscribe();
             let _ = phase.wait_for(|p| matches!(p, Phase::Exited { .. })).await;
-            Response::Done { detail: "killed".into() }
+            Response::Done {
+                detail: "killed".into(),
+            }
         }
         Request::Console { replay_bytes } => {
-            if write_message(stream.get_mut(), &Response::Streaming).await.is_ok() {
-                shared.console.attach(stream.into_inner(), replay_bytes).await;
+            if write_message(stream.get_mut(), &Response::Streaming)
+                .await
+                .is_ok()
+            {
+                shared
+                    .console
+                    .attach(stream.into_inner(), replay_bytes)
+                    .await;
             }
             return;
         }
         Request::Agent => match &shared.agent {
             Some(link) => {
-                if write_message(stream.get_mut(), &Response::Streaming).await.is_ok() {
+                if write_message(stream.get_mut(), &Response::Streaming)
+                    .await
+                    .is_ok()
+                {
                     // The reader itself, not its inner stream: bytes it already
                     // buffered past the request line belong to the relayed stream.
                     let _ = cove_agent_link::relay(stream, link, RELAY_OPEN_TIMEOUT).await;
@@ -140,7 +154,9 @@ async fn wait_ready(shared: &Shared) -> Response {
         .map(|p| p.clone());
     match settled {
         Ok(Phase::Ready { boot_ms }) => Response::Ready { boot_ms },
-        Ok(Phase::Exited { failure: Some(f), .. }) => Response::Failed(f),
+        Ok(Phase::Exited {
+            failure: Some(f), ..
+        }) => Response::Failed(f),
         Ok(Phase::Exited { detail, .. }) => failed(format!("the VM exited during boot: {detail}")),
         Ok(Phase::Stopping) => failed("the VM is being stopped".into()),
         Ok(Phase::Booting) | Err(_) => failed("the supervisor is shutting down".into()),

@@ -56,9 +56,15 @@ pub enum SuperviseError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
     Booting,
-    Ready { boot_ms: u64 },
+    Ready {
+        boot_ms: u64,
+    },
     Stopping,
-    Exited { state: VmState, failure: Option<Failure>, detail: String },
+    Exited {
+        state: VmState,
+        failure: Option<Failure>,
+        detail: String,
+    },
 }
 
 /// How a stop was asked for, which decides how the VMM's exit is recorded.
@@ -113,7 +119,13 @@ pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
     if let Err(err) = &result {
         // Whatever failed, the record must not keep claiming a live VM.
         eprintln!("supervisor: {err}");
-        record_exit(&paths, &opts.name, VmState::Crashed, None, Some(err.to_string()));
+        record_exit(
+            &paths,
+            &opts.name,
+            VmState::Crashed,
+            None,
+            Some(err.to_string()),
+        );
     }
     let _ = std::fs::remove_dir_all(&vm.run);
     result
@@ -139,7 +151,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
     let log = if opts.adopt {
-        std::fs::OpenOptions::new().create(true).append(true).open(vm.console_log())?
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(vm.console_log())?
     } else {
         rotate_console_log(&vm.console_log(), &vm.previous_console_log())?
     };
@@ -161,8 +176,14 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
             return Err(SuperviseError::Boot(format!(
                 "{e}{}{}",
-                status.map(|s| format!(" (QEMU {})", vmm::describe_exit(&s))).unwrap_or_default(),
-                if said.is_empty() { String::new() } else { format!("; QEMU said: {said}") }
+                status
+                    .map(|s| format!(" (QEMU {})", vmm::describe_exit(&s)))
+                    .unwrap_or_default(),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!("; QEMU said: {said}")
+                }
             )));
         }
     };
@@ -179,7 +200,9 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         None
     };
     if !opts.adopt {
-        qmp.cont().await.map_err(|e| SuperviseError::Boot(e.to_string()))?;
+        qmp.cont()
+            .await
+            .map_err(|e| SuperviseError::Boot(e.to_string()))?;
     }
 
     let (phase, _) = watch::channel(Phase::Booting);
@@ -292,7 +315,10 @@ fn rotate_console_log(current: &PathBuf, previous: &PathBuf) -> std::io::Result<
     if current.exists() {
         std::fs::rename(current, previous)?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(current)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(current)
 }
 
 /// Writes how the VM ended. Best effort: this runs on every exit path,

@@ -24,7 +24,11 @@ pub struct Launch {
     pub accel: String,
 }
 
-pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Result<Launch, SuperviseError> {
+pub async fn launch(
+    paths: &Paths,
+    record: &VmRecord,
+    image: &BootImage,
+) -> Result<Launch, SuperviseError> {
     let vm = paths.vm(record.name.as_str());
     for socket in [vm.qmp_socket(), vm.console_socket(), vm.agent_socket()] {
         let _ = std::fs::remove_file(socket);
@@ -93,7 +97,10 @@ pub async fn launch(paths: &Paths, record: &VmRecord, image: &BootImage) -> Resu
 fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     let mut args = image.cmdline_extra.clone();
     for (disk, mount) in &record.disk_mounts {
-        args.push(format!("cove.disk={}:{mount}", crate::data_disk::serial(disk)));
+        args.push(format!(
+            "cove.disk={}:{mount}",
+            crate::data_disk::serial(disk)
+        ));
     }
     args.join(" ")
 }
@@ -114,9 +121,10 @@ pub async fn connect(
     pid: u32,
 ) -> Result<(cove_qemu::QmpClient, tokio::net::UnixStream), String> {
     let alive = || crate::liveness::process_running(pid);
-    let qmp_stream = cove_qemu::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
-        .await
-        .map_err(|e| format!("QEMU's QMP socket: {e}"))?;
+    let qmp_stream =
+        cove_qemu::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
+            .await
+            .map_err(|e| format!("QEMU's QMP socket: {e}"))?;
     let qmp = cove_qemu::QmpClient::from_stream(qmp_stream, &vm.qmp_socket())
         .await
         .map_err(|e| e.to_string())?;
@@ -166,7 +174,10 @@ pub async fn stop(shared: &Shared, timeout: Duration) -> String {
         let _ = shared.qmp.system_powerdown().await;
     }
     if wait_exited(shared, timeout).await {
-        return format!("shut down by the guest in {:.1}s", began.elapsed().as_secs_f64());
+        return format!(
+            "shut down by the guest in {:.1}s",
+            began.elapsed().as_secs_f64()
+        );
     }
     let _ = tokio::time::timeout(QUIT_GRACE, shared.qmp.quit()).await;
     if wait_exited(shared, QUIT_GRACE).await {
@@ -185,9 +196,12 @@ pub async fn stop(shared: &Shared, timeout: Duration) -> String {
 
 async fn wait_exited(shared: &Shared, timeout: Duration) -> bool {
     let mut phase = shared.phase.subscribe();
-    tokio::time::timeout(timeout, phase.wait_for(|p| matches!(p, Phase::Exited { .. })))
-        .await
-        .is_ok()
+    tokio::time::timeout(
+        timeout,
+        phase.wait_for(|p| matches!(p, Phase::Exited { .. })),
+    )
+    .await
+    .is_ok()
 }
 
 /// SIGKILL to the VMM's process group; its exit is then seen by `wait`.
@@ -209,7 +223,10 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
     let tail = tail_lines(&log, 15);
     let failure = |message: String| Failure {
         message,
-        hint: Some(format!("run `cove why {}` or `cove logs {}`", shared.name, shared.name)),
+        hint: Some(format!(
+            "run `cove why {}` or `cove logs {}`",
+            shared.name, shared.name
+        )),
         console_tail: tail.clone(),
     };
     if let Some(message) = shared.boot_failure.lock().await.clone() {
@@ -237,9 +254,8 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
         },
         None if clean_exit && panic.is_none() => Outcome {
             state: VmState::Stopped,
-            failure: Some(failure("the guest powered off".into())).filter(|_| {
-                matches!(*shared.phase.borrow(), Phase::Booting)
-            }),
+            failure: Some(failure("the guest powered off".into()))
+                .filter(|_| matches!(*shared.phase.borrow(), Phase::Booting)),
             detail: "the guest powered off".into(),
         },
         None => Outcome {

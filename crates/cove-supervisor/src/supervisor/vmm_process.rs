@@ -11,7 +11,9 @@ pub enum VmmProcess {
     Child(tokio::process::Child),
     /// Not our child: we cannot reap it or learn its exit status, but a
     /// pidfd tells us when it is gone.
-    Adopted { pid: u32 },
+    Adopted {
+        pid: u32,
+    },
 }
 
 impl VmmProcess {
@@ -22,12 +24,13 @@ impl VmmProcess {
             VmmProcess::Adopted { pid } => {
                 let pid = rustix::process::Pid::from_raw(*pid as i32)
                     .ok_or_else(|| std::io::Error::other("invalid pid"))?;
-                let fd: OwnedFd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-                    Ok(fd) => fd,
-                    // Already gone.
-                    Err(rustix::io::Errno::SRCH) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
+                let fd: OwnedFd =
+                    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+                        Ok(fd) => fd,
+                        // Already gone.
+                        Err(rustix::io::Errno::SRCH) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    };
                 // A pidfd becomes readable when its process exits.
                 // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor
                 // stays open and unchanged for the AsyncFd's whole life.
