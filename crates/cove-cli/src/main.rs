@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod context;
+mod image_check;
 mod output;
 mod up_spec;
 

@@ -189,6 +189,9 @@ fn a_killed_supervisor_is_replaced_and_the_vm_never_stops() {
     unsafe {
         libc::kill(supervisor as i32, libc::SIGKILL);
     }
+    cove.wait_for("the supervisor to be gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{supervisor}")).exists()
+    });
     // The next command notices and starts a supervisor that adopts the VM.
     let out = cove.ok(&["exec", "sv", "--", "echo", "still-here"]);
     assert_eq!(out, "still-here\n");

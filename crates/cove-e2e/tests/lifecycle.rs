@@ -75,7 +75,16 @@ fn qemu_killed_shows_crashed_at_once() {
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-    // No waiting: the very next read must tell the truth.
+    // SIGKILL is delivered asynchronously: wait until the kernel has ended
+    // QEMU (a zombie or gone), then the very next read must tell the truth,
+    // without waiting for the supervisor to notice.
+    cove.wait_for("QEMU to die", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|t| t.trim_start().starts_with('Z'))
+        })
+    });
     let show = cove.json(&["show", "c"]);
     assert_eq!(show["state"], "crashed", "{show}");
     cove.wait_for(

@@ -64,6 +64,10 @@ pub struct ImageSpec {
     /// Kernel modules to load besides cove's defaults.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Requirement profiles (e.g. `postgres`, `tailscale`) the kernel must
+    /// pass, besides the ones every image needs; checked after the build.
+    #[serde(default)]
+    pub kernel_requires: Vec<String>,
 }
 
 /// A root filesystem from a directory or a tarball.

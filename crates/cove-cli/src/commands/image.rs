@@ -48,6 +48,10 @@ pub struct BuildArgs {
     /// the defaults (e.g. `-virtio_console` to reproduce an agent that never answers).
     #[arg(long = "module", allow_hyphen_values = true)]
     pub modules: Vec<String>,
+    /// Skip the check that the kernel and initramfs can boot this image
+    /// and serve its agent (and the spec's `kernel_requires` profiles).
+    #[arg(long)]
+    pub skip_kernel_check: bool,
     /// Build without the agent (no `exec`, readiness by console marker only).
     #[arg(long, conflicts_with = "agent")]
     pub no_agent: bool,
@@ -73,6 +77,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
     };
     let progress = BuildProgress::new(ctx.json);
     let began = std::time::Instant::now();
+    let mut kernel_requires = Vec::new();
     let manifest = if args.what == "minimal" {
         let mut opts = MinimalOptions {
             agent,
@@ -95,16 +100,27 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
                 args.what
             );
         }
-        build_spec(ctx, &mut store, path, args.name, agent, &progress)
+        build_spec(
+            ctx,
+            &mut store,
+            path,
+            args.name,
+            agent,
+            &progress,
+            &mut kernel_requires,
+        )
     };
     progress.finish();
+    let took = began.elapsed().as_secs_f64();
     let manifest = manifest?;
+    if !args.skip_kernel_check {
+        crate::image_check::verify(&ctx.paths, &mut store, &manifest, &kernel_requires)?;
+    }
     if ctx.json {
         output::print_json(&manifest)?;
     } else {
         // A build that found its result in the cache says so: the manifest's
         // build time is that of the original build.
-        let took = began.elapsed().as_secs_f64();
         let cached = took < manifest.build_seconds / 2.0;
         println!(
             "image {} ({}) {} {:.1}s: kernel {}, {} modules, agent {}",
@@ -131,8 +147,10 @@ fn build_spec(
     name: Option<String>,
     agent: Option<PathBuf>,
     progress: &BuildProgress,
+    kernel_requires: &mut Vec<String>,
 ) -> cove_image::Result<ImageManifest> {
     let mut spec = cove_image::ImageSpec::load(path)?;
+    kernel_requires.clone_from(&spec.kernel_requires);
     if let Some(name) = name {
         spec.name = name;
     }

@@ -97,7 +97,13 @@ fn ensure_image(ctx: &Ctx, source: &ImageSource, agent: Option<PathBuf>) -> Resu
         }
     };
     progress.finish();
-    Ok(built?)
+    let built = built?;
+    let requires = match source {
+        ImageSource::Spec(spec) => spec.kernel_requires.clone(),
+        ImageSource::Named(_) => Vec::new(),
+    };
+    crate::image_check::verify(&ctx.paths, &mut store, &built, &requires)?;
+    Ok(built)
 }
 
 /// Brings one VM to its declared shape and to `running`; says what it did.

@@ -1,0 +1,53 @@
+//! The kernel check every built image passes before cove lets it be used:
+//! an image whose kernel cannot reach its disk, its console or its agent
+//! (or lacks what the image's workload needs, e.g. SYSVIPC for PostgreSQL)
+//! would only fail later, at boot, with a far vaguer message (seed 000).
+
+use anyhow::{Result, bail};
+use cove_diagnose::kernel::{self, InitramfsModules};
+use cove_image::ImageManifest;
+use cove_state::Store;
+
+/// Profiles every image must pass; `agent-serial` only when it has the agent.
+fn base_profiles(manifest: &ImageManifest) -> Vec<String> {
+    let mut profiles = vec!["virtio".to_owned(), "microvm".to_owned()];
+    if manifest.agent {
+        profiles.push("agent-serial".to_owned());
+    }
+    profiles
+}
+
+/// Checks the built image's kernel configuration and initramfs against the
+/// base profiles plus `extra`. A failing image is removed again (unless a
+/// VM already uses it) and the error names each missing option and its fix.
+pub fn verify(
+    paths: &cove_state::Paths,
+    store: &mut Store,
+    manifest: &ImageManifest,
+    extra: &[String],
+) -> Result<()> {
+    let config_source = manifest.kernel_config.as_ref().unwrap_or(&manifest.kernel);
+    let (config, _) = kernel::load_config(config_source)?;
+    let initramfs = InitramfsModules::read(&manifest.initrd)?;
+    let mut names = base_profiles(manifest);
+    names.extend(extra.iter().cloned());
+    let profiles = kernel::resolve_profiles(&names, None)?;
+    let report = kernel::check(&config, &profiles, Some(&initramfs));
+    if report.ok() {
+        return Ok(());
+    }
+    let in_use = store
+        .list_vms()?
+        .iter()
+        .any(|vm| vm.image_id == manifest.id);
+    if !in_use {
+        cove_image::remove(paths, store, &manifest.id, &[])?;
+    }
+    bail!(
+        "image `{}` would not work: its kernel fails the {} check{}\n{report}\n\
+         fix the kernel (or its modules), or build anyway with --skip-kernel-check",
+        manifest.name,
+        names.join(", "),
+        if names.len() > 1 { "s" } else { "" },
+    )
+}
