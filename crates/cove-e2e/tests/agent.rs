@@ -228,3 +228,46 @@ fn ps_lists_the_guest_processes() {
         "{commands:?}"
     );
 }
+
+#[test]
+#[ignore = "boots VMs and reaches the Debian mirror"]
+fn the_guest_reaches_the_network_and_forwarded_ports_reach_the_guest() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    let port = 20000 + std::process::id() % 20000;
+    let forward = format!("{port}:8080");
+    cove.ok(&["create", "net", "--image", "minimal", "-p", &forward]);
+    cove.ok(&["start", "net"]);
+    // Outbound: DNS through user-mode networking, then HTTP to the mirror.
+    let release = cove.ok(&[
+        "exec",
+        "net",
+        "--",
+        "sh",
+        "-c",
+        "wget -q -O- http://deb.debian.org/debian/dists/bookworm/Release | head -1",
+    ]);
+    assert!(release.starts_with("Origin: Debian"), "{release}");
+    // Inbound: a guest server on 8080, reached from the host's 127.0.0.1.
+    cove.ok(&[
+        "exec",
+        "net",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /srv && echo hello-from-guest > /srv/index.html && busybox httpd -p 8080 -h /srv",
+    ]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.contains("hello-from-guest"), "{response}");
+    // A second VM asking for the same host port is refused before it boots.
+    cove.ok(&["create", "net2", "--image", "minimal", "-p", &forward]);
+    let err = cove.fails(&["start", "net2"]);
+    assert!(err.contains("not free"), "{err}");
+    assert_eq!(cove.state("net2"), "created");
+}
