@@ -104,7 +104,7 @@ pub fn run(cove: &Cove, execs: usize, s: &mut Section) -> Result<()> {
     let pss = idle.0.pss.max(busy.as_ref().map(|b| b.0.pss).unwrap_or(0));
     cove.delete(name)?;
     s.notes.push(format!(
-        "Supervisor at its highest RSS: {} anonymous (heap, stacks) + {} file-backed (mostly the `cove` binary's own pages, shared with every other cove process, hence PSS < RSS); {} threads.",
+        "Supervisor at its highest RSS: {} anonymous (heap, stacks) + {} file-backed (mostly the `cove` binary's own pages, shared with every other cove process, hence PSS < RSS); threads: {}.",
         mib(worst.anon),
         mib(worst.file),
         worst.threads
