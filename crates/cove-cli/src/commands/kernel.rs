@@ -68,10 +68,20 @@ pub enum KernelCommand {
 pub struct CheckArgs {
     /// Kernel image or config file (a `vmlinuz-<ver>` without IKCONFIG uses the
     /// `config-<ver>` beside it).
-    pub kernel: PathBuf,
-    /// Profiles to check (repeatable): virtio, agent-serial, agent-vsock, net, postgres,
-    /// tailscale, microvm, pvh, or one from --profiles-file. Default: virtio, agent-serial.
-    #[arg(long = "profile", short = 'p')]
+    #[arg(required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
+    /// A kernel config file to check (instead of, or to override, the kernel's own).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Profiles to check, comma-separated or repeated: virtio, agent-serial, agent-vsock,
+    /// net, postgres, tailscale, microvm, pvh, or one from --profiles-file.
+    /// Default: virtio, agent-serial.
+    #[arg(
+        long = "require",
+        short = 'r',
+        visible_alias = "profile",
+        value_delimiter = ','
+    )]
     pub profiles: Vec<String>,
     #[arg(long)]
     pub profiles_file: Option<PathBuf>,
@@ -123,7 +133,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
 
 fn check(ctx: &Ctx, args: CheckArgs) -> Result<ExitCode> {
     let profiles = kernel::resolve_profiles(&args.profiles, args.profiles_file.as_deref())?;
-    let (config, source) = kernel::load_config(&args.kernel)?;
+    let config_path = match (&args.config, &args.kernel) {
+        (Some(config), _) => config,
+        (None, Some(kernel)) => kernel,
+        (None, None) => bail!("name a kernel or `--config FILE` to check"),
+    };
+    let (config, source) = kernel::load_config(config_path)?;
     let initramfs = args
         .initramfs
         .as_deref()
