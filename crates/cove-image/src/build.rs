@@ -7,9 +7,8 @@ use crate::cache::{self, FORMAT_VERSION};
 use crate::debian;
 use crate::error::Result;
 use crate::initramfs;
-use crate::kernel;
 use crate::manifest::ImageManifest;
-use crate::minimal::{BUSYBOX_PACKAGE, image_id, module_list};
+use crate::minimal::{CommonInputs, image_id, locate_common_inputs, module_list};
 use crate::progress::{Progress, Reporter};
 use crate::rootfs;
 use crate::spec::{ImageSpec, RootfsSource};
@@ -66,18 +65,12 @@ pub fn build_image(
     let started = Instant::now();
     let rep = Reporter::new(progress);
     let apt = Apt::new(paths, &rep);
-    let kernel = rep.stage("locate kernel", || {
-        kernel::locate(&apt, &rep, &spec.kernel_source())
-    })?;
-    let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(BUSYBOX_PACKAGE))?;
-    let busybox_sha = util::sha256_file_cached(&busybox_deb)?;
-    let agent_sha = match &opts.agent {
-        Some(a) => {
-            rootfs::check_agent(a)?;
-            Some(sha256_file(a)?)
-        }
-        None => None,
-    };
+    let CommonInputs {
+        kernel,
+        busybox_deb,
+        busybox_sha,
+        agent_sha,
+    } = locate_common_inputs(&apt, &rep, &spec.kernel_source(), opts.agent.as_deref())?;
     let packages = spec.base_packages();
     let base_key = debian::base_key(spec, &packages);
     let rootfs_sha = rep.stage("hash inputs", || -> Result<Option<String>> {

@@ -89,6 +89,40 @@ pub(crate) fn module_list(extra: &[String]) -> Vec<String> {
     m
 }
 
+/// What every image is built from besides its root filesystem: the kernel,
+/// busybox (for the initramfs) and the agent, each with its content hash
+/// (the inputs of the image id).
+pub(crate) struct CommonInputs {
+    pub kernel: kernel::LocatedKernel,
+    pub busybox_deb: PathBuf,
+    pub busybox_sha: String,
+    pub agent_sha: Option<String>,
+}
+
+pub(crate) fn locate_common_inputs(
+    apt: &Apt,
+    rep: &Reporter,
+    kernel_source: &KernelSource,
+    agent: Option<&std::path::Path>,
+) -> Result<CommonInputs> {
+    let kernel = rep.stage("locate kernel", || kernel::locate(apt, rep, kernel_source))?;
+    let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(BUSYBOX_PACKAGE))?;
+    let busybox_sha = util::sha256_file_cached(&busybox_deb)?;
+    let agent_sha = match agent {
+        Some(a) => {
+            rootfs::check_agent(a)?;
+            Some(sha256_file(a)?)
+        }
+        None => None,
+    };
+    Ok(CommonInputs {
+        kernel,
+        busybox_deb,
+        busybox_sha,
+        agent_sha,
+    })
+}
+
 /// Builds (or finds in the cache) the `minimal` image.
 pub fn build_minimal(
     paths: &Paths,
@@ -99,16 +133,12 @@ pub fn build_minimal(
     let started = Instant::now();
     let rep = Reporter::new(progress);
     let apt = Apt::new(paths, &rep);
-    let kernel = rep.stage("locate kernel", || kernel::locate(&apt, &rep, &opts.kernel))?;
-    let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(BUSYBOX_PACKAGE))?;
-    let busybox_sha = util::sha256_file_cached(&busybox_deb)?;
-    let agent_sha = match &opts.agent {
-        Some(a) => {
-            rootfs::check_agent(a)?;
-            Some(sha256_file(a)?)
-        }
-        None => None,
-    };
+    let CommonInputs {
+        kernel,
+        busybox_deb,
+        busybox_sha,
+        agent_sha,
+    } = locate_common_inputs(&apt, &rep, &opts.kernel, opts.agent.as_deref())?;
     let modules = module_list(&opts.extra_modules);
     let key = MinimalKey {
         format: FORMAT_VERSION,
