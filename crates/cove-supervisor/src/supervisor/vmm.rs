@@ -105,14 +105,28 @@ fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     args.join(" ")
 }
 
+/// The command line as a shell would take it back: each argument quoted
+/// where needed, so `sh qemu.cmdline` reruns the VMM exactly.
 fn render_cmdline(cmd: &std::process::Command) -> String {
-    let mut line = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
+    let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+    let mut line = args
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
     line.push('\n');
     line
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:,=+-@%".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
 }
 
 /// Connects QMP and the console; the agent link connects on its own.
@@ -283,5 +297,25 @@ pub fn describe_exit(status: &ExitStatus) -> String {
             format!("was killed by signal {sig} ({name})")
         }
         _ => "ended".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn arguments_are_quoted_only_where_a_shell_needs_it() {
+        assert_eq!(shell_quote("-m"), "-m");
+        assert_eq!(
+            shell_quote("file=/a/b.qcow2,if=none"),
+            "file=/a/b.qcow2,if=none"
+        );
+        assert_eq!(
+            shell_quote("console=ttyS0 panic=-1"),
+            "'console=ttyS0 panic=-1'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }
