@@ -52,7 +52,10 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     }
     let staging = tempfile_dir(&paths.vm_staging(), opts.name.as_str())?;
     let overlay = staging.join("root.qcow2");
-    create_overlay(&image.rootfs, &overlay)?;
+    if let Err(e) = create_overlay(&image.rootfs, &overlay) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     let record = VmRecord {
         name: opts.name.clone(),
         image_id: image.id.clone(),
@@ -257,11 +260,12 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
             record.state,
         ));
     }
-    let image = boot_image::load(&store, &record.image_id)?;
+    // Refuse before anything starts: an image whose files are gone, a host
+    // port something else holds.
+    boot_image::load(&store, &record.image_id)?;
     for port in &record.ports {
         check_port_free(port)?;
     }
-    drop(image);
     let vm = paths.vm(name);
     // The lock is taken here and handed to the supervisor, so that from this
     // moment on the VM counts as having a live supervisor; two concurrent
