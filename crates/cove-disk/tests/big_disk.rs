@@ -65,21 +65,7 @@ fn cat_of_a_small_log_from_a_4gib_overlay_reads_only_a_few_mib() {
         "debugfs",
         &["-w", "-R", "write newlog /var/log/init.log", "mod.raw"],
     );
-    run(
-        d,
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            "-B",
-            "base.raw",
-            "-F",
-            "raw",
-            "mod.raw",
-            "root.qcow2",
-        ],
-    );
+    common::overlay_from_modified_copy(d, "mod.raw", "root.qcow2");
     std::fs::remove_file(d.join("mod.raw")).unwrap();
     std::fs::remove_file(d.join("big")).unwrap();
     let overlay_len = std::fs::metadata(d.join("root.qcow2")).unwrap().len();

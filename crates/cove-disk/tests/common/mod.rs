@@ -123,25 +123,7 @@ impl Fixture {
             "debugfs",
             &["-w", "-R", "write new.txt /changed.txt", "mod.raw"],
         );
-        // `convert -B` writes into the new overlay only the clusters of
-        // mod.raw that differ from its backing base.raw. (A safe `qemu-img
-        // rebase` onto mod.raw and back does not: qemu 7.2 skipped clusters
-        // that differ, leaving the old file visible.)
-        run(
-            d,
-            "qemu-img",
-            &[
-                "convert",
-                "-O",
-                "qcow2",
-                "-B",
-                "base.raw",
-                "-F",
-                "raw",
-                "mod.raw",
-                "overlay.qcow2",
-            ],
-        );
+        overlay_from_modified_copy(d, "mod.raw", "overlay.qcow2");
         Fixture {
             tree,
             base: d.join("base.raw"),
@@ -153,6 +135,20 @@ impl Fixture {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Makes `overlay`, a qcow2 over `base.raw` in `dir`, holding exactly the
+/// clusters in which `modified` (a changed raw copy of the base) differs.
+/// `convert -B` does that; a safe `qemu-img rebase` onto the copy and back
+/// does not (qemu 7.2 skipped clusters that differ, leaving the old file visible).
+pub fn overlay_from_modified_copy(dir: &Path, modified: &str, overlay: &str) {
+    run(
+        dir,
+        "qemu-img",
+        &[
+            "convert", "-O", "qcow2", "-B", "base.raw", "-F", "raw", modified, overlay,
+        ],
+    );
 }
 
 /// `qemu-img convert -O raw`: the reference every read is compared with.
