@@ -14,6 +14,22 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Boots `kernel` with the image's initrd and an overlay of its rootfs;
 /// returns the seconds until `cove-init: ready` and the console output.
+/// Writes `text` as a spec file, then builds (or finds cached) its image.
+fn build_from_spec(env: &mut common::Env, text: &str) -> ImageManifest {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.toml");
+    std::fs::write(&spec_path, text).unwrap();
+    let spec = cove_image::ImageSpec::load(&spec_path).unwrap();
+    cove_image::build_image(
+        &env.paths,
+        &mut env.store,
+        &spec,
+        &cove_image::BuildOptions::default(),
+        &cove_image::NoProgress,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn boot(env: &common::Env, m: &ImageManifest, kernel: &Path, tag: &str) -> (f64, String) {
     boot_until(env, m, kernel, tag, "cove-init: ready")
 }
@@ -178,10 +194,8 @@ fn minimal_boots_to_ready() {
 #[ignore = "boots a VM"]
 fn debian_image_boots_with_cove_init_and_its_service() {
     let mut env = common::env();
-    let dir = tempfile::tempdir().unwrap();
-    let spec_path = dir.path().join("spec.toml");
-    std::fs::write(
-        &spec_path,
+    let m = build_from_spec(
+        &mut env,
         r#"
 name = "deb-boot"
 base = "debian:bookworm"
@@ -191,17 +205,7 @@ name = "hello"
 user = "nobody"
 command = "echo service-ran-as-$(id -un) > /dev/console; exec sleep 1000"
 "#,
-    )
-    .unwrap();
-    let spec = cove_image::ImageSpec::load(&spec_path).unwrap();
-    let m = cove_image::build_image(
-        &env.paths,
-        &mut env.store,
-        &spec,
-        &cove_image::BuildOptions::default(),
-        &cove_image::NoProgress,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
     let (secs, console) = boot(&env, &m, &kernel, "deb");
     eprintln!("debian (cove init): ready after {secs:.2} s");
@@ -215,22 +219,10 @@ command = "echo service-ran-as-$(id -un) > /dev/console; exec sleep 1000"
 #[ignore = "boots a VM"]
 fn systemd_image_boots_to_multi_user() {
     let mut env = common::env();
-    let dir = tempfile::tempdir().unwrap();
-    let spec_path = dir.path().join("spec.toml");
-    std::fs::write(
-        &spec_path,
+    let m = build_from_spec(
+        &mut env,
         "name = \"deb-systemd\"\nbase = \"debian:bookworm\"\ninit = \"systemd\"\n",
-    )
-    .unwrap();
-    let spec = cove_image::ImageSpec::load(&spec_path).unwrap();
-    let m = cove_image::build_image(
-        &env.paths,
-        &mut env.store,
-        &spec,
-        &cove_image::BuildOptions::default(),
-        &cove_image::NoProgress,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(m.cmdline_extra, ["cove.init=/sbin/init"]);
     let kernel = m.vmlinux.clone().unwrap_or(m.kernel.clone());
     let (secs, console) = boot_until(&env, &m, &kernel, "sd", "Multi-User System");

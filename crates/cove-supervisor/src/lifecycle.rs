@@ -195,7 +195,7 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
 
 /// True when `pid` is the QEMU of this VM (its command line names the VM's
 /// QMP socket), not a process that reused the pid.
-fn vmm_is_ours(paths: &Paths, name: &str, pid: u32) -> bool {
+pub(crate) fn vmm_is_ours(paths: &Paths, name: &str, pid: u32) -> bool {
     liveness::process_matches(pid, &paths.vm(name).qmp_socket().to_string_lossy())
 }
 

@@ -141,7 +141,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let (mut process, pid, accel) = if opts.adopt {
         let pid = record
             .vmm_pid
-            .filter(|p| liveness::process_matches(*p, &vm.qmp_socket().to_string_lossy()))
+            .filter(|p| crate::lifecycle::vmm_is_ours(paths, &opts.name, *p))
             .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
         let accel = record.accel.clone().unwrap_or_default();
         (VmmProcess::Adopted { pid }, pid, accel)
