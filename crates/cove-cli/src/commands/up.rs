@@ -113,18 +113,14 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
     let start = StartOptions {
         boot_timeout: Duration::from_secs(want.boot_timeout),
     };
-    let existing = {
-        let store = Store::open(paths)?;
-        store.find_vm(name)?
-    };
-    let Some(_) = existing else {
+    if Store::open(paths)?.find_vm(name)?.is_none() {
         lifecycle::create(paths, &create_options(image, want))?;
         let started = lifecycle::start(paths, name, &start)?;
         return Ok(format!(
             "created and started (ready in {:.1}s)",
             started.boot_ms as f64 / 1000.0
         ));
-    };
+    }
     let have = lifecycle::show(paths, name)?;
     let stop_timeout = Duration::from_secs(30);
     if let Some(why) = needs_recreate(&have, image, want) {
