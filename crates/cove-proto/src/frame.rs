@@ -312,8 +312,15 @@ impl Decoder {
     /// describing bytes that were just discarded (call again to continue).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         loop {
+            let start = self.pos;
             let dropped = self.hunt();
-            if dropped > 0 && !self.hunting {
+            // A peer starting a new session first sends a zero-filled sync
+            // preamble: padding, not garbage, even in the middle of a
+            // session. Reporting it made both ends answer each other's
+            // preamble with one of their own, forever (seen with a restarted
+            // agent under TCG).
+            let padding = self.buf[start..start + dropped].iter().all(|&b| b == 0);
+            if dropped > 0 && !padding && !self.hunting {
                 self.hunting = true;
                 return Err(DecodeError::Garbage {
                     skipped: dropped as u64,

@@ -79,6 +79,19 @@ fn garbage_after_sync_is_reported_once_then_skipped() {
 }
 
 #[test]
+fn a_sync_preamble_in_the_middle_of_a_session_is_padding_not_garbage() {
+    // What a restarted peer sends: its zero preamble, then a Hello. Reporting
+    // the zeros made both ends answer with preambles of their own, forever.
+    let mut wire = frame(FrameKind::Ping, 0, &[1; 8]);
+    wire.extend(std::iter::repeat_n(0u8, SYNC_PREAMBLE_LEN));
+    wire.extend(frame(FrameKind::Hello, 0, &[2; 8]));
+    let mut dec = Decoder::new();
+    let (frames, errs) = decode_all(&mut dec, &wire);
+    assert_eq!(frames.len(), 2);
+    assert!(errs.is_empty(), "{errs:?}");
+}
+
+#[test]
 fn stale_partial_frame_does_not_swallow_the_next_hello() {
     // A writer died after the header and 10 payload bytes of a 60000-byte frame; the new writer
     // sends the preamble and a frame. The decoder must find that frame.
