@@ -130,7 +130,6 @@ async fn hung_agent_gives_typed_errors_then_recovers() {
     let (_tx, mut rx) = s.split();
 
     agent.signal(libc::SIGSTOP);
-    let t = Instant::now();
     let err = link.ping().await.unwrap_err();
     assert!(
         matches!(err, LinkError::Timeout { what: "ping", .. }),
@@ -148,7 +147,6 @@ async fn hung_agent_gives_typed_errors_then_recovers() {
         .expect("bounded")
         .unwrap_err();
     assert!(matches!(err, LinkError::AgentUnresponsive { .. }), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     assert!(!link.ready());
 
     agent.signal(libc::SIGCONT);

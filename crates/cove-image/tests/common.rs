@@ -61,3 +61,35 @@ pub fn debugfs_cat(image: &std::path::Path, path: &str) -> String {
         .expect("debugfs (e2fsprogs) is installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Records the stages a build ran, so a test can tell a cache hit from a
+/// rebuild by what happened rather than by how long it took.
+#[derive(Default)]
+pub struct Stages(std::sync::Mutex<Vec<String>>);
+
+impl cove_image::Progress for Stages {
+    fn stage_started(&self, stage: &str) {
+        self.0.lock().unwrap().push(stage.to_string());
+    }
+}
+
+impl Stages {
+    /// The stages that produce an artifact; none of them runs on a cache hit.
+    const BUILDING: &'static [&'static str] = &[
+        "bootstrap Debian",
+        "unpack Debian base",
+        "populate root filesystem",
+        "unpack kernel",
+        "write initramfs",
+        "make ext4 root filesystem",
+    ];
+
+    pub fn assert_cache_hit(&self) {
+        let ran = self.0.lock().unwrap();
+        let built: Vec<_> = ran
+            .iter()
+            .filter(|s| Self::BUILDING.contains(&s.as_str()))
+            .collect();
+        assert!(built.is_empty(), "a cache hit rebuilt {built:?} (stages: {ran:?})");
+    }
+}

@@ -63,7 +63,6 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     fn alive(pid: i32) -> bool {
         // SAFETY: signal 0 only checks for existence.
@@ -102,13 +101,11 @@ mod tests {
         .unwrap();
         // The spawning thread is gone: the kernel sends SIGKILL; the zombie
         // is ours to reap, and waitpid on it returns once it died.
-        let start = Instant::now();
         let mut status = 0;
         // SAFETY: status points to a live i32.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(r, pid);
         assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
-        assert!(start.elapsed() < Duration::from_secs(5));
         assert!(!alive(pid));
     }
 }
