@@ -66,7 +66,7 @@ pub use cove_proto::{
 };
 pub use error::LinkError;
 pub use link::{AgentLink, LinkConfig};
-pub use mux::{AgentInfo, LinkState};
+pub use mux::{AgentInfo, LinkState, LinkStats};
 pub use ops::{
     ExecIo, FnOpener, Input, StreamOpener, exec, forward_signals, ps, shutdown, spawn_stdin_reader,
     stat,
