@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::error::LinkError;
 use crate::ops::{StreamOpener, stat};
-use crate::stream::{Stream, StreamEvent};
+use crate::stream::{Stream, StreamEvent, within};
 
 /// Called with the number of content bytes moved so far.
 pub type Progress<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
@@ -46,7 +46,7 @@ fn base_name(p: &str) -> Result<String, LinkError> {
 async fn wait_done(mut s: Stream) -> Result<(), LinkError> {
     let mut done = false;
     loop {
-        match s.recv().await? {
+        match within("confirmation of the upload", s.recv()).await? {
             StreamEvent::Msg(StreamMsg::Done) => done = true,
             StreamEvent::Msg(StreamMsg::Error(e)) => return Err(LinkError::Remote(e)),
             StreamEvent::Closed if done => return Ok(()),
@@ -157,7 +157,11 @@ pub async fn copy_in(
             if n == 0 {
                 break;
             }
-            stream.send_data(Channel::Data, &buf[..n]).await?;
+            within(
+                "flow-control credit for the upload",
+                stream.send_data(Channel::Data, &buf[..n]),
+            )
+            .await?;
             sent += n as u64;
             report(progress, sent);
         }
@@ -174,7 +178,11 @@ pub async fn copy_in(
             b.into_inner()?.flush()
         });
         while let Some(chunk) = rx.recv().await {
-            stream.send_data(Channel::Data, &chunk).await?;
+            within(
+                "flow-control credit for the upload",
+                stream.send_data(Channel::Data, &chunk),
+            )
+            .await?;
             sent += chunk.len() as u64;
             report(progress, sent);
         }
@@ -207,7 +215,7 @@ pub async fn copy_out(
             path: remote.into(),
         })
         .await?;
-    let meta = match stream.recv().await? {
+    let meta = match within("file metadata", stream.recv()).await? {
         StreamEvent::Msg(StreamMsg::FileMeta(m)) => m,
         StreamEvent::Msg(StreamMsg::Error(e)) => return Err(LinkError::Remote(e)),
         other => {
@@ -277,7 +285,7 @@ async fn recv_content(
 ) -> Result<(), LinkError> {
     let mut done = false;
     loop {
-        match stream.recv().await? {
+        match within("file content", stream.recv()).await? {
             StreamEvent::Data(_, b) => {
                 let n = b.len() as u64;
                 sink.put(b)

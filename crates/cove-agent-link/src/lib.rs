@@ -72,5 +72,5 @@ pub use ops::{
     stat,
 };
 pub use relay::{RelayOutcome, RemoteStream, relay};
-pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender};
+pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender, set_stall_timeout};
 pub use tty::{RawModeGuard, exec_tty, terminal_size};

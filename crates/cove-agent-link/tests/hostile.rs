@@ -571,3 +571,49 @@ async fn copy_out_refuses_entries_that_escape_the_destination() {
         peer.join().await;
     }
 }
+
+/// Finding 9: `cove ps` and `cove cp` waited forever on a guest that accepted the request and
+/// went silent (while still answering pings). Each step now has a deadline and a typed error
+/// that names the stall.
+#[tokio::test]
+async fn stalled_guest_fails_ps_and_cp_with_a_clear_error() {
+    set_stall_timeout(Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(dir.path(), "stall.sock", |mut c| {
+        c.handshake();
+        let (_, _) = c.accept_open(); // ps: Started, then nothing
+        let (id, _) = c.accept_open(); // cp out: metadata and a little content, then nothing
+        c.send(&msg(
+            id,
+            &StreamMsg::FileMeta(FileMeta {
+                kind: cove_proto::FileKind::File,
+                size: 1 << 20,
+                mode: 0o644,
+                mtime: 0,
+            }),
+        ));
+        c.send(&frame(FrameKind::Data, 0, id, b"partial"));
+        // Keep answering pings: the agent looks alive, only the operations stall.
+        while let Some(f) = c.read() {
+            if f.kind == FrameKind::Ping {
+                c.send(&frame(FrameKind::Pong, 0, 0, &f.payload));
+            }
+        }
+    });
+    let link = AgentLink::connect(&peer.path, T).await.unwrap();
+    let t = std::time::Instant::now();
+    let err = ps(&link).await.unwrap_err();
+    assert!(matches!(err, LinkError::Stalled { .. }), "{err}");
+    assert!(err.to_string().contains("stalled"), "{err}");
+    let err = copy_out(&link, "/big", &dir.path().join("big"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LinkError::Stalled { what, .. } if what == "file content"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(link.ping().await.is_ok());
+    drop(link);
+    peer.join().await;
+}
