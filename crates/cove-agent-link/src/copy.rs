@@ -3,6 +3,11 @@
 //!
 //! Destination rules follow `cp`/`docker cp`: copying onto an existing directory puts the source
 //! inside it under its own name; otherwise the destination path is the copy itself.
+//!
+//! Out of the guest, everything the guest says is untrusted: modes lose setuid, setgid, sticky
+//! and group/world write ([`cove_untrusted::host_mode`], as `cove disk get`), entry names that
+//! are absolute, hold `..` or lead through a symlink are refused, and device nodes and fifos
+//! are skipped (creating them as root would hand the guest the host's disks).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::error::LinkError;
 use crate::ops::{StreamOpener, stat};
-use crate::stream::{Stream, StreamEvent};
+use crate::stream::{Stream, StreamEvent, within};
 
 /// Called with the number of content bytes moved so far.
 pub type Progress<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
@@ -41,7 +46,7 @@ fn base_name(p: &str) -> Result<String, LinkError> {
 async fn wait_done(mut s: Stream) -> Result<(), LinkError> {
     let mut done = false;
     loop {
-        match s.recv().await? {
+        match within("confirmation of the upload", s.recv()).await? {
             StreamEvent::Msg(StreamMsg::Done) => done = true,
             StreamEvent::Msg(StreamMsg::Error(e)) => return Err(LinkError::Remote(e)),
             StreamEvent::Closed if done => return Ok(()),
@@ -152,7 +157,11 @@ pub async fn copy_in(
             if n == 0 {
                 break;
             }
-            stream.send_data(Channel::Data, &buf[..n]).await?;
+            within(
+                "flow-control credit for the upload",
+                stream.send_data(Channel::Data, &buf[..n]),
+            )
+            .await?;
             sent += n as u64;
             report(progress, sent);
         }
@@ -169,7 +178,11 @@ pub async fn copy_in(
             b.into_inner()?.flush()
         });
         while let Some(chunk) = rx.recv().await {
-            stream.send_data(Channel::Data, &chunk).await?;
+            within(
+                "flow-control credit for the upload",
+                stream.send_data(Channel::Data, &chunk),
+            )
+            .await?;
             sent += chunk.len() as u64;
             report(progress, sent);
         }
@@ -202,7 +215,7 @@ pub async fn copy_out(
             path: remote.into(),
         })
         .await?;
-    let meta = match stream.recv().await? {
+    let meta = match within("file metadata", stream.recv()).await? {
         StreamEvent::Msg(StreamMsg::FileMeta(m)) => m,
         StreamEvent::Msg(StreamMsg::Error(e)) => return Err(LinkError::Remote(e)),
         other => {
@@ -230,30 +243,36 @@ pub async fn copy_out(
                 cur: Vec::new(),
                 pos: 0,
             };
-            let mut a = tar::Archive::new(&mut r);
-            a.set_preserve_permissions(true);
-            a.set_preserve_mtime(true);
-            a.set_overwrite(true);
-            a.unpack(&d)?;
+            unpack_untrusted(&mut r, &d)?;
             std::io::copy(&mut r, &mut std::io::sink()).map(|_| ())
         });
         let res = recv_content(&mut stream, progress, &mut got, Sink::Chan(tx)).await;
         let unpacked = unpacker
             .await
             .map_err(|e| LinkError::Protocol(format!("unpacker thread failed: {e}")))?;
-        res?;
+        // The unpacker's error is the cause when both failed (it stopped, so the sink did too).
         unpacked.map_err(|e| lerr("unpacking into", e))?;
+        res?;
     } else {
-        let mut f = tokio::fs::File::create(&dest)
+        // 0600 while the content arrives; the guest's mode (stripped) is applied at the end.
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&dest)
             .await
             .map_err(|e| lerr("cannot create", e))?;
         recv_content(&mut stream, progress, &mut got, Sink::File(&mut f)).await?;
         f.flush().await.map_err(|e| lerr("writing", e))?;
         drop(f);
     }
-    tokio::fs::set_permissions(&dest, std::fs::Permissions::from_mode(meta.mode))
-        .await
-        .map_err(|e| lerr("cannot chmod", e))?;
+    tokio::fs::set_permissions(
+        &dest,
+        std::fs::Permissions::from_mode(cove_untrusted::host_mode(meta.mode)),
+    )
+    .await
+    .map_err(|e| lerr("cannot chmod", e))?;
     Ok(got)
 }
 
@@ -266,7 +285,7 @@ async fn recv_content(
 ) -> Result<(), LinkError> {
     let mut done = false;
     loop {
-        match stream.recv().await? {
+        match within("file content", stream.recv()).await? {
             StreamEvent::Data(_, b) => {
                 let n = b.len() as u64;
                 sink.put(b)
@@ -312,4 +331,52 @@ impl Sink<'_> {
             *self = Sink::Done;
         }
     }
+}
+
+/// Unpacks a guest's tar stream into `dest`: names checked with [`cove_untrusted::inside`],
+/// modes masked with [`cove_untrusted::STRIPPED_MODE_BITS`], special files skipped. Directories
+/// get their modes last (a read-only directory must not stop its own entries).
+fn unpack_untrusted(r: &mut impl Read, dest: &Path) -> std::io::Result<()> {
+    use tar::EntryType;
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(false);
+    a.set_mask(cove_untrusted::STRIPPED_MODE_BITS);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    let mut dirs = Vec::new();
+    for entry in a.entries()? {
+        let mut e = entry?;
+        let name = e.path()?.into_owned();
+        let target = cove_untrusted::inside(dest, &name)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::PermissionDenied, err))?;
+        let kind = e.header().entry_type();
+        if kind == EntryType::Link
+            && let Some(link) = e.link_name()?
+        {
+            // A hard link's target is an entry name too.
+            cove_untrusted::inside(dest, &link)
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::PermissionDenied, err))?;
+        }
+        match kind {
+            EntryType::Char | EntryType::Block | EntryType::Fifo => continue,
+            EntryType::Directory => {
+                std::fs::create_dir_all(&target)?;
+                dirs.push((target, e.header().mode().unwrap_or(0o700)));
+            }
+            _ => {
+                e.unpack_in(dest)?;
+            }
+        }
+    }
+    // Deepest first, so a parent's mode never stops a child's chmod.
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (d, mode) in dirs {
+        if !std::fs::symlink_metadata(&d)?.file_type().is_symlink() {
+            std::fs::set_permissions(
+                &d,
+                std::fs::Permissions::from_mode(cove_untrusted::host_mode(mode)),
+            )?;
+        }
+    }
+    Ok(())
 }

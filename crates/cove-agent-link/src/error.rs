@@ -55,6 +55,14 @@ pub enum LinkError {
         what: &'static str,
         waited: Duration,
     },
+    /// A stream went silent mid-way (the agent answers pings but this operation stopped).
+    #[error(
+        "the guest stalled: no {what} for {waited:?}; the guest may be hung, overloaded or hostile (see `cove why` and `cove console`)"
+    )]
+    Stalled {
+        what: &'static str,
+        waited: Duration,
+    },
     /// The agent reported an error for this operation.
     #[error("guest: {0}")]
     Remote(ErrorMsg),

@@ -66,11 +66,11 @@ pub use cove_proto::{
 };
 pub use error::LinkError;
 pub use link::{AgentLink, LinkConfig};
-pub use mux::{AgentInfo, LinkState};
+pub use mux::{AgentInfo, LinkState, LinkStats};
 pub use ops::{
     ExecIo, FnOpener, Input, StreamOpener, exec, forward_signals, ps, shutdown, spawn_stdin_reader,
     stat,
 };
 pub use relay::{RelayOutcome, RemoteStream, relay};
-pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender};
+pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender, set_stall_timeout};
 pub use tty::{RawModeGuard, exec_tty, terminal_size};

@@ -104,6 +104,11 @@ impl AgentLink {
         self.shared.status.subscribe()
     }
 
+    /// Queue sizes and counters of the link (see [`LinkStats`]).
+    pub fn stats(&self) -> crate::LinkStats {
+        self.shared.stats()
+    }
+
     /// Whether the session is up right now.
     pub fn ready(&self) -> bool {
         matches!(*self.shared.status.borrow(), LinkState::Ready(_))

@@ -6,7 +6,7 @@
 //! acknowledged only when the consumer takes them from the stream.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ struct Slot {
     tx: mpsc::UnboundedSender<Event>,
     shared: Arc<SlotShared>,
     window: RecvWindow,
+    /// Channels whose Eof was delivered. Eof frames cost no credit, so only the first per
+    /// channel becomes an event: a peer repeating them cannot grow the stream's queue.
+    eof_seen: u8,
 }
 
 pub(crate) struct State {
@@ -76,6 +79,73 @@ pub(crate) struct State {
     accept: Option<mpsc::UnboundedSender<(OpenRequest, Stream)>>,
     pub skipped: u64,
     pub frames_seen: u64,
+    /// Warnings a peer can provoke, rate-limited so it cannot grow the supervisor's log.
+    pub warn: WarnLimiter,
+    /// When this side last wrote a sync preamble (see [`Shared::restart_locked`]).
+    last_preamble: Option<Instant>,
+}
+
+/// Lets [`WarnLimiter::BURST`] warnings through per [`WarnLimiter::PERIOD`], then counts the
+/// rest and says how many were suppressed when the next period opens.
+#[derive(Debug)]
+pub(crate) struct WarnLimiter {
+    since: Instant,
+    shown: u32,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    const BURST: u32 = 10;
+    const PERIOD: Duration = Duration::from_secs(60);
+
+    fn new() -> Self {
+        WarnLimiter {
+            since: Instant::now(),
+            shown: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log now; a `true` after suppressed warnings first logs how many there were.
+    pub fn allow(&mut self) -> bool {
+        if self.since.elapsed() >= Self::PERIOD {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    "{} more agent-link warnings suppressed in the last {:?}",
+                    self.suppressed,
+                    Self::PERIOD
+                );
+            }
+            *self = WarnLimiter::new();
+        }
+        if self.shown < Self::BURST {
+            self.shown += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Warnings dropped so far in this period.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+/// A link's counters, for tests and `cove doctor`-style reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Bytes queued for the peer and not yet written.
+    pub queued_bytes: usize,
+    /// Largest `queued_bytes` seen.
+    pub queued_peak: usize,
+    /// Streams open on the link.
+    pub streams: usize,
+    /// Warnings dropped by the rate limit in the current period.
+    pub suppressed_warnings: u64,
+    /// Bytes skipped as garbage by the decoder.
+    pub skipped_bytes: u64,
 }
 
 pub(crate) struct Shared {
@@ -86,12 +156,23 @@ pub(crate) struct Shared {
     /// Bytes queued for the writer. Replies the peer provokes (Pong, Reset, Hello) are dropped
     /// above [`REPLY_QUEUE_LIMIT`]: a guest that floods pings without reading cannot grow it.
     queued: AtomicUsize,
+    queued_peak: AtomicUsize,
+    /// Bytes ever queued and ever written: a sync preamble still waits in the queue while
+    /// `written < preamble_end`, and then a restart does not queue another one.
+    enqueued_total: AtomicU64,
+    written_total: AtomicU64,
+    preamble_end: AtomicU64,
     st: Mutex<State>,
     pub status: watch::Sender<LinkState>,
 }
 
-/// See [`Shared::queued`].
-const REPLY_QUEUE_LIMIT: usize = 4 << 20;
+/// See [`Shared::queued`]. With flow control this bounds what one link can queue for its peer:
+/// this much of replies, Hellos and at most one sync preamble, plus the credit-bounded data of
+/// the open streams (see `docs/ARCHITECTURE.md`, "agent link memory bound").
+pub(crate) const REPLY_QUEUE_LIMIT: usize = 4 << 20;
+/// A sync preamble is 64 KiB of zeros; a peer that provokes restarts in a loop gets at most one
+/// per this period (and never a second while the first is still queued).
+const PREAMBLE_PERIOD: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -127,7 +208,9 @@ impl Shared {
         self.out
             .send(bytes)
             .map(|_| {
-                self.queued.fetch_add(n, Ordering::Relaxed);
+                let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+                self.queued_peak.fetch_max(q, Ordering::Relaxed);
+                self.enqueued_total.fetch_add(n as u64, Ordering::Relaxed);
             })
             .map_err(|_| LinkError::Disconnected {
                 reason: "the connection's writer stopped".into(),
@@ -136,6 +219,23 @@ impl Shared {
 
     fn enqueue(&self, bytes: Vec<u8>) {
         let _ = self.send(bytes);
+    }
+
+    /// Whether the peer has left more than [`REPLY_QUEUE_LIMIT`] unread: frames it provoked
+    /// (or that only serve it, like Hello retransmissions) are then dropped.
+    pub fn over_limit(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > REPLY_QUEUE_LIMIT
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        let st = self.state();
+        LinkStats {
+            queued_bytes: self.queued.load(Ordering::Relaxed),
+            queued_peak: self.queued_peak.load(Ordering::Relaxed),
+            streams: st.streams.len(),
+            suppressed_warnings: st.warn.suppressed(),
+            skipped_bytes: st.skipped,
+        }
     }
 
     pub fn dead_error(&self) -> LinkError {
@@ -164,9 +264,30 @@ impl Shared {
         };
         let hello = session.restart(cove_proto::fresh_nonce());
         self.status.send_replace(LinkState::Connecting);
-        let mut bytes = vec![0u8; SYNC_PREAMBLE_LEN];
+        if self.over_limit() {
+            // The peer is not reading: the keepalive retransmits the Hello once it does.
+            if st.warn.allow() {
+                tracing::warn!("agent is not reading; session restart deferred");
+            }
+            return;
+        }
+        let preamble_queued =
+            self.written_total.load(Ordering::Relaxed) < self.preamble_end.load(Ordering::Relaxed);
+        let recent = st
+            .last_preamble
+            .is_some_and(|t| t.elapsed() < PREAMBLE_PERIOD);
+        let mut bytes = Vec::new();
+        if !preamble_queued && !recent {
+            bytes.resize(SYNC_PREAMBLE_LEN, 0);
+            st.last_preamble = Some(Instant::now());
+        }
+        let preamble = bytes.len() as u64;
         let _ = encode_into(&mut bytes, FrameKind::Hello, 0, 0, &to_payload(&hello));
+        let start = self.enqueued_total.load(Ordering::Relaxed);
         self.enqueue(bytes);
+        if preamble > 0 {
+            self.preamble_end.store(start + preamble, Ordering::Relaxed);
+        }
     }
 
     pub fn close(&self, e: LinkError) {
@@ -194,6 +315,7 @@ impl Shared {
                 tx,
                 shared: shared.clone(),
                 window: RecvWindow::default(),
+                eof_seen: 0,
             },
         );
         (rx, shared)
@@ -234,7 +356,9 @@ impl Shared {
                 });
             }
             Some(true) => {
-                tracing::warn!("agent link desynchronised: {e}; resynchronising");
+                if st.warn.allow() {
+                    tracing::warn!("agent link desynchronised: {e}; resynchronising");
+                }
                 self.restart_locked(
                     &mut st,
                     &LinkError::SessionReset {
@@ -250,11 +374,13 @@ impl Shared {
     fn on_frame(self: &Arc<Self>, f: Frame) {
         let mut st = self.state();
         let replies = self.on_frame_locked(&mut st, f);
-        if !replies.is_empty() && self.queued.load(Ordering::Relaxed) > REPLY_QUEUE_LIMIT {
-            tracing::warn!(
-                "peer is not reading its replies; dropping {} of them",
-                replies.len()
-            );
+        if !replies.is_empty() && self.over_limit() {
+            if st.warn.allow() {
+                tracing::warn!(
+                    "peer is not reading its replies; dropping {} of them",
+                    replies.len()
+                );
+            }
             return;
         }
         for o in replies {
@@ -336,17 +462,38 @@ impl Shared {
                 }
             }
             FrameKind::Eof => {
-                if let (Some(slot), Some(ch)) = (st.streams.get(&id), Channel::from_u8(f.channel)) {
-                    let _ = slot.tx.send(Event::Eof(ch));
+                if let (Some(slot), Some(ch)) =
+                    (st.streams.get_mut(&id), Channel::from_u8(f.channel))
+                {
+                    let bit = 1u8 << (ch as u8);
+                    if slot.eof_seen & bit == 0 {
+                        slot.eof_seen |= bit;
+                        let _ = slot.tx.send(Event::Eof(ch));
+                    }
                 }
             }
             FrameKind::Window => {
                 if let (Some(slot), Ok(b)) =
                     (st.streams.get(&id), <[u8; 4]>::try_from(&f.payload[..]))
                 {
-                    slot.shared
-                        .credit
-                        .add_permits(u32::from_le_bytes(b) as usize);
+                    let inc = u32::from_le_bytes(b) as usize;
+                    let credit = &slot.shared.credit;
+                    // The peer only returns credit we spent, so ours never exceeds one window;
+                    // more is a broken or hostile peer (and unchecked it would overflow the
+                    // semaphore's maximum, which panics the reader).
+                    if credit.available_permits() + inc > cove_proto::INITIAL_WINDOW as usize {
+                        let e = LinkError::Protocol(format!(
+                            "peer granted more credit than the {}-byte window on stream {id}",
+                            cove_proto::INITIAL_WINDOW
+                        ));
+                        if let Some(slot) = st.streams.remove(&id) {
+                            slot.shared.fail(e.clone());
+                            let _ = slot.tx.send(Event::Failed(e.clone()));
+                        }
+                        out.push(encode(FrameKind::Reset, 0, id, e.to_string().as_bytes()));
+                    } else {
+                        credit.add_permits(inc);
+                    }
                 }
             }
             FrameKind::Close => {
@@ -392,7 +539,9 @@ impl Shared {
                     },
                 );
                 out.push(encode(FrameKind::Hello, 0, 0, &to_payload(&reply)));
-                tracing::info!(agent = %info.version, "agent session (re)started");
+                if st.warn.allow() {
+                    tracing::info!(agent = %info.version, "agent session (re)started");
+                }
                 self.status.send_replace(LinkState::Ready(info));
             }
             HelloAction::Reply(reply) => {
@@ -429,6 +578,10 @@ where
     let shared = Arc::new(Shared {
         out: out_tx,
         queued: AtomicUsize::new(0),
+        queued_peak: AtomicUsize::new(0),
+        enqueued_total: AtomicU64::new(0),
+        written_total: AtomicU64::new(0),
+        preamble_end: AtomicU64::new(0),
         st: Mutex::new(State {
             session,
             streams: HashMap::new(),
@@ -439,6 +592,8 @@ where
             accept,
             skipped: 0,
             frames_seen: 0,
+            warn: WarnLimiter::new(),
+            last_preamble: None,
         }),
         status: watch::channel(if handshake {
             LinkState::Connecting
@@ -475,6 +630,9 @@ async fn writer<W: AsyncWrite + Unpin>(
         }
         let res = w.write_all(&buf).await;
         shared.queued.fetch_sub(buf.len(), Ordering::Relaxed);
+        shared
+            .written_total
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if let Err(e) = res {
             shared.close(LinkError::Disconnected {
                 reason: format!("write failed: {e}"),
@@ -537,7 +695,7 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
         };
         // Frames are queued under the state lock, like every session-related frame.
         if !session.synced() {
-            if last_hello.elapsed() >= Duration::from_millis(500) {
+            if last_hello.elapsed() >= Duration::from_millis(500) && !shared.over_limit() {
                 last_hello = Instant::now();
                 let _ = shared.send(encode(
                     FrameKind::Hello,
@@ -547,16 +705,18 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
                 ));
             }
         } else if st.last_rx.elapsed() > dead_after {
-            tracing::warn!(
-                "agent silent for {:?}; starting a new session",
-                st.last_rx.elapsed()
-            );
+            if st.warn.allow() {
+                tracing::warn!(
+                    "agent silent for {:?}; starting a new session",
+                    st.last_rx.elapsed()
+                );
+            }
             st.last_rx = Instant::now();
             shared.restart_locked(
                 &mut st,
                 &LinkError::AgentUnresponsive { waited: dead_after },
             );
-        } else if last_ping.elapsed() >= interval {
+        } else if last_ping.elapsed() >= interval && !shared.over_limit() {
             last_ping = Instant::now();
             let _ = shared.send(encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes()));
         }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::error::LinkError;
 use crate::link::AgentLink;
-use crate::stream::{Stream, StreamEvent, StreamReceiver};
+use crate::stream::{Stream, StreamEvent, StreamReceiver, within};
 
 /// Something that opens one agent stream per call.
 pub trait StreamOpener: Sync {
@@ -204,11 +204,21 @@ async fn collect_exec(
     }
 }
 
-/// Reads the rest of a simple request/answer stream: messages until Closed.
-async fn messages(mut s: Stream) -> Result<Vec<StreamMsg>, LinkError> {
+/// Most answers one request may bring (`ps` of a guest with this many processes): a guest
+/// cannot grow the CLI's memory by answering forever.
+const MAX_ANSWERS: usize = 1 << 17;
+
+/// Reads the rest of a simple request/answer stream: messages until Closed, each within the
+/// stall deadline.
+async fn messages(mut s: Stream, what: &'static str) -> Result<Vec<StreamMsg>, LinkError> {
     let mut out = Vec::new();
     loop {
-        match s.recv().await? {
+        if out.len() >= MAX_ANSWERS {
+            return Err(LinkError::Protocol(format!(
+                "the guest sent more than {MAX_ANSWERS} answers to one request"
+            )));
+        }
+        match within(what, s.recv()).await? {
             StreamEvent::Msg(StreamMsg::Error(e)) => return Err(LinkError::Remote(e)),
             StreamEvent::Msg(m) => out.push(m),
             StreamEvent::Closed => return Ok(out),
@@ -219,7 +229,7 @@ async fn messages(mut s: Stream) -> Result<Vec<StreamMsg>, LinkError> {
 
 /// Processes in the guest, by pid.
 pub async fn ps(opener: &impl StreamOpener) -> Result<Vec<ProcInfo>, LinkError> {
-    let msgs = messages(opener.open(OpenRequest::Ps).await?).await?;
+    let msgs = messages(opener.open(OpenRequest::Ps).await?, "answer to `ps`").await?;
     Ok(msgs
         .into_iter()
         .filter_map(|m| {
@@ -234,7 +244,8 @@ pub async fn ps(opener: &impl StreamOpener) -> Result<Vec<ProcInfo>, LinkError> 
 
 /// Metadata of a guest path (`None` if it does not exist).
 pub async fn stat(opener: &impl StreamOpener, path: &str) -> Result<Option<FileMeta>, LinkError> {
-    let msgs = messages(opener.open(OpenRequest::Stat { path: path.into() }).await?).await?;
+    let s = opener.open(OpenRequest::Stat { path: path.into() }).await?;
+    let msgs = messages(s, "answer to a stat").await?;
     for m in msgs {
         if let StreamMsg::Stat { meta } = m {
             return Ok(meta);
@@ -245,7 +256,10 @@ pub async fn stat(opener: &impl StreamOpener, path: &str) -> Result<Option<FileM
 
 /// Asks the agent to sync and power off (or reboot) the guest.
 pub async fn shutdown(opener: &impl StreamOpener, reboot: bool) -> Result<(), LinkError> {
-    messages(opener.open(OpenRequest::Shutdown { reboot }).await?)
-        .await
-        .map(|_| ())
+    messages(
+        opener.open(OpenRequest::Shutdown { reboot }).await?,
+        "answer to shutdown",
+    )
+    .await
+    .map(|_| ())
 }

@@ -34,6 +34,7 @@ fn to_error_msg(e: &LinkError) -> ErrorMsg {
         LinkError::Remote(m) => m.clone(),
         LinkError::NotReady
         | LinkError::Timeout { .. }
+        | LinkError::Stalled { .. }
         | LinkError::AgentUnresponsive { .. }
         | LinkError::SessionReset { .. }
         | LinkError::Disconnected { .. }

@@ -2,7 +2,8 @@
 //! through the supervisor's relay (CLI), so every high-level operation works over both.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use cove_proto::{Channel, FrameKind, MAX_PAYLOAD, StreamMsg, cost, to_payload};
 use tokio::sync::mpsc;
@@ -211,6 +212,33 @@ impl StreamSender {
             reason: "stream finished".into(),
         });
     }
+}
+
+/// How long an operation's stream may stay silent before it fails with [`LinkError::Stalled`]
+/// (milliseconds; see [`set_stall_timeout`]).
+static STALL_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// Sets the deadline for each step of `ps`, `stat`, `cp` and `shutdown` (default 30 s): a guest
+/// that accepts a request and then goes silent fails it after this long instead of hanging the
+/// CLI. Exec output is not bounded (a command may be quiet for hours); exec start-up is (the
+/// open timeout).
+pub fn set_stall_timeout(d: Duration) {
+    STALL_MS.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn stall_timeout() -> Duration {
+    Duration::from_millis(STALL_MS.load(Ordering::Relaxed))
+}
+
+/// Runs one step of an operation within the stall deadline.
+pub(crate) async fn within<T>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    let waited = stall_timeout();
+    tokio::time::timeout(waited, f)
+        .await
+        .unwrap_or(Err(LinkError::Stalled { what, waited }))
 }
 
 impl StreamReceiver {

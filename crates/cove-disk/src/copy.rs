@@ -5,9 +5,10 @@
 //! top-level SRC is resolved through symlinks (inside the image, never on the
 //! host); symlinks inside a tree are recreated as symlinks, unresolved.
 //! Device nodes, fifos and sockets are skipped and reported: creating them
-//! needs root and they carry no data. Permission bits and mtimes are kept;
-//! setuid/setgid are dropped because the copy belongs to the invoking user,
-//! not to the guest's owner. Files are created with `O_NOFOLLOW`, so a
+//! needs root and they carry no data. Permission bits and mtimes are kept,
+//! less setuid/setgid/sticky and group/world write
+//! ([`cove_untrusted::host_mode`], the same rule as `cove cp`): the copy
+//! belongs to the invoking user, not to the guest's owner. Files are created with `O_NOFOLLOW`, so a
 //! symlink already in the destination is never written through.
 
 use crate::entry::FileKind;
@@ -36,9 +37,6 @@ pub struct CopyReport {
     /// Paths inside the image that were not copied, with the reason.
     pub skipped: Vec<String>,
 }
-
-/// Bits kept on the host copy: permissions and the sticky bit.
-const KEPT_MODE_BITS: u32 = 0o1777;
 
 fn host(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Host {
@@ -126,7 +124,7 @@ impl Fs {
             report.bytes += n as u64;
         }
         out.set_permissions(Permissions::from_mode(
-            u32::from(md.mode()) & KEPT_MODE_BITS,
+            cove_untrusted::host_mode(u32::from(md.mode())),
         ))
         .map_err(host(dest))?;
         out.set_modified(mtime(md)).map_err(host(dest))?;
@@ -194,7 +192,7 @@ impl Fs {
         }
         std::fs::set_permissions(
             dest,
-            Permissions::from_mode(u32::from(md.mode()) & KEPT_MODE_BITS),
+            Permissions::from_mode(cove_untrusted::host_mode(u32::from(md.mode()))),
         )
         .map_err(host(dest))?;
         // A directory opened read-only still takes futimens from its owner.

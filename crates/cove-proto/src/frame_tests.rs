@@ -205,3 +205,45 @@ fn blocking_helpers_roundtrip() {
         Err(ReadFrameError::Eof)
     ));
 }
+
+/// Regression (issue 10, finding 1): valid headers nested 24 bytes apart, each announcing a
+/// full payload whose checksum is wrong, made the decoder hash 64 KiB per 24 bytes received.
+#[test]
+fn nested_headers_with_bad_checksums_cost_a_bounded_amount_of_hashing() {
+    fn bad_header(len: u32) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&[FrameKind::Data as u8, 0, 0, 0]);
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+        let hcrc = crc32fast::hash(&h[..20]);
+        h.extend_from_slice(&hcrc.to_le_bytes());
+        h
+    }
+    let mut dec = Decoder::new();
+    let mut sent = 0u64;
+    // A real frame first, so the decoder is synced and reports errors.
+    let first = frame(FrameKind::Ping, 0, &[1; 8]);
+    let (frames, _) = decode_all(&mut dec, &first);
+    assert_eq!(frames.len(), 1);
+    sent += first.len() as u64;
+    let hdr = bad_header(MAX_PAYLOAD as u32);
+    for _ in 0..20_000 {
+        let (frames, _) = decode_all(&mut dec, &hdr);
+        assert!(frames.is_empty());
+        sent += hdr.len() as u64;
+    }
+    let bound = 6 * sent + 4 * MAX_FRAME as u64;
+    assert!(
+        dec.hashed_bytes() <= bound,
+        "hashed {} bytes for {sent} received (bound {bound})",
+        dec.hashed_bytes()
+    );
+    // And a valid frame behind the flood is still found.
+    let tail = frame(FrameKind::Pong, 0, &[2; 8]);
+    let mut wire = vec![0u8; SYNC_PREAMBLE_LEN];
+    wire.extend_from_slice(&tail);
+    let (frames, _) = decode_all(&mut dec, &wire);
+    assert_eq!(frames.last().map(|f| f.kind), Some(FrameKind::Pong));
+}
