@@ -370,7 +370,13 @@ fn encrypted_external_data_zstd_and_missing_backing_are_refused_clearly() {
     }
     let e = open_err(d, "aes.qcow2");
     assert!(
-        matches!(e, Error::Encrypted { method: "legacy AES", .. }),
+        matches!(
+            e,
+            Error::Encrypted {
+                method: "legacy AES",
+                ..
+            }
+        ),
         "{e}"
     );
     let e = open_err(d, "enc.qcow2");

@@ -13,11 +13,11 @@ use cove_backend::{Accel, Backend, BackendError, Capabilities, Machine, VmSpec};
 
 /// The virtio-serial port name the guest agent looks for in
 /// `/sys/class/virtio-ports/*/name`.
-pub const AGENT_PORT_NAME: &str = "org.cove.agent";
-/// The serial of the root disk as the guest sees it in `/sys/block/vdX/serial`.
-pub const ROOT_DISK_SERIAL: &str = "cove-root";
+pub use cove_guest::AGENT_PORT_NAME;
 /// virtio-blk carries at most 20 bytes of serial.
-pub const MAX_DISK_SERIAL: usize = 20;
+pub use cove_guest::MAX_SERIAL_LEN as MAX_DISK_SERIAL;
+/// The serial of the root disk as the guest sees it in `/sys/block/vdX/serial`.
+pub use cove_guest::ROOT_DISK_SERIAL;
 
 const QEMU_BINARY: &str = "qemu-system-x86_64";
 const QEMU_PACKAGE: &str = "qemu-system-x86";

@@ -21,7 +21,7 @@ pub struct DiskRequest {
 }
 
 /// virtio-blk serials hold 20 bytes, and a data disk's is `data-<name>`.
-pub const MAX_NAME_LEN: usize = 15;
+pub const MAX_NAME_LEN: usize = cove_guest::MAX_DATA_DISK_NAME_LEN;
 
 /// Checks a data disk name: the rules of VM names, at most [`MAX_NAME_LEN`] long.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -37,7 +37,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// The serial a data disk has in the guest (`/sys/block/vdX/serial`).
 pub fn serial(name: &str) -> String {
-    format!("data-{name}")
+    cove_guest::data_disk_serial(name)
 }
 
 pub fn path(paths: &Paths, name: &str) -> PathBuf {
