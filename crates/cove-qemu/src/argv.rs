@@ -4,7 +4,7 @@
 //! agent port by name, disks by serial, the root by label), so it is built in
 //! one place and snapshot-tested.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,16 +87,7 @@ impl Backend for Qemu {
     }
 }
 
-fn find_on_path(binary: &str, path: Option<&OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path?)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+use cove_util::path::which_in as find_on_path;
 
 /// `key=value` where value is a path: QEMU's option syntax ends a value at a
 /// comma, and `,,` stands for a literal comma.
@@ -290,6 +281,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
 mod tests {
     use super::*;
     use cove_backend::{DataDisk, PortForward};
+    use std::ffi::OsStr;
 
     fn spec(machine: Machine, accel: Accel) -> VmSpec {
         VmSpec {

@@ -141,18 +141,14 @@ pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
     Ok(disks)
 }
 
-fn run(cmd: &mut Command, tool: &'static str) -> Result<(), LifecycleError> {
-    let out = cmd.output().map_err(|e| LifecycleError::Tool {
+fn run(cmd: &mut Command, _tool: &'static str) -> Result<(), LifecycleError> {
+    cove_util::tool::run(
+        cmd,
+        "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
+    )
+    .map(drop)
+    .map_err(|tool| LifecycleError::Tool {
         tool,
-        detail: e.to_string(),
-        fix: "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(LifecycleError::Tool {
-        tool,
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         fix: "check free space in the data directory (`cove doctor`)",
     })
 }

@@ -4,10 +4,16 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The first executable file named `program` in the directories of `$PATH`. A name with a `/`
-/// is taken as a path and only checked.
+/// Where system tools live that a user's `PATH` may lack (`mkfs.ext4` is in `/sbin`).
+const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// The first executable file named `program` in the directories of `$PATH`, then in the sbin
+/// directories. A name with a `/` is taken as a path and only checked.
 pub fn which(program: &str) -> Option<PathBuf> {
-    which_in(program, std::env::var_os("PATH").as_deref())
+    which_in(program, std::env::var_os("PATH").as_deref()).or_else(|| {
+        let sbin = std::env::join_paths(SBIN_DIRS).ok()?;
+        which_in(program, Some(&sbin))
+    })
 }
 
 /// [`which`] over an explicit `PATH` value (`None`: nothing is found by name).
