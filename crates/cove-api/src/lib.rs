@@ -14,6 +14,11 @@ use tokio::net::UnixStream;
 /// supervisor of different versions then say so instead of misreading.
 pub const API_VERSION: u32 = 1;
 
+/// Seconds a guest may take from QEMU's start to its agent's answer before a boot counts as
+/// failed, unless the user says otherwise (`cove start --timeout`, `boot_timeout` in `cove up`).
+/// One value for every way of starting a VM.
+pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 90;
+
 /// Longest JSON line either side accepts, so a confused peer cannot make
 /// the other buffer without bound.
 pub const MAX_LINE: usize = 1 << 20;

@@ -12,14 +12,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "m64";
-const READY: &[u8] = b"cove-init: ready";
+const READY: &[u8] = cove_guest::marker::READY.as_bytes();
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     s.method = vec![
         format!("Image `{IMAGE}` (`cove image build minimal --size 64M`: Debian's cloud kernel booted as the uncompressed `vmlinux`, cove's initramfs, a busybox root with cove-agent), 256 MiB, 1 vCPU, microvm."),
         "**cove**: wall time of `cove start NAME` on a freshly created VM, i.e. CLI start, supervisor spawn, QEMU start, boot, and the guest agent's handshake answered.".into(),
-        "**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `qemu.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `cove-init: ready` line on the serial console.".into(),
+        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `qemu.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
         format!("One untimed warm-up of each, then {runs} runs of each, alternating which goes first. Each run starts from a new VM / new overlay; VMs are deleted between runs."),
     ];
     // Learn cove's argv and its root disk's backing file from a real VM.
@@ -340,10 +340,14 @@ fn bare_boot(argv: &[String], stderr: &Path) -> Result<Duration> {
     match got {
         Ok(Some(at)) => Ok(at - t),
         Ok(None) => bail!(
-            "bare QEMU exited before `cove-init: ready`: {}",
+            "bare QEMU exited before `{}`: {}",
+            cove_guest::marker::READY,
             std::fs::read_to_string(stderr).unwrap_or_default().trim()
         ),
-        Err(_) => bail!("bare QEMU did not print `cove-init: ready` within {BOOT_TIMEOUT:?}"),
+        Err(_) => bail!(
+            "bare QEMU did not print `{}` within {BOOT_TIMEOUT:?}",
+            cove_guest::marker::READY
+        ),
     }
 }
 

@@ -18,18 +18,7 @@ use tokio::net::TcpStream;
 /// under TCG: the close arrives 10-11 ms after the connect, so the window has a wide margin.
 pub const GUEST_REFUSAL_WINDOW: Duration = Duration::from_millis(300);
 
-/// A process's scheduler state letter from `/proc/PID/stat` (`R`, `S`, `T`, `Z`, …), or
-/// `None` when there is no such process.
-pub fn pid_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state is the first field after `(comm)`, and comm may itself hold spaces or `)`.
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
-/// Whether a process runs: it exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    pid_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
-}
+pub use cove_util::process::{alive as pid_alive, state as pid_state};
 
 /// The program name of a process's command line: `/usr/lib/postgresql/15/bin/postgres -D …`
 /// and the retitled `postgres: checkpointer` both give `postgres`; kernel threads give `None`.
@@ -265,15 +254,6 @@ mod tests {
             "bin/postgres -D",
             "/usr/lib/postgresql/15/bin/postgres -D x"
         ));
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_reaped_child_is_not() {
-        assert!(pid_alive(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!pid_alive(pid));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! wait = "30s"
 //! ```
 
-use crate::commands::create::{parse_memory, parse_port};
+use crate::commands::create::{parse_memory, parse_port, parse_size};
 use anyhow::{Context, Result, bail};
 use cove_backend::Machine;
 use cove_check::Check;
@@ -147,9 +147,7 @@ impl UpSpec {
                         bail!("disk `{}`: mount `{m}` must be an absolute path", d.name);
                     }
                     Ok(DiskRequest {
-                        size_bytes: parse_memory(&d.size).map_err(anyhow::Error::msg)?
-                            * 1024
-                            * 1024,
+                        size_bytes: parse_size(&d.size).map_err(anyhow::Error::msg)?,
                         name: d.name,
                         mount: d.mount,
                     })
@@ -165,7 +163,9 @@ impl UpSpec {
                 ports,
                 disks,
                 checks: vm.check,
-                boot_timeout: vm.boot_timeout.unwrap_or(120),
+                boot_timeout: vm
+                    .boot_timeout
+                    .unwrap_or(cove_api::DEFAULT_BOOT_TIMEOUT_SECS),
                 name,
             });
         }

@@ -6,7 +6,6 @@
 //! crate free of a dependency on cove-qemu.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -169,18 +168,8 @@ pub fn doctor(facts: &HostFacts) -> DoctorReport {
     DoctorReport { checks }
 }
 
-/// Find an executable in `$PATH` and the sbin directories (mkfs.ext4 lives in /sbin, which a
-/// user's PATH may lack). Hand-written: a few lines, no crate needed.
-pub fn find_executable(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
+/// Find an executable in `$PATH` and the sbin directories (the one look-up of cove).
+pub use cove_util::path::which as find_executable;
 
 /// A required or optional host tool; `candidates` are alternatives.
 pub fn tool(name: &str, candidates: &[&str], missing: Level, fix: &str) -> Check {

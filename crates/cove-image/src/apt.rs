@@ -12,6 +12,7 @@ use crate::error::{ImageError, Result, io_err};
 use crate::progress::Reporter;
 use crate::util::{self, sha256_file_cached};
 use cove_state::Paths;
+use cove_util::ToolError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +78,10 @@ impl<'a> Apt<'a> {
             "apt",
         ) {
             Ok(out) => out,
-            Err(ImageError::StepFailed { output, .. }) => {
+            Err(ImageError::Step {
+                tool: ToolError::Failed { output_tail, .. },
+                ..
+            }) => {
                 // Offline or no lists: a package downloaded earlier still serves.
                 if let Some(r) = self.newest_download(package) {
                     self.rep.message(&format!(
@@ -88,7 +92,7 @@ impl<'a> Apt<'a> {
                 }
                 return Err(ImageError::AptUnknown {
                     package: package.to_owned(),
-                    output,
+                    output: output_tail,
                 });
             }
             Err(e) => return Err(e),
@@ -171,11 +175,14 @@ impl<'a> Apt<'a> {
             "apt",
         ) {
             Ok(_) => {}
-            Err(ImageError::StepFailed { output, .. }) => {
+            Err(ImageError::Step {
+                tool: ToolError::Failed { output_tail, .. },
+                ..
+            }) => {
                 return Err(ImageError::AptDownload {
                     package: spec,
                     dir,
-                    output,
+                    output: output_tail,
                 });
             }
             Err(e) => return Err(e),

@@ -98,7 +98,7 @@ pub fn build_image(
         agent_sha256: agent_sha.as_deref(),
         modules: &modules,
         vmlinux: opts.vmlinux,
-        initramfs_init_sha256: util::sha256_bytes(initramfs::INIT_SCRIPT.as_bytes()),
+        initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
         cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(&spec.services).as_bytes()),
     });
     if let Some(m) = cache::cached(paths, store, &id)? {

@@ -40,9 +40,7 @@ fn is_root() -> bool {
 }
 
 fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    cove_util::path::which(program).is_some()
 }
 
 /// How mmdebstrap gets root-like powers. Measured here: as root, `root`;
@@ -110,11 +108,7 @@ pub(crate) fn debian_base(
         util::run(rep, "mmdebstrap", &mut cmd, "apt-get install mmdebstrap")?;
     } else {
         if !is_root() {
-            return Err(ImageError::StepFailed {
-                step: "debootstrap".into(),
-                status: "not run".into(),
-                output: "debootstrap needs root; install mmdebstrap (which works without root) or build as root".into(),
-            });
+            return Err(ImageError::DebootstrapNeedsRoot);
         }
         let tree = tmp.path().join("tree");
         let mut cmd = Command::new("debootstrap");

@@ -19,19 +19,17 @@ pub enum ImageError {
          run `apt-get update` (as root), or check the package name"
     )]
     AptUnknown { package: String, output: String },
-    #[error("cannot run `{program}`; install it ({hint}) and try again")]
-    ToolMissing {
-        program: String,
-        hint: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("build step `{step}` failed ({status}); its output:\n{output}")]
-    StepFailed {
+    /// The tool's error is part of this message (not a `#[source]`) so the step and the
+    /// tool's output read as one sentence, without the CLI printing the tool's part twice.
+    #[error("build step `{step}`: {tool}")]
+    Step {
         step: String,
-        status: String,
-        output: String,
+        tool: cove_util::ToolError,
     },
+    #[error(
+        "debootstrap needs root; install mmdebstrap (which works without root) or build as root"
+    )]
+    DebootstrapNeedsRoot,
     #[error("{action} {path}")]
     Io {
         action: &'static str,

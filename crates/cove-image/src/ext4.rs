@@ -7,7 +7,7 @@ use crate::util;
 use std::path::Path;
 use std::process::Command;
 
-pub const ROOT_LABEL: &str = "cove-root";
+pub use cove_guest::ROOT_LABEL;
 const MIB: u64 = 1024 * 1024;
 
 /// The size cove picks for a tree of `bytes` in `entries` files: the data

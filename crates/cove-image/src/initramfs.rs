@@ -14,8 +14,13 @@ use crate::util;
 use std::path::Path;
 use std::process::Command;
 
-/// The initramfs `/init`.
-pub const INIT_SCRIPT: &str = include_str!("init/initramfs-init.sh");
+/// The initramfs `/init` as written, with `@NAME@` placeholders.
+const INIT_TEMPLATE: &str = include_str!("init/initramfs-init.sh");
+
+/// The initramfs `/init`, its placeholders filled from the guest contract.
+pub fn init_script() -> String {
+    cove_guest::render_script(INIT_TEMPLATE)
+}
 
 /// The applet paths of a busybox binary (`bin/sh`, `sbin/insmod`, …), from
 /// `busybox --list-full`. Runs the binary on the host: it is a static
@@ -73,7 +78,7 @@ pub(crate) fn write_initramfs(
         order.push('\n');
     }
     a.file("etc/cove/modules", 0o644, order.into_bytes());
-    a.file("init", 0o755, INIT_SCRIPT.as_bytes().to_vec());
+    a.file("init", 0o755, init_script().into_bytes());
     let file = std::fs::File::create(out).map_err(io_err("cannot create", out))?;
     let w = a
         .write_to(std::io::BufWriter::new(file))

@@ -150,7 +150,7 @@ pub fn build_minimal(
         modules: &modules,
         size: opts.size,
         vmlinux: opts.vmlinux,
-        initramfs_init_sha256: util::sha256_bytes(initramfs::INIT_SCRIPT.as_bytes()),
+        initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
         cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(&opts.services).as_bytes()),
     };
     let id = image_id(&key);
@@ -221,7 +221,7 @@ mod tests {
             modules,
             size: None,
             vmlinux: true,
-            initramfs_init_sha256: util::sha256_bytes(initramfs::INIT_SCRIPT.as_bytes()),
+            initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
             cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(services).as_bytes()),
         }
     }

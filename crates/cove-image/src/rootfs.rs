@@ -9,8 +9,10 @@ use std::path::Path;
 
 /// `/sbin/cove-init` before the services are filled in.
 pub const COVE_INIT_TEMPLATE: &str = include_str!("init/cove-init.sh");
-/// Where the agent lives in every image.
-pub const AGENT_PATH: &str = "usr/lib/cove/cove-agent";
+/// Where the agent lives in every image, relative to the root filesystem.
+pub fn agent_path() -> &'static str {
+    cove_guest::AGENT_PATH.trim_start_matches('/')
+}
 /// QEMU user-mode networking's DNS server.
 pub const RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
@@ -32,7 +34,7 @@ pub fn cove_init_script(services: &[Service]) -> String {
             )
         })
         .collect();
-    COVE_INIT_TEMPLATE.replace("#COVE_SERVICES#", &lines.join("\n"))
+    cove_guest::render_script(COVE_INIT_TEMPLATE).replace("#COVE_SERVICES#", &lines.join("\n"))
 }
 
 /// The systemd unit that keeps the agent running in systemd images.
@@ -42,7 +44,7 @@ DefaultDependencies=no
 After=local-fs.target
 
 [Service]
-ExecStart=/usr/lib/cove/cove-agent
+ExecStart=@AGENT_PATH@
 Restart=always
 RestartSec=200ms
 StandardError=journal+console
@@ -115,7 +117,7 @@ pub(crate) fn install_cove_files(
     write_file(&init_path, cove_init_script(services))?;
     set_mode(&init_path, 0o755)?;
     if let Some(agent) = agent {
-        let dest = root.join(AGENT_PATH);
+        let dest = root.join(agent_path());
         std::fs::copy(agent, &dest).map_err(io_err("cannot copy the agent to", &dest))?;
         set_mode(&dest, 0o755)?;
     }
@@ -131,7 +133,10 @@ pub(crate) fn install_cove_files(
         let wants = units.join("multi-user.target.wants");
         create_dir_all(&wants)?;
         if agent.is_some() {
-            write_file(&units.join("cove-agent.service"), AGENT_UNIT)?;
+            write_file(
+                &units.join("cove-agent.service"),
+                cove_guest::render_script(AGENT_UNIT),
+            )?;
             symlink(
                 "/etc/systemd/system/cove-agent.service",
                 &wants.join("cove-agent.service"),
@@ -209,7 +214,8 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("#COVE_SERVICES#"));
-        assert!(s.contains("cove-init: ready"));
+        assert!(s.contains(cove_guest::marker::READY));
+        assert!(!s.contains("@READY@") && !s.contains("@AGENT_PATH@"), "{s}");
     }
 
     #[test]

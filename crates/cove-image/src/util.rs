@@ -6,54 +6,30 @@ use crate::progress::Reporter;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-/// Keep at most this much of a failed command's output in the error; the
-/// end of the output is where the cause usually is.
-const MAX_OUTPUT: usize = 16 * 1024;
+use std::process::Command;
 
 /// Runs one build step. Its stdout and stderr go to the build log; a failure
-/// becomes [`ImageError::StepFailed`] naming the step and showing the output.
-/// Returns stdout.
+/// becomes [`ImageError::Step`] naming the step, the command, its status and the end of its
+/// output. `install` says how to get the program. Returns stdout.
 pub(crate) fn run(
     rep: &Reporter,
     step: &str,
     cmd: &mut Command,
-    hint: &'static str,
+    install: &'static str,
 ) -> Result<String> {
-    rep.message(&format!("run: {cmd:?}"));
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ImageError::ToolMissing {
-            program,
-            hint,
-            source,
-        })?;
+    rep.message(&format!("run: {}", cove_util::tool::describe(cmd)));
+    let step_err = |tool| ImageError::Step {
+        step: step.to_owned(),
+        tool,
+    };
+    let out = cove_util::tool::output(cmd, install).map_err(step_err)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     rep.output(&stdout);
-    rep.output(&stderr);
+    rep.output(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
-        return Err(ImageError::StepFailed {
-            step: step.to_owned(),
-            status: out.status.to_string(),
-            output: tail(&format!("{stdout}{stderr}"), MAX_OUTPUT),
-        });
+        return Err(step_err(cove_util::ToolError::failed(cmd, &out)));
     }
     Ok(stdout)
-}
-
-pub(crate) fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[… {start} bytes cut …]\n{}", &s[start..])
 }
 
 /// The sha256 of a file, hex.

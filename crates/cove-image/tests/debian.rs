@@ -137,7 +137,7 @@ fn a_failing_command_names_the_step_and_shows_its_output() {
     )
     .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, ImageError::StepFailed { .. }), "{text}");
+    assert!(matches!(err, ImageError::Step { .. }), "{text}");
     assert!(text.contains("command 1"), "{text}");
     assert!(
         text.contains("about to fail") && text.contains("/no/such/dir"),

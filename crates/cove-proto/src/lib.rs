@@ -38,5 +38,5 @@ pub use frame::{
 pub use msg::*;
 pub use session::{HelloAction, Session, fresh_nonce};
 
-/// Name of the virtio-serial port the agent listens on.
-pub const AGENT_PORT_NAME: &str = "org.cove.agent";
+/// Name of the virtio-serial port the agent listens on (defined by the guest contract).
+pub use cove_guest::AGENT_PORT_NAME;

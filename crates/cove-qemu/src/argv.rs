@@ -4,7 +4,7 @@
 //! agent port by name, disks by serial, the root by label), so it is built in
 //! one place and snapshot-tested.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,11 +13,11 @@ use cove_backend::{Accel, Backend, BackendError, Capabilities, Machine, VmSpec};
 
 /// The virtio-serial port name the guest agent looks for in
 /// `/sys/class/virtio-ports/*/name`.
-pub const AGENT_PORT_NAME: &str = "org.cove.agent";
-/// The serial of the root disk as the guest sees it in `/sys/block/vdX/serial`.
-pub const ROOT_DISK_SERIAL: &str = "cove-root";
+pub use cove_guest::AGENT_PORT_NAME;
 /// virtio-blk carries at most 20 bytes of serial.
-pub const MAX_DISK_SERIAL: usize = 20;
+pub use cove_guest::MAX_SERIAL_LEN as MAX_DISK_SERIAL;
+/// The serial of the root disk as the guest sees it in `/sys/block/vdX/serial`.
+pub use cove_guest::ROOT_DISK_SERIAL;
 
 const QEMU_BINARY: &str = "qemu-system-x86_64";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
@@ -87,16 +87,7 @@ impl Backend for Qemu {
     }
 }
 
-fn find_on_path(binary: &str, path: Option<&OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path?)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+use cove_util::path::which_in as find_on_path;
 
 /// `key=value` where value is a path: QEMU's option syntax ends a value at a
 /// comma, and `,,` stands for a literal comma.
@@ -290,6 +281,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
 mod tests {
     use super::*;
     use cove_backend::{DataDisk, PortForward};
+    use std::ffi::OsStr;
 
     fn spec(machine: Machine, accel: Accel) -> VmSpec {
         VmSpec {

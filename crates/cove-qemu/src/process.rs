@@ -65,8 +65,7 @@ mod tests {
     use super::*;
 
     fn alive(pid: i32) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        unsafe { libc::kill(pid, 0) == 0 }
+        cove_util::process::alive(pid as u32)
     }
 
     #[test]

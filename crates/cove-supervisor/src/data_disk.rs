@@ -21,7 +21,7 @@ pub struct DiskRequest {
 }
 
 /// virtio-blk serials hold 20 bytes, and a data disk's is `data-<name>`.
-pub const MAX_NAME_LEN: usize = 15;
+pub const MAX_NAME_LEN: usize = cove_guest::MAX_DATA_DISK_NAME_LEN;
 
 /// Checks a data disk name: the rules of VM names, at most [`MAX_NAME_LEN`] long.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -37,7 +37,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// The serial a data disk has in the guest (`/sys/block/vdX/serial`).
 pub fn serial(name: &str) -> String {
-    format!("data-{name}")
+    cove_guest::data_disk_serial(name)
 }
 
 pub fn path(paths: &Paths, name: &str) -> PathBuf {
@@ -141,18 +141,14 @@ pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
     Ok(disks)
 }
 
-fn run(cmd: &mut Command, tool: &'static str) -> Result<(), LifecycleError> {
-    let out = cmd.output().map_err(|e| LifecycleError::Tool {
+fn run(cmd: &mut Command, _tool: &'static str) -> Result<(), LifecycleError> {
+    cove_util::tool::run(
+        cmd,
+        "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
+    )
+    .map(drop)
+    .map_err(|tool| LifecycleError::Tool {
         tool,
-        detail: e.to_string(),
-        fix: "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(LifecycleError::Tool {
-        tool,
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         fix: "check free space in the data directory (`cove doctor`)",
     })
 }

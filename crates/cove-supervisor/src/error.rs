@@ -20,10 +20,10 @@ pub enum LifecycleError {
         "host port {addr} is not free ({detail}); pick another host port or stop what uses it (`ss -ltnp`)"
     )]
     PortTaken { addr: String, detail: String },
-    #[error("{tool} failed: {detail}; {fix}")]
+    /// The tool's error (command, status, output) is part of the message, then the next step.
+    #[error("{tool}; {fix}")]
     Tool {
-        tool: &'static str,
-        detail: String,
+        tool: cove_util::ToolError,
         fix: &'static str,
     },
     #[error("the VM did not start: {}{}", .0.message, render_tail(&.0.console_tail, .0.hint.as_deref()))]

@@ -121,24 +121,18 @@ fn tempfile_dir(parent: &Path, name: &str) -> Result<std::path::PathBuf, Lifecyc
 /// only a header and empty tables are written.
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
     let base = std::fs::canonicalize(base)?;
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| LifecycleError::Tool {
-            tool: "qemu-img",
-            detail: e.to_string(),
-            fix: "apt-get install qemu-utils",
-        })?;
-    if !out.status.success() {
-        return Err(LifecycleError::Tool {
-            tool: "qemu-img",
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            fix: "check that the image file exists and is readable (`cove image list`)",
-        });
-    }
-    Ok(())
+    cove_util::tool::run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&base)
+            .arg(overlay),
+        "apt-get install qemu-utils",
+    )
+    .map(drop)
+    .map_err(|tool| LifecycleError::Tool {
+        tool,
+        fix: "check that the image file exists and is readable (`cove image list`)",
+    })
 }
 
 /// Reads a VM and makes its recorded state true: a VM whose supervisor is

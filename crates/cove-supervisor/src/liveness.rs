@@ -46,15 +46,7 @@ pub fn is_locked(path: &Path) -> io::Result<bool> {
 /// True when `pid` exists and has not exited. A zombie (exited, not yet
 /// reaped by its parent) counts as dead: its VM is gone.
 pub fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the command name, which is in parentheses
-        // and may itself contain spaces or parentheses.
-        Ok(stat) => match stat.rfind(')') {
-            Some(end) => !matches!(stat[end + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-            None => false,
-        },
-        Err(_) => false,
-    }
+    cove_util::process::alive(pid)
 }
 
 /// True when `pid` is running and its command line mentions `needle`

@@ -6,6 +6,7 @@ use anyhow::Result;
 use cove_state::{PortForward, VmName};
 use cove_supervisor::data_disk::DiskRequest;
 use cove_supervisor::lifecycle::{self, CreateOptions};
+use cove_util::ByteSize;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +44,7 @@ pub fn parse_disk(text: &str) -> Result<DiskRequest, String> {
         if part.starts_with('/') {
             disk.mount = Some(part.to_owned());
         } else {
-            disk.size_bytes = parse_memory(part)? * 1024 * 1024;
+            disk.size_bytes = parse_size(part)?;
         }
     }
     cove_supervisor::data_disk::validate_name(&disk.name)?;
@@ -55,7 +56,7 @@ pub struct Resources {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
-    /// Memory, e.g. `256M` or `1G` (a plain number is MiB).
+    /// Memory, e.g. `256M` or `1G` (a unit is required).
     #[arg(long, default_value = "256M", value_parser = parse_memory)]
     pub memory: u64,
 }
@@ -88,23 +89,24 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `256M`, `1G`, `1.5G`, `512` (MiB) → MiB.
+/// A memory size (`256M`, `1.5G`; see [`ByteSize`]) in whole MiB.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (number, scale) = match t.char_indices().last() {
-        Some((i, 'G' | 'g')) => (&t[..i], 1024.0),
-        Some((i, 'M' | 'm')) => (&t[..i], 1.0),
-        _ => (t, 1.0),
-    };
-    let value: f64 = number
-        .trim_end_matches(['i', 'I'])
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. 256M or 2G"))?;
-    let mib = (value * scale).round();
-    if !(1.0..=1_048_576.0).contains(&mib) {
-        return Err(format!("`{text}` is out of range"));
+    let mib = ByteSize::parse(text)
+        .and_then(ByteSize::whole_mib)
+        .map_err(|e| e.to_string())?;
+    if mib == 0 {
+        return Err(format!("`{text}` is no memory at all; give a VM e.g. 256M"));
     }
-    Ok(mib as u64)
+    Ok(mib)
+}
+
+/// A disk or filesystem size (`512M`, `4G`; see [`ByteSize`]) in bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    match ByteSize::parse(text) {
+        Ok(b) if b.bytes() == 0 => Err(format!("`{text}` is an empty disk; give e.g. 1G")),
+        Ok(b) => Ok(b.bytes()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `8080:80`, `0.0.0.0:8080:80`.
@@ -138,10 +140,13 @@ mod tests {
     fn memory_sizes() {
         assert_eq!(parse_memory("256M"), Ok(256));
         assert_eq!(parse_memory("1G"), Ok(1024));
-        assert_eq!(parse_memory("1.5GiB".trim_end_matches("iB")), Ok(1536));
-        assert_eq!(parse_memory("512"), Ok(512));
+        assert_eq!(parse_memory("1.5GiB"), Ok(1536));
+        assert!(parse_memory("512").unwrap_err().contains("512M"));
+        assert!(parse_memory("1000K").is_err());
         assert!(parse_memory("lots").is_err());
-        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("0M").is_err());
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert!(parse_size("4096").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct BuildArgs {
     #[arg(long, env = "COVE_AGENT")]
     pub agent: Option<PathBuf>,
     /// Size of the root filesystem, e.g. `512M` or `4G` (default: content plus headroom).
-    #[arg(long, value_parser = super::create::parse_memory)]
+    #[arg(long, value_parser = super::create::parse_size)]
     pub size: Option<u64>,
     /// Load this kernel module too (repeatable); `-NAME` leaves out one of
     /// the defaults (e.g. `-virtio_console` to reproduce an agent that never answers).
@@ -81,7 +81,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
     let manifest = if args.what == "minimal" {
         let mut opts = MinimalOptions {
             agent,
-            size: args.size.map(|mib| mib * 1024 * 1024),
+            size: args.size,
             extra_modules: args.modules.clone(),
             ..MinimalOptions::default()
         };

@@ -17,7 +17,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
     /// Seconds the guest may take to become ready before the start fails.
-    #[arg(long = "timeout", default_value_t = 90)]
+    #[arg(long = "timeout", default_value_t = cove_api::DEFAULT_BOOT_TIMEOUT_SECS)]
     pub boot_timeout: u64,
 }
 

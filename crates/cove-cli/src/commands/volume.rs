@@ -1,7 +1,7 @@
 //! `cove volume ls|create|resize|rm`: persistent data disks, which outlive
 //! VMs and image rebuilds. Attach one with `cove create --disk NAME[:SIZE][:/mount]`.
 
-use crate::commands::create::parse_memory;
+use crate::commands::create::parse_size;
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Result, bail};
@@ -23,13 +23,13 @@ pub enum VolumeCommand {
     /// Create an empty data disk (ext4).
     Create {
         name: String,
-        #[arg(long, default_value = "1G", value_parser = parse_memory)]
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
         size: u64,
     },
     /// Grow a data disk; the guest grows its filesystem at the next boot.
     Resize {
         name: String,
-        #[arg(value_parser = parse_memory)]
+        #[arg(value_parser = parse_size)]
         size: u64,
     },
     /// Delete a data disk and its data (refused while a VM uses it).
@@ -40,16 +40,22 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     match args.command {
         VolumeCommand::Ls => list(ctx),
         VolumeCommand::Create { name, size } => {
-            if !data_disk::ensure(&ctx.paths, &name, size * 1024 * 1024)? {
+            if !data_disk::ensure(&ctx.paths, &name, size)? {
                 bail!("a data disk named `{name}` already exists");
             }
-            println!("created data disk {name} ({})", output::mib(size));
+            println!(
+                "created data disk {name} ({})",
+                cove_util::ByteSize::from_bytes(size)
+            );
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Resize { name, size } => {
             refuse_running_users(ctx, &name)?;
-            data_disk::resize(&ctx.paths, &name, size * 1024 * 1024)?;
-            println!("data disk {name} is now {}", output::mib(size));
+            data_disk::resize(&ctx.paths, &name, size)?;
+            println!(
+                "data disk {name} is now {}",
+                cove_util::ByteSize::from_bytes(size)
+            );
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Rm { name } => {

@@ -1,6 +1,7 @@
 //! The console log as lines, with the helpers every rule uses.
 
 use super::{Evidence, Finding, Stage};
+use cove_guest::marker;
 
 pub(crate) struct Log<'a> {
     pub(super) lines: &'a [&'a str],
@@ -41,12 +42,12 @@ impl<'a> Log<'a> {
 
     pub(crate) fn stage(&self) -> (Stage, Option<Evidence>) {
         let markers: &[(&str, Stage)] = &[
-            ("cove-agent: ready", Stage::AgentReady),
-            ("cove-init: ready", Stage::InitReady),
-            ("cove-init: mounting root", Stage::MountingRoot),
-            ("cove-init: loading modules", Stage::LoadingModules),
-            ("Run /init as init process", Stage::Initramfs),
-            ("cove-init:", Stage::Initramfs),
+            (marker::AGENT_READY, Stage::AgentReady),
+            (marker::READY, Stage::InitReady),
+            (marker::MOUNTING_ROOT, Stage::MountingRoot),
+            (marker::LOADING_MODULES, Stage::LoadingModules),
+            (marker::KERNEL_RUN_INIT, Stage::Initramfs),
+            (marker::PREFIX, Stage::Initramfs),
             ("Linux version", Stage::Kernel),
         ];
         for (needle, stage) in markers {

@@ -5,6 +5,7 @@ use super::log::{Log, message, used};
 use super::{Cause, Evidence, Finding, Stage, VmFacts};
 use crate::kernel::explain::{explain_syscall, syscall_in_text};
 use crate::kernel::{KernelConfig, Value};
+use cove_guest::{AGENT_PORT_NAME, marker};
 
 pub(super) fn tsc_stall(log: &Log, facts: &VmFacts, out: &mut Vec<Finding>) {
     let needle = "Marking TSC unstable due to could not calculate TSC khz";
@@ -173,16 +174,18 @@ pub(super) fn root_not_mounted(log: &Log, facts: &VmFacts, out: &mut Vec<Finding
         "Please append a correct \"root=\" boot option",
         "unknown filesystem type 'ext4'",
         "Can't find ext4 filesystem",
-        "cove-init: FATAL: cannot mount",
-        "cove-init: FATAL: root",
-        "cove-init: FATAL: no root",
     ];
+    let fatal = |what: &str| format!("{} {what}", marker::FATAL);
+    let init_symptoms = [fatal("cannot mount"), fatal("root"), fatal("no root")];
     let mut evidence: Vec<Evidence> = (0..log.lines.len())
-        .filter(|i| symptoms.iter().any(|s| log.lines[*i].contains(s)))
+        .filter(|i| {
+            let l = log.lines[*i];
+            symptoms.iter().any(|s| l.contains(s)) || init_symptoms.iter().any(|s| l.contains(s))
+        })
         .map(|i| log.ev(i))
         .collect();
     // A `mount ... failed` from busybox right after cove-init said it was mounting root.
-    if let Some(m) = log.find("cove-init: mounting root").last() {
+    if let Some(m) = log.find(marker::MOUNTING_ROOT).last() {
         for i in *m + 1..log.lines.len() {
             let l = log.lines[i];
             if l.contains("mount") && (l.contains("failed") || l.contains("No such")) {
@@ -249,12 +252,12 @@ pub(super) fn root_not_mounted(log: &Log, facts: &VmFacts, out: &mut Vec<Finding
 }
 
 pub(super) fn init_fatal(log: &Log, out: &mut Vec<Finding>) {
-    for i in log.find("cove-init: FATAL:") {
+    for i in log.find(marker::FATAL) {
         if used(out, i + 1) {
             continue;
         }
         let reason = log.lines[i]
-            .split_once("cove-init: FATAL:")
+            .split_once(marker::FATAL)
             .map(|(_, r)| r.trim().to_string())
             .unwrap_or_default();
         out.push(Finding {
@@ -465,7 +468,7 @@ pub(super) fn agent(log: &Log, facts: &VmFacts, stage: Stage, out: &mut Vec<Find
     let evidence: Vec<Evidence> = (0..log.lines.len())
         .filter(|i| {
             let l = log.lines[*i];
-            l.contains("virtio_console") || l.contains("org.cove.agent") || l.contains("cove-agent")
+            l.contains("virtio_console") || l.contains(AGENT_PORT_NAME) || l.contains("cove-agent")
         })
         .map(|i| log.ev(i))
         .collect();
@@ -474,19 +477,29 @@ pub(super) fn agent(log: &Log, facts: &VmFacts, stage: Stage, out: &mut Vec<Find
         (Some(g), Some(cfg)) if cfg.value("VIRTIO_CONSOLE") == Value::No => (
             Some("VIRTIO_CONSOLE".to_string()),
             None,
-            format!("the agent never answered: {g}, so the virtio-serial port org.cove.agent never appears"),
+            format!(
+                "the agent never answered: {g}, so the virtio-serial port {AGENT_PORT_NAME} never appears"
+            ),
         ),
         (Some(g), _) => (
             None,
             Some("virtio_console".to_string()),
-            format!("the agent never answered: {g}, so the virtio-serial port org.cove.agent never appears"),
+            format!(
+                "the agent never answered: {g}, so the virtio-serial port {AGENT_PORT_NAME} never appears"
+            ),
         ),
         _ if evidence.is_empty() => (
             Some("VIRTIO_CONSOLE".to_string()),
             Some("virtio_console".to_string()),
-            "the agent never answered and the log has no virtio_console or org.cove.agent line: the port likely never appeared (CONFIG_VIRTIO_CONSOLE missing, or module virtio_console not loaded)".into(),
+            format!(
+                "the agent never answered and the log has no virtio_console or {AGENT_PORT_NAME} line: the port likely never appeared (CONFIG_VIRTIO_CONSOLE missing, or module virtio_console not loaded)"
+            ),
         ),
-        _ => (None, None, "the agent never answered; see its last lines".into()),
+        _ => (
+            None,
+            None,
+            "the agent never answered; see its last lines".into(),
+        ),
     };
     let mut fix = Vec::new();
     if option.is_some() {

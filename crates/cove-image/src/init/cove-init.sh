@@ -19,7 +19,7 @@ mkdir -p /var/log /run/cove
 [ -f /etc/hostname ] && hostname "$(cat /etc/hostname)"
 echo "cove-init: root filesystem up" > /dev/console
 
-# Data disks: `cove.disk=<serial>:<path>` on the kernel command line (cove
+# Data disks: `@DISK_ARG@=<serial>:<path>` on the kernel command line (cove
 # writes it from the VM's record). Disks are found by their virtio serial,
 # so their order does not matter.
 mount_data_disk() {
@@ -52,8 +52,8 @@ mount_data_disk() {
 }
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-    cove.disk=*:/*)
-        spec=${arg#cove.disk=}
+    @DISK_ARG@=*:/*)
+        spec=${arg#@DISK_ARG@=}
         mount_data_disk "${spec%%:*}" "${spec#*:}"
         ;;
     esac
@@ -70,16 +70,16 @@ if [ -c /dev/ttyS0 ]; then
 fi
 
 echo "cove-init: starting agent" > /dev/console
-if [ -x /usr/lib/cove/cove-agent ]; then
+if [ -x @AGENT_PATH@ ]; then
     (
         while :; do
-            /usr/lib/cove/cove-agent </dev/null >/dev/null 2>/dev/console
+            @AGENT_PATH@ </dev/null >/dev/null 2>/dev/console
             echo "cove-init: cove-agent exited with status $?, restarting" > /dev/console
             sleep 0.2
         done
     ) &
 else
-    echo "cove-init: this image has no agent (/usr/lib/cove/cove-agent)" > /dev/console
+    echo "cove-init: this image has no agent (@AGENT_PATH@)" > /dev/console
 fi
 
 # run_service NAME USER COMMAND: keep COMMAND running as USER, its output in
@@ -102,7 +102,7 @@ run_service() {
 
 #COVE_SERVICES#
 
-echo "cove-init: ready" > /dev/console
+echo "@READY@" > /dev/console
 trap 'echo "cove-init: powering off" > /dev/console; kill -TERM -1; sleep 1; poweroff -f' TERM USR2
 trap 'reboot -f' INT
 while :; do

@@ -13,7 +13,7 @@ cmdline_arg() {
 }
 
 fatal() {
-    echo "cove-init: FATAL: $*"
+    echo "@FATAL@ $*"
     if grep -qw cove.debug=shell /proc/cmdline 2>/dev/null; then
         echo "cove-init: dropping to a shell (cove.debug=shell)"
         exec sh
@@ -29,7 +29,7 @@ mount -t devtmpfs devtmpfs /dev || fatal "cannot mount devtmpfs (CONFIG_DEVTMPFS
 mount -t proc proc /proc || fatal "cannot mount /proc (CONFIG_PROC_FS)"
 mount -t sysfs sysfs /sys || fatal "cannot mount /sys (CONFIG_SYSFS)"
 
-echo "cove-init: loading modules"
+echo "@LOADING_MODULES@"
 while read -r m; do
     [ -n "$m" ] || continue
     out=$(insmod "/lib/modules/$m.ko" 2>&1) || {
@@ -45,11 +45,11 @@ root=$(cmdline_arg cove.root)
 if [ -z "$root" ]; then
     i=0
     while :; do
-        root=$(findfs LABEL=cove-root 2>/dev/null) && break
+        root=$(findfs LABEL=@ROOT_LABEL@ 2>/dev/null) && break
         i=$((i + 1))
         if [ $i -ge 200 ]; then
             ls /sys/block 2>/dev/null | sed 's/^/cove-init: block device: /'
-            fatal "no block device with LABEL=cove-root after 10 s (is the root disk attached? did virtio_blk load?)"
+            fatal "no block device with LABEL=@ROOT_LABEL@ after 10 s (is the root disk attached? did virtio_blk load?)"
         fi
         sleep 0.05
     done
@@ -71,7 +71,7 @@ else
     echo "cove-init: no network device"
 fi
 
-echo "cove-init: mounting root"
+echo "@MOUNTING_ROOT@"
 mount -t ext4 -o rw "$root" /newroot || fatal "cannot mount $root as ext4"
 target=$(cmdline_arg cove.init) || target=/sbin/cove-init
 if [ ! -x "/newroot$target" ] && [ ! -L "/newroot$target" ]; then

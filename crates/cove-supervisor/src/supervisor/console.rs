@@ -21,7 +21,7 @@ const CURSOR_QUERY: &[u8] = b"\x1b[6n";
 const CURSOR_REPLY: &[u8] = b"\x1b[1;1R";
 
 /// The line the image's init prints when it reached its ready point.
-pub const READY_MARKER: &str = "cove-init: ready";
+pub const READY_MARKER: &str = cove_guest::marker::READY;
 
 pub struct ConsoleHub {
     history: Mutex<VecDeque<u8>>,

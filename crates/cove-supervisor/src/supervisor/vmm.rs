@@ -97,10 +97,7 @@ pub async fn launch(
 fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     let mut args = image.cmdline_extra.clone();
     for (disk, mount) in &record.disk_mounts {
-        args.push(format!(
-            "cove.disk={}:{mount}",
-            crate::data_disk::serial(disk)
-        ));
+        args.push(cove_guest::disk_arg(&crate::data_disk::serial(disk), mount));
     }
     args.join(" ")
 }

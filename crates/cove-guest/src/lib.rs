@@ -1,0 +1,110 @@
+//! The contract between cove on the host and the guests it boots, defined once.
+//!
+//! Every fact a guest and the host must agree on lives here: the lines cove's init prints on
+//! the console, the virtio-serial port the agent listens on, the label of the root filesystem,
+//! the serial of a data disk and the kernel argument that mounts it. The init scripts cove puts
+//! into images are written with `@NAME@` placeholders that [`render_script`] fills from these
+//! constants, so a script cannot drift from the code that reads its output.
+
+/// Name of the virtio-serial port the guest agent listens on.
+pub const AGENT_PORT_NAME: &str = "org.cove.agent";
+
+/// Where the agent binary lives in every image (absolute, as the guest sees it).
+pub const AGENT_PATH: &str = "/usr/lib/cove/cove-agent";
+
+/// The ext4 label of every image's root filesystem; the initramfs finds root by it.
+pub const ROOT_LABEL: &str = "cove-root";
+
+/// The virtio serial of the root disk (`/sys/block/vdX/serial`).
+pub const ROOT_DISK_SERIAL: &str = "cove-root";
+
+/// The kernel argument naming a data disk to mount: `cove.disk=<serial>:<path>`.
+pub const DISK_ARG: &str = "cove.disk";
+
+/// What a data disk's virtio serial starts with (`data-<name>`).
+pub const DATA_DISK_SERIAL_PREFIX: &str = "data-";
+
+/// A virtio-blk serial is at most 20 bytes; a longer one is cut by QEMU and the guest would
+/// not find the disk.
+pub const MAX_SERIAL_LEN: usize = 20;
+
+/// The longest data-disk name whose serial still fits in [`MAX_SERIAL_LEN`].
+pub const MAX_DATA_DISK_NAME_LEN: usize = MAX_SERIAL_LEN - DATA_DISK_SERIAL_PREFIX.len();
+
+/// The serial a data disk named `name` has in the guest (`/sys/block/vdX/serial`).
+pub fn data_disk_serial(name: &str) -> String {
+    format!("{DATA_DISK_SERIAL_PREFIX}{name}")
+}
+
+/// The kernel argument that makes cove's init mount the disk with `serial` on `mount`.
+pub fn disk_arg(serial: &str, mount: &str) -> String {
+    format!("{DISK_ARG}={serial}:{mount}")
+}
+
+/// The console lines cove's init (initramfs `/init` and the root filesystem's
+/// `/sbin/cove-init`) and the agent print. The host reads them to judge a boot, `cove why`
+/// to explain one, and the benchmarks to time one.
+pub mod marker {
+    /// Every line of cove's init starts with this.
+    pub const PREFIX: &str = "cove-init:";
+    /// The root filesystem's init has started the agent and the services: the guest is up.
+    pub const READY: &str = "cove-init: ready";
+    /// The init gave up; the reason follows on the same line.
+    pub const FATAL: &str = "cove-init: FATAL:";
+    /// The initramfs is loading kernel modules.
+    pub const LOADING_MODULES: &str = "cove-init: loading modules";
+    /// The initramfs is about to mount the root filesystem.
+    pub const MOUNTING_ROOT: &str = "cove-init: mounting root";
+    /// The agent has opened its port and serves.
+    pub const AGENT_READY: &str = "cove-agent: ready";
+    /// The kernel handed over to the initramfs (printed by Linux itself).
+    pub const KERNEL_RUN_INIT: &str = "Run /init as init process";
+}
+
+/// The placeholders an init script may use, with their values.
+const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("@ROOT_LABEL@", ROOT_LABEL),
+    ("@AGENT_PATH@", AGENT_PATH),
+    ("@DISK_ARG@", DISK_ARG),
+    ("@READY@", marker::READY),
+    ("@FATAL@", marker::FATAL),
+    ("@LOADING_MODULES@", marker::LOADING_MODULES),
+    ("@MOUNTING_ROOT@", marker::MOUNTING_ROOT),
+];
+
+/// Fills the `@NAME@` placeholders of an init script with the contract's values.
+///
+/// ```
+/// assert_eq!(cove_guest::render_script("findfs LABEL=@ROOT_LABEL@"), "findfs LABEL=cove-root");
+/// ```
+pub fn render_script(template: &str) -> String {
+    PLACEHOLDERS
+        .iter()
+        .fold(template.to_owned(), |s, (from, to)| s.replace(from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_filled_and_values_need_no_shell_quoting() {
+        let all: String = PLACEHOLDERS.iter().map(|(p, _)| format!("{p} ")).collect();
+        let out = render_script(&all);
+        assert!(!out.contains('@'), "{out}");
+        for (_, v) in PLACEHOLDERS {
+            // The scripts put the values inside double quotes or bare words.
+            assert!(!v.contains(['"', '\'', '$', '`', '\\', '@']), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_longest_allowed_name_gives_a_serial_that_fits() {
+        let name = "x".repeat(MAX_DATA_DISK_NAME_LEN);
+        assert_eq!(data_disk_serial(&name).len(), MAX_SERIAL_LEN);
+        assert_eq!(
+            disk_arg("data-pg", "/var/lib/pg"),
+            "cove.disk=data-pg:/var/lib/pg"
+        );
+    }
+}
