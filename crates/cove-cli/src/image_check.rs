@@ -17,6 +17,21 @@ fn base_profiles(manifest: &ImageManifest) -> Vec<String> {
     profiles
 }
 
+/// The configuration of the kernel file the image boots: embedded in it (IKCONFIG, as in
+/// every kernel cove builds), so a stale config file beside it cannot answer for it;
+/// otherwise the config its package shipped.
+pub fn booted_config(
+    manifest: &ImageManifest,
+) -> Result<(kernel::KernelConfig, kernel::ConfigSource)> {
+    match kernel::load_config(&manifest.kernel) {
+        Ok(found) => Ok(found),
+        Err(e) => match &manifest.kernel_config {
+            Some(file) => Ok(kernel::load_config(file)?),
+            None => Err(e.into()),
+        },
+    }
+}
+
 /// Checks the built image's kernel configuration and initramfs against the
 /// base profiles plus `extra`. A failing image is removed again (unless a
 /// VM already uses it) and the error names each missing option and its fix.
@@ -26,13 +41,16 @@ pub fn verify(
     manifest: &ImageManifest,
     extra: &[String],
 ) -> Result<()> {
-    let config_source = manifest.kernel_config.as_ref().unwrap_or(&manifest.kernel);
-    let (config, _) = kernel::load_config(config_source)?;
-    let initramfs = InitramfsModules::read(&manifest.initrd)?;
+    let (config, _) = booted_config(manifest)?;
+    let initramfs = manifest
+        .initrd
+        .as_deref()
+        .map(InitramfsModules::read)
+        .transpose()?;
     let mut names = base_profiles(manifest);
     names.extend(extra.iter().cloned());
     let profiles = kernel::resolve_profiles(&names, None)?;
-    let report = kernel::check(&config, &profiles, Some(&initramfs));
+    let report = kernel::check(&config, &profiles, initramfs.as_ref());
     if report.ok() {
         return Ok(());
     }

@@ -54,6 +54,10 @@ impl<'a> Apt<'a> {
         Self { paths, rep }
     }
 
+    pub(crate) fn paths(&self) -> &'a Paths {
+        self.paths
+    }
+
     fn cache_file(&self) -> PathBuf {
         self.paths.build_cache().join("apt-resolve.json")
     }

@@ -104,11 +104,20 @@ pub(crate) fn assemble(
         Ok(mods)
     })?;
 
+    // A kernel cove built has every driver built in: the kernel mounts the root
+    // filesystem itself and configures eth0 (`ip=`), with no initramfs to load.
+    let direct_boot = p.kernel.built.is_some();
     let initrd = dir.join(files::INITRD);
-    let initrd_size = rep.stage("write initramfs", || {
-        initramfs::write_initramfs(&initrd, p.busybox, p.applets, &modules)
-    })?;
-    rep.bytes("write initramfs", initrd_size, Some(initrd_size));
+    let initrd_size = if direct_boot {
+        rep.message("the kernel has every driver built in: no initramfs");
+        0
+    } else {
+        let n = rep.stage("write initramfs", || {
+            initramfs::write_initramfs(&initrd, p.busybox, p.applets, &modules)
+        })?;
+        rep.bytes("write initramfs", n, Some(n));
+        n
+    };
 
     let (content, _) = util::tree_size(root)?;
     let rootfs = dir.join(files::ROOTFS);
@@ -130,18 +139,49 @@ pub(crate) fn assemble(
     }
 
     let mut cmdline_extra = Vec::new();
-    if p.init == InitKind::Systemd {
-        cmdline_extra.push("cove.init=/sbin/init".to_owned());
+    let init_path = match p.init {
+        InitKind::Systemd => "/sbin/init",
+        InitKind::Cove => "/sbin/cove-init",
+    };
+    if direct_boot {
+        // The root disk is the first virtio-blk device cove attaches; the address is
+        // QEMU user networking's, as the initramfs would set it.
+        cmdline_extra.extend(
+            [
+                "root=/dev/vda",
+                "rootfstype=ext4",
+                "rw",
+                "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off",
+            ]
+            .map(str::to_owned),
+        );
+        cmdline_extra.push(format!("init={init_path}"));
+    } else if p.init == InitKind::Systemd {
+        cmdline_extra.push(format!("cove.init={init_path}"));
     }
+    let kernel_origin = match &p.kernel.built {
+        Some(b) => format!("build:{} {}", &b.key[..16], b.source),
+        None if p.kernel.is_deb => format!(
+            "debian:{}",
+            p.kernel
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        None => format!("bzimage:{}", p.kernel.file.display()),
+    };
     let m = ImageManifest {
         id: p.id.clone(),
         name: p.name,
         base: p.base,
         kernel: cache::final_path(paths, &p.id, files::KERNEL),
         vmlinux: vmlinux_size.map(|_| cache::final_path(paths, &p.id, files::VMLINUX)),
-        initrd: cache::final_path(paths, &p.id, files::INITRD),
+        initrd: (!direct_boot).then(|| cache::final_path(paths, &p.id, files::INITRD)),
         rootfs: cache::final_path(paths, &p.id, files::ROOTFS),
         kernel_version: k.version,
+        kernel_sha256: Some(util::sha256_file(&kernel_dst)?),
+        kernel_origin: Some(kernel_origin),
         kernel_config: config,
         cmdline_extra,
         modules: modules.iter().map(|m| m.name.clone()).collect(),

@@ -32,8 +32,9 @@ pub fn resolve(store: &Store, name_or_id: &str) -> Result<ImageManifest> {
         .ok_or_else(|| ImageError::NotFound(name_or_id.to_owned()))?;
     let m = decode(&row)?;
     let vmlinux = m.vmlinux.iter();
-    if let Some(path) = [&m.kernel, &m.initrd, &m.rootfs]
+    if let Some(path) = [&m.kernel, &m.rootfs]
         .into_iter()
+        .chain(m.initrd.iter())
         .chain(vmlinux)
         .find(|p| !p.exists())
     {
@@ -94,7 +95,10 @@ pub(crate) fn cached(paths: &Paths, store: &mut Store, id: &str) -> Result<Optio
         Ok(m) => m,
         Err(_) => return Ok(None), // rebuilt below, replacing the broken directory
     };
-    let exists = [&m.kernel, &m.initrd, &m.rootfs].iter().all(|p| p.exists());
+    let exists = [&m.kernel, &m.rootfs]
+        .into_iter()
+        .chain(m.initrd.iter())
+        .all(|p| p.exists());
     if !exists {
         return Ok(None);
     }

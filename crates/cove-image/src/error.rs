@@ -48,6 +48,18 @@ pub enum ImageError {
     )]
     AgentNotElf { path: PathBuf, reason: String },
     #[error(
+        "unknown kernel fragment `{0}`; built-in fragments are tun, postgres and netfilter, or name a file (a path with `/` or `.`)"
+    )]
+    UnknownFragment(String),
+    #[error("a kernel build takes `source` (a Debian package) or `tree` (a directory), not both")]
+    KernelSourceConflict,
+    #[error("cannot build the kernel: {0}")]
+    KernelBuild(#[from] cove_diagnose::kernel::BuildError),
+    #[error(
+        "the package {0} holds no usr/src/linux-source-*.tar.xz with a kernel tree; name a `linux-source-*` package"
+    )]
+    NoKernelSource(PathBuf),
+    #[error(
         "the kernel package {deb} contains no /boot/vmlinuz-*; name a `linux-image-*` package or a bzImage"
     )]
     NoKernelInPackage { deb: PathBuf },

@@ -4,6 +4,7 @@
 
 use crate::apt::{self, Apt};
 use crate::error::{ImageError, Result, io_err};
+use crate::kbuild::{BuiltKernel, KernelBuild, KernelBuildOptions};
 use crate::progress::Reporter;
 use crate::util::sha256_file;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub enum KernelSource {
     /// A bzImage on disk; its modules, if any, are not available, so the
     /// drivers cove needs must be built in.
     BzImage(PathBuf),
+    /// A kernel cove builds from source (`{ build = { source, base, fragments } }`):
+    /// everything built in, so the image boots it without an initramfs.
+    Build(KernelBuild),
 }
 
 impl Default for KernelSource {
@@ -37,6 +41,8 @@ pub(crate) struct LocatedKernel {
     pub(crate) file: PathBuf,
     pub(crate) is_deb: bool,
     pub(crate) sha256: String,
+    /// The build, for a kernel cove compiled.
+    pub(crate) built: Option<BuiltKernel>,
 }
 
 /// A kernel ready to go into an image.
@@ -74,22 +80,47 @@ pub(crate) fn locate(apt: &Apt, rep: &Reporter, source: &KernelSource) -> Result
                 file: deb,
                 is_deb: true,
                 sha256,
+                built: None,
             })
         }
         KernelSource::Deb(path) => Ok(LocatedKernel {
             sha256: sha256_file(path)?,
             file: path.clone(),
             is_deb: true,
+            built: None,
         }),
         KernelSource::BzImage(path) => Ok(LocatedKernel {
             sha256: sha256_file(path)?,
             file: path.clone(),
             is_deb: false,
+            built: None,
         }),
+        KernelSource::Build(spec) => {
+            let k = crate::kbuild::build_kernel_with(
+                apt.paths(),
+                spec,
+                &KernelBuildOptions::default(),
+                rep,
+            )?;
+            Ok(LocatedKernel {
+                file: k.bzimage.clone(),
+                is_deb: false,
+                sha256: k.sha256.clone(),
+                built: Some(k),
+            })
+        }
     }
 }
 
 pub(crate) fn prepare(apt: &Apt, k: &LocatedKernel) -> Result<PreparedKernel> {
+    if let Some(b) = &k.built {
+        return Ok(PreparedKernel {
+            bzimage: b.bzimage.clone(),
+            modules_dir: None,
+            version: b.release.clone(),
+            config: Some(b.config.clone()),
+        });
+    }
     if !k.is_deb {
         let data = std::fs::read(&k.file).map_err(io_err("cannot read", &k.file))?;
         return Ok(PreparedKernel {
@@ -136,7 +167,19 @@ pub fn bzimage_version(bz: &[u8]) -> Option<String> {
 }
 
 /// Whether `path` names a file (used to tell `--kernel PATH` from a package name).
+/// `cove` is a kernel cove builds from Debian's source with its microVM base config,
+/// `cove+tun+postgres` the same with built-in fragments.
 pub fn kernel_source_from_arg(arg: &str) -> KernelSource {
+    if let Some(rest) = arg.strip_prefix("cove").filter(|r| r.is_empty() || r.starts_with('+')) {
+        return KernelSource::Build(KernelBuild {
+            fragments: rest
+                .split('+')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            ..KernelBuild::default()
+        });
+    }
     let p = Path::new(arg);
     if p.is_file() {
         if arg.ends_with(".deb") {

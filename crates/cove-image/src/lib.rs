@@ -25,6 +25,7 @@ mod debian;
 mod error;
 mod ext4;
 mod initramfs;
+mod kbuild;
 mod kernel;
 pub mod kmod;
 mod manifest;
@@ -40,6 +41,10 @@ pub use cache::{image_dir, list, remove, resolve};
 pub use error::{ImageError, Result};
 pub use ext4::{ROOT_LABEL, auto_size};
 pub use initramfs::init_script as initramfs_init;
+pub use kbuild::{
+    BASE_CONFIG, BUILTIN_FRAGMENTS, BuiltKernel, DEFAULT_SOURCE_PACKAGE, KernelBuild,
+    KernelBuildOptions, build_kernel,
+};
 pub use kernel::{DEFAULT_KERNEL_PACKAGE, KernelSource, bzimage_version, kernel_source_from_arg};
 pub use manifest::{ImageManifest, ImageSizes, InitKind, Service, files};
 pub use minimal::{BUSYBOX_PACKAGE, MinimalOptions, build_minimal};

@@ -55,10 +55,18 @@ pub struct ImageManifest {
     /// The uncompressed ELF kernel with a PVH entry, when one could be extracted;
     /// boots faster than `kernel` under QEMU.
     pub vmlinux: Option<PathBuf>,
-    pub initrd: PathBuf,
+    /// cove's initramfs; `None` when the kernel has every driver built in (a kernel cove
+    /// built) and boots the root filesystem directly.
+    pub initrd: Option<PathBuf>,
     /// Raw ext4, labelled `cove-root`, read-only: VMs put a qcow2 overlay on it.
     pub rootfs: PathBuf,
     pub kernel_version: String,
+    /// sha256 of the bzImage, so `cove show` names exactly which kernel boots.
+    #[serde(default)]
+    pub kernel_sha256: Option<String>,
+    /// How the kernel was made: `debian:<deb>`, `bzimage:<path>` or `build:<key> <source>`.
+    #[serde(default)]
+    pub kernel_origin: Option<String>,
     /// The kernel's `config-*` from its package, for `cove kernel check`.
     pub kernel_config: Option<PathBuf>,
     /// Kernel arguments this image needs on top of the backend's own.

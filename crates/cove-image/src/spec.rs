@@ -7,6 +7,8 @@
 //! packages = ["postgresql", "procps"]
 //! size = "2G"                         # bytes, or with K/M/G
 //! kernel = "linux-image-cloud-amd64"  # or { deb = "k.deb" } / { bzimage = "bzImage" }
+//!                                     # or { build = { fragments = ["tun", "my.config"] } }
+//!                                     #   (source = "linux-source-6.1" | tree = "dir", base = "cove" | "file")
 //! init = "cove"                       # or "systemd"
 //! commands = ["su postgres -c '/usr/lib/postgresql/15/bin/initdb -D /var/lib/postgresql/data'"]
 //!
@@ -167,10 +169,24 @@ impl ImageSpec {
             Some(RootfsSource::Dir(p)) | Some(RootfsSource::Tarball(p)) => abs(p),
             None => {}
         }
-        if let Some(KernelSpec::Source(KernelSource::Deb(p) | KernelSource::BzImage(p))) =
-            &mut spec.kernel
-        {
-            abs(p);
+        match &mut spec.kernel {
+            Some(KernelSpec::Source(KernelSource::Deb(p) | KernelSource::BzImage(p))) => abs(p),
+            Some(KernelSpec::Source(KernelSource::Build(b))) => {
+                if let Some(t) = &mut b.tree {
+                    abs(t);
+                }
+                // Files (a name with `/` or `.`), not built-in names like `tun`.
+                let file = |s: &mut String| {
+                    if s.contains(['/', '.']) && Path::new(s.as_str()).is_relative() {
+                        *s = dir.join(s.as_str()).display().to_string();
+                    }
+                };
+                if let Some(base) = &mut b.base {
+                    file(base);
+                }
+                b.fragments.iter_mut().for_each(file);
+            }
+            _ => {}
         }
         spec.packages.sort();
         spec.packages.dedup();
@@ -311,6 +327,20 @@ command = "postgres"
         );
         assert_eq!(s.size, Some(Size(1 << 20)));
         assert_eq!(s.init, InitKind::Cove);
+    }
+
+    #[test]
+    fn kernel_build_paths_are_relative_to_the_spec() {
+        let s = parse(
+            "name = \"k\"\nbase = \"debian:bookworm\"\nkernel = { build = { base = \"my.config\", fragments = [\"tun\", \"frag/vsock.config\"] } }\n",
+        )
+        .unwrap();
+        let KernelSource::Build(b) = s.kernel_source() else {
+            panic!("not a build: {:?}", s.kernel)
+        };
+        assert_eq!(b.base.as_deref(), Some("/specs/my.config"));
+        assert_eq!(b.fragments, ["tun", "/specs/frag/vsock.config"]);
+        assert_eq!(b.source, None);
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub fn resolve(store: &Store, name_or_id: &str) -> Result<BootImage, ImageError>
 /// still there (a cache cleaned by hand must not become a confusing QEMU error).
 pub fn load(store: &Store, id: &str) -> Result<BootImage, ImageError> {
     let image = resolve(store, id)?;
-    for path in [&image.kernel, &image.initrd, &image.rootfs]
+    for path in [&image.kernel, &image.rootfs]
         .into_iter()
+        .chain(image.initrd.as_ref())
         .chain(image.vmlinux.as_ref())
     {
         if !path.exists() {

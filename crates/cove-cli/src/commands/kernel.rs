@@ -60,7 +60,10 @@ pub enum KernelCommand {
         #[arg(required = true, num_args = 1..)]
         fragments: Vec<PathBuf>,
     },
-    /// Merge fragments, `make olddefconfig`, verify, then `make -jN bzImage modules`.
+    /// Build a guest kernel: Debian's `linux-source-*` (or a local tree), cove's microVM
+    /// base config (or another) plus fragments; merge, `make olddefconfig`, verify (refusing
+    /// dropped options, naming their unmet dependencies), compile. Cached by source, merged
+    /// config and compiler under the cache dir: an unchanged spec rebuilds nothing.
     Build(BuildArgs),
 }
 
@@ -95,21 +98,24 @@ pub struct CheckArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Kernel source tree.
+    /// Debian kernel source package (default: linux-source-6.1), fetched with apt.
+    #[arg(long, conflicts_with = "tree")]
+    pub source: Option<String>,
+    /// A local kernel source tree instead of the package.
+    #[arg(long, visible_alias = "src")]
+    pub tree: Option<PathBuf>,
+    /// Base config: `cove` (the built-in microVM base, default) or a config file.
     #[arg(long)]
-    pub src: PathBuf,
-    /// Base config (default: `make defconfig`).
-    #[arg(long)]
-    pub base: Option<PathBuf>,
-    /// Config fragments, applied in order (repeatable).
+    pub base: Option<String>,
+    /// Fragments applied in order (repeatable): tun, postgres, netfilter, or a file.
     #[arg(long = "fragment", short = 'f')]
-    pub fragments: Vec<PathBuf>,
-    /// Output directory (`O=`).
-    #[arg(long)]
-    pub out: PathBuf,
+    pub fragments: Vec<String>,
+    /// Also copy vmlinux, bzImage and config into this directory.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
-    /// Build even if olddefconfig dropped requested values.
+    /// Compile even if olddefconfig dropped requested values.
     #[arg(long)]
     pub allow_lost: bool,
 }
@@ -316,40 +322,58 @@ fn verify(ctx: &Ctx, config: &Path, fragments: &[PathBuf]) -> Result<ExitCode> {
 }
 
 fn build(ctx: &Ctx, a: BuildArgs) -> Result<ExitCode> {
-    let spec = kernel::BuildSpec {
-        src: a.src,
-        base: a.base,
-        fragments: a.fragments,
-        out: a.out,
+    let abs = |f: String| -> String {
+        let p = Path::new(&f);
+        if p.is_file() {
+            p.canonicalize().map(|p| p.display().to_string()).unwrap_or(f)
+        } else {
+            f
+        }
+    };
+    let spec = cove_image::KernelBuild {
+        source: a.source,
+        tree: a.tree,
+        base: a.base.map(abs),
+        fragments: a.fragments.into_iter().map(abs).collect(),
+    };
+    let opts = cove_image::KernelBuildOptions {
         jobs: a.jobs,
-        targets: Vec::new(),
         allow_lost: a.allow_lost,
     };
-    if !ctx.json {
-        eprintln!(
-            "building the kernel in {} (log: {}/cove-build.log)",
-            spec.out.display(),
-            spec.out.display()
-        );
-    }
-    let report = kernel::build(&spec)?;
-    if ctx.json {
-        output::print_json(&report)?;
-    } else {
-        for o in &report.overrides {
-            println!(
-                "override: CONFIG_{} {} -> {} ({})",
-                o.option, o.previous, o.new, o.fragment
-            );
+    let progress = crate::commands::image::BuildProgress::new(ctx.json);
+    let built = cove_image::build_kernel(&ctx.paths, &spec, &opts, &progress);
+    progress.finish();
+    let k = built?;
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        for (from, name) in [(&k.vmlinux, "vmlinux"), (&k.bzimage, "bzImage"), (&k.config, "config")] {
+            let to = out.join(name);
+            std::fs::copy(from, &to).with_context(|| format!("writing {}", to.display()))?;
         }
-        for l in &report.lost {
-            println!("LOST {l}");
+    }
+    if ctx.json {
+        output::print_json(&serde_json::json!({
+            "kernel": k,
+            "cached": k.cached,
+        }))?;
+    } else {
+        for n in &k.notes {
+            println!("{n}");
         }
         println!(
-            "built in {:.0} s; config {}",
-            report.elapsed.as_secs_f64(),
-            report.config.display()
+            "kernel {} ({}) {}",
+            k.release,
+            &k.key[..16],
+            if k.cached {
+                "was up to date".to_owned()
+            } else {
+                format!("built in {:.0} s", k.build_seconds)
+            }
         );
+        println!("vmlinux: {}", k.vmlinux.display());
+        println!("bzImage: {}", k.bzimage.display());
+        println!("config:  {}", k.config.display());
+        println!("log:     {}", k.log.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -53,6 +53,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if ctx.json {
         let mut value = summary(&r);
         value["console_log"] = json!(vm.console_log());
+        if let Ok(m) = image_manifest(ctx, &r.image_id) {
+            value["kernel"] = json!({
+                "version": m.kernel_version,
+                "sha256": m.kernel_sha256,
+                "origin": m.kernel_origin,
+                "file": m.vmlinux.as_ref().unwrap_or(&m.kernel),
+                "initramfs": m.initrd.is_some(),
+            });
+        }
         output::print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -67,6 +76,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             &r.image_id[..r.image_id.len().min(12)]
         ),
     );
+    if let Some(k) = kernel_summary(ctx, &r.image_id) {
+        field("kernel", k);
+    }
     field("cpus", r.cpus.to_string());
     field("memory", output::mib(r.memory_mib));
     field("machine", r.machine.clone());
@@ -94,4 +106,27 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         println!("next: `cove why {}`", r.name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn image_manifest(ctx: &Ctx, image_id: &str) -> Result<cove_image::ImageManifest> {
+    let store = cove_state::Store::open(&ctx.paths)?;
+    Ok(cove_image::resolve(&store, image_id)?)
+}
+
+/// The kernel the VM boots: version, bzImage hash and where it came from (the
+/// stale-kernel case of seed 001 shows here).
+fn kernel_summary(ctx: &Ctx, image_id: &str) -> Option<String> {
+    let m = image_manifest(ctx, image_id).ok()?;
+    let hash = m
+        .kernel_sha256
+        .as_deref()
+        .map(|h| format!(" sha256:{}", &h[..h.len().min(16)]))
+        .unwrap_or_default();
+    let origin = m
+        .kernel_origin
+        .as_deref()
+        .map(|o| format!(" from {o}"))
+        .unwrap_or_default();
+    let initramfs = if m.initrd.is_some() { "" } else { ", no initramfs" };
+    Some(format!("{}{hash}{origin}{initramfs}", m.kernel_version))
 }

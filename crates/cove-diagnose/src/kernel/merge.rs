@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::config::{KernelConfig, Value, config_line};
+use super::kconfig::{Kconfig, Unmet};
 
 /// A fragment value that replaced an earlier one (merge_config.sh's "Value of X is redefined").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,17 +96,48 @@ pub struct Lost {
     pub requested: Value,
     /// What the resulting config has (`No` when absent).
     pub actual: Value,
+    /// Why, read from the source tree's Kconfig files (when the tree was at hand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmet: Option<Unmet>,
 }
 
 impl fmt::Display for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "requested `{}` but the resulting config has `{}` (a dependency is missing or the option does not exist in this kernel; `make menuconfig` and search for {} shows what it depends on)",
+            "requested `{}` but the resulting config has `{}`",
             config_line(&self.option, &self.requested),
             config_line(&self.option, &self.actual),
-            self.option
-        )
+        )?;
+        match &self.unmet {
+            Some(u) if u.unknown => write!(
+                f,
+                ": {} does not exist in this kernel (renamed or removed?)",
+                self.option
+            ),
+            Some(u) if !u.missing.is_empty() => write!(
+                f,
+                ": it depends on {}, and {} {} off; add {} to a fragment",
+                u.depends_on,
+                u.missing.join(", "),
+                if u.missing.len() == 1 { "is" } else { "are" },
+                u.missing
+                    .iter()
+                    .map(|m| format!("CONFIG_{m}=y"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Some(u) if !u.depends_on.is_empty() => write!(
+                f,
+                ": it depends on {} (a `select` or `choice` may also decide it)",
+                u.depends_on
+            ),
+            _ => write!(
+                f,
+                " (a dependency is missing or the option does not exist in this kernel; `make menuconfig` and search for {} shows what it depends on)",
+                self.option
+            ),
+        }
     }
 }
 
@@ -121,9 +153,21 @@ pub fn verify(requested: &KernelConfig, resulting: &KernelConfig) -> Vec<Lost> {
                 option: name.clone(),
                 requested: want.clone(),
                 actual,
+                unmet: None,
             })
         })
         .collect()
+}
+
+/// Fills in why each lost option was dropped, from the tree's Kconfig files.
+pub fn explain_lost(tree: &Path, arch: &str, lost: &mut [Lost], resulting: &KernelConfig) {
+    if lost.is_empty() {
+        return;
+    }
+    let k = Kconfig::read(tree, arch);
+    for l in lost {
+        l.unmet = Some(k.unmet(&l.option, resulting));
+    }
 }
 
 /// What to build.
@@ -131,17 +175,20 @@ pub fn verify(requested: &KernelConfig, resulting: &KernelConfig) -> Vec<Lost> {
 pub struct BuildSpec {
     /// Kernel source tree.
     pub src: PathBuf,
-    /// Base config; `None` runs `make defconfig` first.
-    pub base: Option<PathBuf>,
-    pub fragments: Vec<PathBuf>,
+    /// Base config text (a full `.config` or a `savedefconfig` file) and its label.
+    pub base: (String, String),
+    /// Fragments `(label, text)`, applied in order.
+    pub fragments: Vec<(String, String)>,
     /// Output directory (`O=`).
     pub out: PathBuf,
     /// Parallel jobs; `None` uses the number of CPUs.
     pub jobs: Option<usize>,
-    /// Make targets (default `bzImage modules`).
+    /// Make targets (default `bzImage`, which builds `vmlinux` on the way).
     pub targets: Vec<String>,
     /// Build even when requested values were lost by `olddefconfig`.
     pub allow_lost: bool,
+    /// The build log (appended to).
+    pub log: PathBuf,
 }
 
 /// The result of a successful build.
@@ -163,129 +210,155 @@ pub enum BuildError {
         "{0} is not a kernel source tree (no Makefile and scripts/kconfig); pass the top of a Linux source checkout"
     )]
     NotKernelSource(PathBuf),
-    #[error("cannot run `{command}`: {source}; is `make` installed?")]
+    #[error("cannot run `{command}`: {source}; is `make` installed (scripts/install-deps)?")]
     Spawn {
         command: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}); the last lines of {log}:\n{tail}")]
+    #[error("`{command}` failed ({status}); the last lines of {log}:\n{tail}\n(missing host tools such as flex, bison, bc or libelf-dev: run scripts/install-deps)")]
     Make {
         command: String,
         status: std::process::ExitStatus,
         log: PathBuf,
         tail: String,
     },
-    #[error("{} requested value(s) did not survive `make olddefconfig`:\n{}\nfix the fragments (add the missing dependencies) or build anyway with allow_lost", lost.len(), lost.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{} requested value(s) did not survive `make olddefconfig`, so nothing was compiled:\n{}\nfix the fragments (add the missing dependencies) or build anyway with --allow-lost", lost.len(), lost.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"))]
     Lost { lost: Vec<Lost> },
 }
 
-/// Merge fragments, run `make olddefconfig`, verify the requested values survived, then build
-/// non-interactively (`make -jN bzImage modules`) with `O=` and `KCONFIG_CONFIG`.
-pub fn build(spec: &BuildSpec) -> Result<BuildReport, BuildError> {
-    let started = Instant::now();
+/// Merges the fragments over the base, runs `make olddefconfig` and verifies the
+/// requested values survived (naming the unmet dependencies of those that did not).
+/// Returns the merge and what was lost (empty unless `allow_lost`).
+pub fn configure(spec: &BuildSpec) -> Result<(Merge, Vec<Lost>), BuildError> {
     if !spec.src.join("Makefile").is_file() || !spec.src.join("scripts/kconfig").is_dir() {
         return Err(BuildError::NotKernelSource(spec.src.clone()));
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| super::KernelError::Io { path, source }
-    };
-    std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
-    let out = spec.out.canonicalize().map_err(io(&spec.out))?;
-    let config_path = out.join(".config");
-    let log = out.join("cove-build.log");
-    let make = |args: &[String]| run_make(&spec.src, &out, &config_path, &log, args);
-
-    let base_path = match &spec.base {
-        Some(p) => p.clone(),
-        None => {
-            make(&["defconfig".to_string()])?;
-            let p = out.join("cove-base.config");
-            std::fs::copy(&config_path, &p).map_err(io(&p))?;
-            p
-        }
-    };
-    let merged = merge_files(&base_path, &spec.fragments)?;
+    let config_path = spec.out.join(".config");
+    let merged = merge(&spec.base.1, &spec.fragments);
     std::fs::write(&config_path, merged.config.to_text()).map_err(io(&config_path))?;
-    make(&["olddefconfig".to_string()])?;
+    run_make(spec, &["olddefconfig".to_string()], &mut |_| {})?;
     let resulting_text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
-    let lost = verify(&merged.requested, &KernelConfig::parse(&resulting_text));
+    let resulting = KernelConfig::parse(&resulting_text);
+    let mut lost = verify(&merged.requested, &resulting);
+    explain_lost(&spec.src, "x86", &mut lost, &resulting);
     if !lost.is_empty() && !spec.allow_lost {
         return Err(BuildError::Lost { lost });
     }
+    Ok((merged, lost))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> super::KernelError {
+    let path = path.to_path_buf();
+    move |source| super::KernelError::Io { path, source }
+}
+
+/// [`configure`], then compile non-interactively (`make -jN bzImage`) with `O=`.
+/// `on_line` sees every line make prints (for progress).
+pub fn build(spec: &BuildSpec, on_line: &mut dyn FnMut(&str)) -> Result<BuildReport, BuildError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
+    let (merged, lost) = configure(spec)?;
     let jobs = spec
         .jobs
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
     let mut args = vec![format!("-j{jobs}")];
     if spec.targets.is_empty() {
-        args.extend(["bzImage".to_string(), "modules".to_string()]);
+        args.push("bzImage".to_string());
     } else {
         args.extend(spec.targets.iter().cloned());
     }
-    make(&args)?;
+    run_make(spec, &args, on_line)?;
     Ok(BuildReport {
-        config: config_path,
-        log,
+        config: spec.out.join(".config"),
+        log: spec.log.clone(),
         overrides: merged.overrides,
         lost,
         elapsed: started.elapsed(),
     })
 }
 
-fn run_make(
-    src: &Path,
-    out: &Path,
-    config: &Path,
-    log: &Path,
-    args: &[String],
-) -> Result<(), BuildError> {
-    let mut cmd = Command::new("make");
-    cmd.arg("-C")
+/// `make -s kernelrelease` of a configured output directory.
+pub fn kernel_release(src: &Path, out: &Path) -> Option<String> {
+    let o = Command::new("make")
+        .arg("-s")
+        .arg("-C")
         .arg(src)
         .arg(format!("O={}", out.display()))
+        .arg("kernelrelease")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("make"))
+        .map(str::to_owned)
+}
+
+fn run_make(
+    spec: &BuildSpec,
+    args: &[String],
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
+    use std::io::{BufRead, Write};
+    let config = spec.out.join(".config");
+    // stderr joins stdout in one pipe (`2>&1`) so the log keeps their order.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec make \"$@\" 2>&1", "make", "-C"])
+        .arg(&spec.src)
+        .arg(format!("O={}", spec.out.display()))
         .args(args)
-        .env("KCONFIG_CONFIG", config)
+        .env("KCONFIG_CONFIG", &config)
         // Never prompt: a build that waits on stdin hangs forever (seed 001).
         .stdin(Stdio::null());
     let command = format!(
         "make -C {} O={} {}",
-        src.display(),
-        out.display(),
+        spec.src.display(),
+        spec.out.display(),
         args.join(" ")
     );
-    let file = std::fs::OpenOptions::new()
+    let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
-        .map_err(|source| super::KernelError::Io {
-            path: log.to_path_buf(),
-            source,
-        })?;
-    let err_file = file.try_clone().map_err(|source| super::KernelError::Io {
-        path: log.to_path_buf(),
-        source,
-    })?;
-    let status = cmd
-        .stdout(file)
-        .stderr(err_file)
-        .status()
+        .open(&spec.log)
+        .map_err(io(&spec.log))?;
+    let _ = writeln!(log, "$ {command}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .map_err(|source| BuildError::Spawn {
             command: command.clone(),
             source,
         })?;
+    let Some(reader) = child.stdout.take() else {
+        unreachable!("stdout is piped")
+    };
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for line in std::io::BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(log, "{line}");
+        on_line(&line);
+        if tail.len() == 30 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let status = child.wait().map_err(|source| BuildError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if status.success() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
     Err(BuildError::Make {
         command,
         status,
-        log: log.to_path_buf(),
-        tail,
+        log: spec.log.clone(),
+        tail: Vec::from(tail).join("\n"),
     })
 }
 
@@ -375,12 +448,14 @@ mod tests {
                 Lost {
                     option: "NETFILTER".into(),
                     requested: Value::Yes,
-                    actual: Value::Module
+                    actual: Value::Module,
+                    unmet: None,
                 },
                 Lost {
                     option: "VIRTIO_VSOCKETS".into(),
                     requested: Value::Yes,
-                    actual: Value::No
+                    actual: Value::No,
+                    unmet: None,
                 },
             ]
         );
@@ -396,13 +471,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = BuildSpec {
             src: dir.path().to_path_buf(),
-            base: None,
+            base: ("base".into(), String::new()),
             fragments: vec![],
             out: dir.path().join("out"),
             jobs: Some(1),
             targets: vec![],
             allow_lost: false,
+            log: dir.path().join("log"),
         };
-        assert!(matches!(build(&spec), Err(BuildError::NotKernelSource(_))));
+        assert!(matches!(
+            build(&spec, &mut |_| {}),
+            Err(BuildError::NotKernelSource(_))
+        ));
     }
 }

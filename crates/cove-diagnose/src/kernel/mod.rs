@@ -5,6 +5,7 @@ pub mod config;
 pub mod explain;
 pub mod image;
 pub mod initramfs;
+pub mod kconfig;
 pub mod merge;
 pub mod profile;
 
@@ -16,8 +17,10 @@ pub use image::{
     is_bzimage, vmlinux_from_bzimage,
 };
 pub use initramfs::{InitramfsModules, ModuleInfo};
+pub use kconfig::{Kconfig, Unmet};
 pub use merge::{
-    BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, merge, merge_files, verify,
+    BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, configure, explain_lost,
+    kernel_release, merge, merge_files, verify,
 };
 pub use profile::{
     BUILTIN_PROFILES, Profile, Requirement, builtin_profile, parse_profiles, resolve_profiles,

@@ -41,7 +41,7 @@ pub async fn launch(
         memory_mib: record.memory_mib,
         kernel: image.kernel.clone(),
         vmlinux: image.vmlinux.clone(),
-        initrd: Some(image.initrd.clone()),
+        initrd: image.initrd.clone(),
         cmdline_extra: cmdline_extra(image, record),
         root_disk: vm.root_disk(),
         data_disks: record
