@@ -684,8 +684,12 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
     let tick = Duration::from_millis(250).min(interval);
     let mut last_ping = Instant::now();
     let mut last_hello = Instant::now();
+    let mut nap = tick;
     loop {
-        tokio::time::sleep(tick).await;
+        tokio::time::sleep(nap).await;
+        // Fine-grained while a handshake is pending; once synced, wake only when the next ping
+        // is due: an idle link then costs the host one wakeup per ping instead of four a second.
+        nap = tick;
         let mut st = shared.state();
         if st.dead.is_some() {
             return;
@@ -719,6 +723,9 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
         } else if last_ping.elapsed() >= interval && !shared.over_limit() {
             last_ping = Instant::now();
             let _ = shared.send(encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes()));
+            nap = interval;
+        } else {
+            nap = interval.saturating_sub(last_ping.elapsed()).max(tick);
         }
     }
 }

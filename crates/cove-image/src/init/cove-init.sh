@@ -105,7 +105,13 @@ run_service() {
 echo "@READY@" > /dev/console
 trap 'echo "cove-init: powering off" > /dev/console; kill -TERM -1; sleep 1; poweroff -f' TERM USR2
 trap 'reboot -f' INT
+# Reap orphans: `wait` reaps every child as it exits, orphans included, and
+# blocks while a job runs. A job that never ends keeps it blocking even in an
+# image that starts none, instead of a `sleep 1` poll (a fork and exec every
+# second, which an emulated guest pays for). A trapped signal ends `wait` too.
+sleep 2147483647 &
+keeper=$!
 while :; do
     wait
-    sleep 1
+    kill -0 "$keeper" 2>/dev/null || { sleep 2147483647 & keeper=$!; }
 done
