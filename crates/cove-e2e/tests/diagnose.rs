@@ -107,3 +107,20 @@ fn a_file_written_in_the_guest_is_read_back_from_the_stopped_disk() {
     let explain = cove.ok(&["kernel", "explain", "ENOSYS", "shmget"]);
     assert!(explain.contains("SYSVIPC"), "{explain}");
 }
+
+#[test]
+#[ignore = "boots VMs"]
+fn a_start_that_runs_out_of_memory_names_the_cause_at_once() {
+    // Regression: a 72 MiB guest died of OOM in about a second, and `start` waited the whole
+    // boot timeout to report "the guest's agent never answered"; only `cove why` said why.
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "oom", "--image", "minimal", "--memory", "72M"]);
+    let err = cove.fails(&["start", "oom", "--timeout", "300"]);
+    assert!(err.contains("the guest ran out of memory"), "{err}");
+    assert!(!err.contains("never answered"), "{err}");
+    // The kernel's panic ended the boot, not the 300 s timeout: the VM is crashed, not killed.
+    assert_eq!(cove.state("oom"), "crashed");
+    let why = cove.run(&["why", "oom"]);
+    assert!(String::from_utf8_lossy(&why.stdout).contains("the guest ran out of memory"));
+}
