@@ -123,9 +123,9 @@ impl Fs {
             out.write_all(&buf[..n]).map_err(host(dest))?;
             report.bytes += n as u64;
         }
-        out.set_permissions(Permissions::from_mode(
-            cove_untrusted::host_mode(u32::from(md.mode())),
-        ))
+        out.set_permissions(Permissions::from_mode(cove_untrusted::host_mode(
+            u32::from(md.mode()),
+        )))
         .map_err(host(dest))?;
         out.set_modified(mtime(md)).map_err(host(dest))?;
         report.files += 1;

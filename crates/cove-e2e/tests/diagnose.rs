@@ -107,3 +107,31 @@ fn a_file_written_in_the_guest_is_read_back_from_the_stopped_disk() {
     let explain = cove.ok(&["kernel", "explain", "ENOSYS", "shmget"]);
     assert!(explain.contains("SYSVIPC"), "{explain}");
 }
+
+#[test]
+#[ignore = "boots VMs"]
+fn a_start_that_runs_out_of_memory_names_the_cause_at_once() {
+    // Regression: a 72 MiB guest died of OOM in about a second, and `start` waited the whole
+    // boot timeout to report "the guest's agent never answered"; only `cove why` said why.
+    let cove = Cove::new();
+    cove.minimal_image();
+    // `create` refuses 72M now (below the image's need)…
+    let refused = cove.fails(&["create", "oom", "--image", "minimal", "--memory", "72M"]);
+    assert!(refused.contains("at least 96M"), "{refused}");
+    // …so QEMU is given 72M behind cove's back (the last `-m` wins).
+    cove.ok(&["create", "oom", "--image", "minimal", "--memory", "96M"]);
+    let out = cove
+        .command()
+        .args(["start", "oom", "--timeout", "300"])
+        .env("COVE_QEMU_EXTRA_ARGS", "-m 72M")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the guest ran out of memory"), "{err}");
+    assert!(!err.contains("never answered"), "{err}");
+    // The kernel's panic ended the boot, not the 300 s timeout: the VM is crashed, not killed.
+    assert_eq!(cove.state("oom"), "crashed");
+    let why = cove.run(&["why", "oom"]);
+    assert!(String::from_utf8_lossy(&why.stdout).contains("the guest ran out of memory"));
+}

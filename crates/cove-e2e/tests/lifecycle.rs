@@ -16,7 +16,7 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
     assert_eq!(cove.state("web"), "stopped");
     cove.ok(&["start", "web"]);
     assert!(
-        cove.console_log("web").contains("cove-init: ready"),
+        cove.console_log("web").contains(cove_guest::marker::READY),
         "second boot reached ready"
     );
     std::thread::sleep(Duration::from_secs(5));
@@ -25,7 +25,12 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
     for key in ["name", "state", "pid", "cpus", "memory", "image", "accel"] {
         assert!(show.get(key).is_some(), "show --json lacks {key}: {show}");
     }
-    assert_eq!(show["accel"], "tcg", "this host's KVM makes no progress");
+    // Which accelerator depends on the host (KVM where a vCPU makes progress): only that
+    // the record names one.
+    assert!(
+        matches!(show["accel"].as_str(), Some("kvm" | "tcg")),
+        "{show}"
+    );
     cove.ok(&["delete", "--force", "web"]);
 }
 

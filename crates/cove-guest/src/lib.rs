@@ -57,6 +57,8 @@ pub mod marker {
     pub const MOUNTING_ROOT: &str = "cove-init: mounting root";
     /// The agent has opened its port and serves.
     pub const AGENT_READY: &str = "cove-agent: ready";
+    /// The kernel panicked: the guest is dead (printed by Linux itself).
+    pub const KERNEL_PANIC: &str = "Kernel panic - not syncing:";
     /// The kernel handed over to the initramfs (printed by Linux itself).
     pub const KERNEL_RUN_INIT: &str = "Run /init as init process";
 }

@@ -90,6 +90,9 @@ impl Stages {
             .iter()
             .filter(|s| Self::BUILDING.contains(&s.as_str()))
             .collect();
-        assert!(built.is_empty(), "a cache hit rebuilt {built:?} (stages: {ran:?})");
+        assert!(
+            built.is_empty(),
+            "a cache hit rebuilt {built:?} (stages: {ran:?})"
+        );
     }
 }

@@ -102,9 +102,11 @@ fn validate_resources(cpus: Option<u32>, memory_mib: Option<u64>) -> Result<(), 
             "--cpus {c} is out of range (1-64)"
         )));
     }
-    if let Some(m) = memory_mib.filter(|m| *m < 64) {
+    let floor = cove_image::MIN_MEMORY_MIB;
+    if let Some(m) = memory_mib.filter(|m| *m < floor) {
         return Err(LifecycleError::BadResources(format!(
-            "--memory {m}M is too small; the kernel needs at least 64M (try 256M)"
+            "--memory {m}M is below the {floor}M a cove image needs (its kernel and initramfs run \
+             out of memory below about 80M); give it at least {floor}M, e.g. 256M"
         )));
     }
     Ok(())
@@ -534,4 +536,19 @@ pub fn set(
         }
     })?;
     Ok(record)
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn memory_below_what_an_image_needs_is_refused_with_the_floor_named() {
+        let err = validate_resources(Some(1), Some(72))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("72M") && err.contains("at least 96M"), "{err}");
+        validate_resources(Some(1), Some(cove_image::MIN_MEMORY_MIB)).unwrap();
+        validate_resources(None, None).unwrap();
+    }
 }

@@ -136,6 +136,9 @@ pub struct Diagnosis {
     /// The line that got the boot to `stage`.
     pub stage_evidence: Option<Evidence>,
     pub findings: Vec<Finding>,
+    /// The kernel panicked ("Kernel panic - not syncing"): the guest is dead even if its VMM
+    /// still runs or exited cleanly.
+    pub panicked: bool,
     /// The last non-empty console line.
     pub last_line: Option<Evidence>,
 }
@@ -171,6 +174,7 @@ pub fn analyze(console_log: &str, facts: &VmFacts) -> Diagnosis {
         stage,
         stage_evidence,
         findings,
+        panicked: !log.find(rules::PANIC).is_empty(),
         last_line: log.last_line(),
     }
 }

@@ -396,8 +396,11 @@ pub(super) fn out_of_memory(log: &Log, facts: &VmFacts, out: &mut Vec<Finding>) 
     });
 }
 
+/// The line a panicking Linux kernel prints.
+pub(super) const PANIC: &str = marker::KERNEL_PANIC;
+
 pub(super) fn other_panic(log: &Log, out: &mut Vec<Finding>) {
-    for i in log.find("Kernel panic - not syncing:") {
+    for i in log.find(PANIC) {
         if used(out, i + 1) {
             continue;
         }

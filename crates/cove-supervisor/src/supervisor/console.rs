@@ -22,6 +22,7 @@ const CURSOR_REPLY: &[u8] = b"\x1b[1;1R";
 
 /// The line the image's init prints when it reached its ready point.
 pub const READY_MARKER: &str = cove_guest::marker::READY;
+use cove_guest::marker::KERNEL_PANIC;
 
 pub struct ConsoleHub {
     history: Mutex<VecDeque<u8>>,
@@ -30,6 +31,8 @@ pub struct ConsoleHub {
     viewers: AtomicU32,
     /// Set once the ready marker was seen on this boot.
     pub marker_seen: watch::Sender<bool>,
+    /// Set once the guest kernel panicked: waiting for the guest is pointless from then on.
+    pub panic_seen: watch::Sender<bool>,
 }
 
 impl ConsoleHub {
@@ -103,12 +106,14 @@ pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
     let (output, _) = broadcast::channel(32);
     let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
     let (marker_seen, _) = watch::channel(false);
+    let (panic_seen, _) = watch::channel(false);
     let hub = Arc::new(ConsoleHub {
         history: Mutex::new(VecDeque::with_capacity(HISTORY_BYTES)),
         output,
         input,
         viewers: AtomicU32::new(0),
         marker_seen,
+        panic_seen,
     });
     let (mut reader, mut writer) = stream.into_split();
     tokio::spawn(async move {
@@ -137,6 +142,9 @@ pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
             if found.ready {
                 hub.marker_seen.send_replace(true);
             }
+            if found.panic {
+                hub.panic_seen.send_replace(true);
+            }
             if found.cursor_queries > 0 && hub.viewers() == 0 {
                 for _ in 0..found.cursor_queries {
                     hub.send_input(CURSOR_REPLY.to_vec()).await;
@@ -150,6 +158,7 @@ pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Found {
     ready: bool,
+    panic: bool,
     cursor_queries: usize,
 }
 
@@ -162,7 +171,11 @@ struct Scanner {
 
 impl Scanner {
     fn feed(&mut self, chunk: &[u8]) -> Found {
-        let keep = READY_MARKER.len().max(CURSOR_QUERY.len()) - 1;
+        let keep = READY_MARKER
+            .len()
+            .max(KERNEL_PANIC.len())
+            .max(CURSOR_QUERY.len())
+            - 1;
         let mut window = std::mem::take(&mut self.tail);
         let old = window.len();
         window.extend_from_slice(chunk);
@@ -176,6 +189,7 @@ impl Scanner {
         };
         let found = Found {
             ready: ends_in_new(READY_MARKER.as_bytes()) > 0,
+            panic: ends_in_new(KERNEL_PANIC.as_bytes()) > 0,
             cursor_queries: ends_in_new(CURSOR_QUERY),
         };
         let start = window.len().saturating_sub(keep);
@@ -189,6 +203,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kernel_panic_is_seen_even_split_across_reads() {
+        let mut s = Scanner::default();
+        assert!(!s.feed(b"[ 8.1] Kernel panic - not sy").panic);
+        assert!(s.feed(b"ncing: System is deadlocked on memory\r\n").panic);
+        assert!(!s.feed(b"more\r\n").panic);
+    }
+
+    #[test]
     fn markers_split_across_reads_are_found_once() {
         let mut s = Scanner::default();
         assert_eq!(s.feed(b"boot... cove-init: re"), Found::default());
@@ -196,21 +218,21 @@ mod tests {
             s.feed(b"ady\r\n$ \x1b[6"),
             Found {
                 ready: true,
-                cursor_queries: 0
+                ..Found::default()
             }
         );
         assert_eq!(
             s.feed(b"n"),
             Found {
-                ready: false,
-                cursor_queries: 1
+                cursor_queries: 1,
+                ..Found::default()
             }
         );
         assert_eq!(
             s.feed(b"x\x1b[6n\x1b[6n"),
             Found {
-                ready: false,
-                cursor_queries: 2
+                cursor_queries: 2,
+                ..Found::default()
             }
         );
     }

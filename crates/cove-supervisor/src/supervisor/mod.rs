@@ -6,6 +6,7 @@
 
 mod console;
 mod control;
+mod judge;
 mod vmm;
 mod vmm_process;
 
@@ -250,7 +251,19 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
 /// without an agent, when its init prints the ready marker), or kills a
 /// boot that takes longer than `timeout`.
 async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
-    let ready = match &shared.agent {
+    // A guest whose kernel panicked will never answer: fail the boot at once rather than after
+    // the whole timeout. The outcome then names the cause by `cove why`'s rules.
+    let mut panic = shared.console.panic_seen.subscribe();
+    let ready = tokio::select! {
+        r = wait_guest(&shared, timeout) => r,
+        Ok(_) = panic.wait_for(|p| *p) => Err("the guest kernel panicked while booting".into()),
+    };
+    finish_boot(shared, started, ready).await;
+}
+
+/// Waits for the guest's agent (or its init's ready marker without an agent).
+async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), String> {
+    match &shared.agent {
         Some(link) => link.wait_ready(timeout).await.map(|_| ()).map_err(|e| {
             let init_ready = *shared.console.marker_seen.borrow();
             format!(
@@ -279,7 +292,11 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
                 ))
             }
         }
-    };
+    }
+}
+
+/// Records the end of the boot: ready, or failed with the VMM killed.
+async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), String>) {
     match ready {
         Ok(()) => {
             let boot_ms = started.elapsed().as_millis() as u64;

@@ -240,14 +240,17 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
         )),
         console_tail: tail.clone(),
     };
+    // The cause `cove why` names, by the same rules.
+    let diagnosis = super::judge::diagnose(shared, status);
+    let cause = diagnosis.primary().map(|f| f.summary.clone());
     if let Some(message) = shared.boot_failure.lock().await.clone() {
         return Outcome {
             state: VmState::Crashed,
-            failure: Some(failure(message)),
+            failure: Some(failure(cause.unwrap_or(message))),
             detail: String::new(),
         };
     }
-    let panic = tail.iter().find(|l| l.contains("Kernel panic")).cloned();
+    let panic = diagnosis.panicked;
     // The kernel's last word when the guest powered itself off; the only
     // evidence there is for an adopted VMM, whose exit status is unknown.
     let powered_off = tail.iter().any(|l| l.contains("reboot: Power down"));
@@ -263,7 +266,7 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
             failure: None,
             detail: "killed".into(),
         },
-        None if clean_exit && panic.is_none() => Outcome {
+        None if clean_exit && !panic => Outcome {
             state: VmState::Stopped,
             failure: Some(failure("the guest powered off".into()))
                 .filter(|_| matches!(*shared.phase.borrow(), Phase::Booting)),
@@ -271,12 +274,10 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
         },
         None => Outcome {
             state: VmState::Crashed,
-            failure: Some(failure(match panic {
-                Some(line) => format!("the guest kernel panicked: {line}"),
-                None => match status {
-                    Some(status) => format!("QEMU {} unexpectedly", describe_exit(status)),
-                    None => "QEMU exited unexpectedly".to_owned(),
-                },
+            failure: Some(failure(match (cause, status) {
+                (Some(cause), _) => cause,
+                (None, Some(status)) => format!("QEMU {} unexpectedly", describe_exit(status)),
+                (None, None) => "QEMU exited unexpectedly".to_owned(),
             })),
             detail: String::new(),
         },
