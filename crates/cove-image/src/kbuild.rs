@@ -112,7 +112,8 @@ fn base_text(base: Option<&str>) -> Result<(String, String)> {
             Ok(("cove:microvm-x86_64".to_owned(), BASE_CONFIG.to_owned()))
         }
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(io_err("cannot read the base config", Path::new(p)))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(io_err("cannot read the base config", Path::new(p)))?;
             Ok((p.to_owned(), text))
         }
     }
@@ -125,7 +126,8 @@ fn fragment_text(f: &str) -> Result<(String, String)> {
     if !f.contains('/') && !f.contains('.') {
         return Err(ImageError::UnknownFragment(f.to_owned()));
     }
-    let text = std::fs::read_to_string(f).map_err(io_err("cannot read the fragment", Path::new(f)))?;
+    let text =
+        std::fs::read_to_string(f).map_err(io_err("cannot read the fragment", Path::new(f)))?;
     Ok((f.to_owned(), text))
 }
 
@@ -222,7 +224,9 @@ pub(crate) fn build_kernel_with(
     }
 
     let src = match (&spec.tree, &deb) {
-        (Some(tree), _) => tree.canonicalize().map_err(io_err("cannot find the kernel tree", tree))?,
+        (Some(tree), _) => tree
+            .canonicalize()
+            .map_err(io_err("cannot find the kernel tree", tree))?,
         (None, Some((deb, sha))) => rep.stage("unpack kernel source", || {
             unpack_source(rep, &root.join("src").join(&sha[..16]), deb)
         })?,
@@ -365,7 +369,12 @@ fn unpack_source(rep: &Reporter, dir: &Path, deb: &Path) -> Result<PathBuf> {
         .arg("unpack")
         .arg(deb)
         .arg(tmp.path());
-    util::run(rep, &format!("unpack {}", deb.display()), &mut cmd, "dpkg, tar, xz-utils")?;
+    util::run(
+        rep,
+        &format!("unpack {}", deb.display()),
+        &mut cmd,
+        "dpkg, tar, xz-utils",
+    )?;
     util::write_file(&tmp.path().join(".complete"), b"")?;
     let tmp = tmp.keep();
     if std::fs::rename(&tmp, dir).is_err() {

@@ -170,7 +170,10 @@ pub fn bzimage_version(bz: &[u8]) -> Option<String> {
 /// `cove` is a kernel cove builds from Debian's source with its microVM base config,
 /// `cove+tun+postgres` the same with built-in fragments.
 pub fn kernel_source_from_arg(arg: &str) -> KernelSource {
-    if let Some(rest) = arg.strip_prefix("cove").filter(|r| r.is_empty() || r.starts_with('+')) {
+    if let Some(rest) = arg
+        .strip_prefix("cove")
+        .filter(|r| r.is_empty() || r.starts_with('+'))
+    {
         return KernelSource::Build(KernelBuild {
             fragments: rest
                 .split('+')

@@ -100,7 +100,11 @@ fn boot_with(
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
-        .arg(&m.initrd)
+        .arg(
+            m.initrd
+                .as_ref()
+                .expect("the minimal image has an initramfs"),
+        )
         .args(["-append", &append])
         .args([
             "-netdev",

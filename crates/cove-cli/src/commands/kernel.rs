@@ -325,7 +325,9 @@ fn build(ctx: &Ctx, a: BuildArgs) -> Result<ExitCode> {
     let abs = |f: String| -> String {
         let p = Path::new(&f);
         if p.is_file() {
-            p.canonicalize().map(|p| p.display().to_string()).unwrap_or(f)
+            p.canonicalize()
+                .map(|p| p.display().to_string())
+                .unwrap_or(f)
         } else {
             f
         }
@@ -346,7 +348,11 @@ fn build(ctx: &Ctx, a: BuildArgs) -> Result<ExitCode> {
     let k = built?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        for (from, name) in [(&k.vmlinux, "vmlinux"), (&k.bzimage, "bzImage"), (&k.config, "config")] {
+        for (from, name) in [
+            (&k.vmlinux, "vmlinux"),
+            (&k.bzimage, "bzImage"),
+            (&k.config, "config"),
+        ] {
             let to = out.join(name);
             std::fs::copy(from, &to).with_context(|| format!("writing {}", to.display()))?;
         }

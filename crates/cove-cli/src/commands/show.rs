@@ -127,6 +127,10 @@ fn kernel_summary(ctx: &Ctx, image_id: &str) -> Option<String> {
         .as_deref()
         .map(|o| format!(" from {o}"))
         .unwrap_or_default();
-    let initramfs = if m.initrd.is_some() { "" } else { ", no initramfs" };
+    let initramfs = if m.initrd.is_some() {
+        ""
+    } else {
+        ", no initramfs"
+    };
     Some(format!("{}{hash}{origin}{initramfs}", m.kernel_version))
 }

@@ -76,11 +76,9 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
     let store = Store::open(&ctx.paths)?;
     // The image may have been removed since; diagnose with what is left.
     let manifest = cove_image::resolve(&store, &record.image_id).ok();
-    let kernel_config = manifest.as_ref().and_then(|m| {
-        crate::image_check::booted_config(m)
-            .ok()
-            .map(|(c, _)| c)
-    });
+    let kernel_config = manifest
+        .as_ref()
+        .and_then(|m| crate::image_check::booted_config(m).ok().map(|(c, _)| c));
     let running = record.state == VmState::Running;
     // The supervisor records the agent's handshake; an image without an agent has
     // nothing to answer.

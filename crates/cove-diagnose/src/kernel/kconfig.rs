@@ -57,7 +57,9 @@ impl Kconfig {
                     let skip = rel.starts_with("Documentation")
                         || rel.starts_with("tools")
                         || rel.starts_with(".git")
-                        || (rel.starts_with("arch") && rel.components().count() == 2 && !rel.ends_with(arch));
+                        || (rel.starts_with("arch")
+                            && rel.components().count() == 2
+                            && !rel.ends_with(arch));
                     if !skip {
                         stack.push(path);
                     }
@@ -235,7 +237,8 @@ fn positive_symbols(expr: &str) -> Vec<String> {
                 i += 1;
             }
             let word = &expr[start..i];
-            let literal = matches!(word, "y" | "m" | "n") || word.bytes().all(|b| b.is_ascii_digit());
+            let literal =
+                matches!(word, "y" | "m" | "n") || word.bytes().all(|b| b.is_ascii_digit());
             if !negated && !literal {
                 out.push(word.to_owned());
             }
@@ -298,7 +301,11 @@ endmenu
         let cfg = KernelConfig::parse("CONFIG_INET=y\nCONFIG_NET_9P=y\nCONFIG_NET=y\n");
         let u = k.unmet("9P_FS", &cfg);
         assert_eq!(u.missing, vec!["NETWORK_FILESYSTEMS"]);
-        assert!(u.depends_on.contains("NETWORK_FILESYSTEMS"), "{}", u.depends_on);
+        assert!(
+            u.depends_on.contains("NETWORK_FILESYSTEMS"),
+            "{}",
+            u.depends_on
+        );
         assert!(k.unmet("NO_SUCH_OPTION", &cfg).unknown);
     }
 }

@@ -216,7 +216,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}); the last lines of {log}:\n{tail}\n(missing host tools such as flex, bison, bc or libelf-dev: run scripts/install-deps)")]
+    #[error(
+        "`{command}` failed ({status}); the last lines of {log}:\n{tail}\n(missing host tools such as flex, bison, bc or libelf-dev: run scripts/install-deps)"
+    )]
     Make {
         command: String,
         status: std::process::ExitStatus,
