@@ -133,13 +133,12 @@ fn fragment_text(f: &str) -> Result<(String, String)> {
 
 /// `gcc --version`'s first line: a different compiler is a different kernel.
 fn compiler() -> Result<String> {
-    let out = Command::new("gcc")
-        .arg("--version")
-        .output()
-        .map_err(|source| ImageError::ToolMissing {
-            program: "gcc".into(),
-            hint: "apt-get install gcc make bc flex bison libelf-dev libssl-dev, or scripts/install-deps",
-            source,
+    let mut cmd = Command::new("gcc");
+    cmd.arg("--version");
+    let out = cove_util::tool::output(&mut cmd, "scripts/install-deps, or apt-get install gcc")
+        .map_err(|tool| ImageError::Step {
+            step: "find the compiler".to_owned(),
+            tool,
         })?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
