@@ -71,6 +71,8 @@ pub enum Command {
     Volume(commands::volume::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
+    /// Time boots by phase (`cove bench boot IMAGE|VM`).
+    Bench(commands::bench::Args),
     /// Run by `cove start`: the per-VM supervisor process.
     #[command(name = "__supervise", hide = true)]
     Supervise(commands::supervise::Args),

@@ -53,7 +53,8 @@ pub enum ImageError {
     UnknownFragment(String),
     #[error("a kernel build takes `source` (a Debian package) or `tree` (a directory), not both")]
     KernelSourceConflict,
-    #[error("cannot build the kernel: {0}")]
+    /// Its message already says what failed and what to do.
+    #[error(transparent)]
     KernelBuild(#[from] cove_diagnose::kernel::BuildError),
     #[error(
         "the package {0} holds no usr/src/linux-source-*.tar.xz with a kernel tree; name a `linux-source-*` package"

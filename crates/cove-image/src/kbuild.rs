@@ -133,14 +133,13 @@ fn fragment_text(f: &str) -> Result<(String, String)> {
 
 /// `gcc --version`'s first line: a different compiler is a different kernel.
 fn compiler() -> Result<String> {
-    let out = cove_util::tool::run(
-        Command::new("gcc").arg("--version"),
-        "apt-get install gcc make bc flex bison libelf-dev libssl-dev, or scripts/install-deps",
-    )
-    .map_err(|tool| ImageError::Step {
-        step: "find the compiler".into(),
-        tool,
-    })?;
+    let mut cmd = Command::new("gcc");
+    cmd.arg("--version");
+    let out = cove_util::tool::output(&mut cmd, "scripts/install-deps, or apt-get install gcc")
+        .map_err(|tool| ImageError::Step {
+            step: "find the compiler".to_owned(),
+            tool,
+        })?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -232,9 +231,12 @@ pub(crate) fn build_kernel_with(
         })?,
         (None, None) => unreachable!("a package source has its .deb"),
     };
-    let obj = root.join("obj").join(obj_name);
+    let obj = root.join("obj").join(&obj_name);
+    // Configured and verified in a small directory of its own, so a refusal never waits
+    // for another config's compile (the compile directory takes one build at a time).
+    let conf = root.join("obj").join(format!("{obj_name}.config"));
     util::create_dir_all(&obj)?;
-    let _lock = lock(&obj)?;
+    util::create_dir_all(&conf)?;
     util::create_dir_all(&root.join("builds"))?;
     let staging = tempfile::Builder::new()
         .prefix(".build-")
@@ -247,19 +249,31 @@ pub(crate) fn build_kernel_with(
         out.join("build.log").display()
     ));
     let started = Instant::now();
-    let bspec = dk::BuildSpec {
+    let cspec = dk::BuildSpec {
         src: src.clone(),
         base: base.clone(),
         fragments: fragments.clone(),
-        out: obj.clone(),
+        out: conf.clone(),
         jobs: opts.jobs,
         targets: vec!["bzImage".into()],
         allow_lost: opts.allow_lost,
         log: log.clone(),
     };
+    let (merge, lost) = {
+        let _lock = lock(&conf)?;
+        rep.stage("configure kernel", || dk::configure(&cspec))?
+    };
+    let _lock = lock(&obj)?;
+    let config = obj.join(".config");
+    std::fs::copy(conf.join(".config"), &config)
+        .map_err(io_err("cannot copy the resolved config to", &config))?;
+    let bspec = dk::BuildSpec {
+        out: obj.clone(),
+        ..cspec
+    };
     let mut compiled = 0u64;
     let report = rep.stage("compile kernel", || {
-        dk::build(&bspec, &mut |line| {
+        dk::compile(&bspec, &mut |line| {
             let t = line.trim_start();
             if t.starts_with("CC ") || t.starts_with("AS ") || t.starts_with("LD ") {
                 compiled += 1;
@@ -269,7 +283,7 @@ pub(crate) fn build_kernel_with(
             }
         })
     });
-    let report = report.map_err(|e| match e {
+    report.map_err(|e| match e {
         // Point at the log where it will stay.
         dk::BuildError::Make {
             command,
@@ -298,7 +312,7 @@ pub(crate) fn build_kernel_with(
     copy(obj.join("vmlinux"), "vmlinux")?;
     copy(obj.join("arch/x86/boot/bzImage"), "bzImage")?;
     copy(obj.join(".config"), "config")?;
-    let mut notes: Vec<String> = report
+    let mut notes: Vec<String> = merge
         .overrides
         .iter()
         .map(|o| {
@@ -308,7 +322,7 @@ pub(crate) fn build_kernel_with(
             )
         })
         .collect();
-    notes.extend(report.lost.iter().map(|l| format!("LOST {l}")));
+    notes.extend(lost.iter().map(|l| format!("LOST {l}")));
     let k = BuiltKernel {
         key: key.clone(),
         release,

@@ -1,6 +1,7 @@
 //! One module per verb: its `Args` and its `run`.
 
 mod agent_client;
+pub mod bench;
 pub mod console;
 pub mod cp;
 pub mod create;
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Disk(a) => disk::run(&ctx, a),
         Command::Test(a) => test::run(&ctx, a),
         Command::Why(a) => why::run(&ctx, a),
+        Command::Bench(a) => bench::run(&ctx, a),
         Command::Volume(a) => volume::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
     }

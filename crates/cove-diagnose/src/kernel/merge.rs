@@ -236,6 +236,7 @@ pub fn configure(spec: &BuildSpec) -> Result<(Merge, Vec<Lost>), BuildError> {
     if !spec.src.join("Makefile").is_file() || !spec.src.join("scripts/kconfig").is_dir() {
         return Err(BuildError::NotKernelSource(spec.src.clone()));
     }
+    std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
     let config_path = spec.out.join(".config");
     let merged = merge(&spec.base.1, &spec.fragments);
     std::fs::write(&config_path, merged.config.to_text()).map_err(io(&config_path))?;
@@ -261,6 +262,18 @@ pub fn build(spec: &BuildSpec, on_line: &mut dyn FnMut(&str)) -> Result<BuildRep
     let started = Instant::now();
     std::fs::create_dir_all(&spec.out).map_err(io(&spec.out))?;
     let (merged, lost) = configure(spec)?;
+    compile(spec, on_line)?;
+    Ok(BuildReport {
+        config: spec.out.join(".config"),
+        log: spec.log.clone(),
+        overrides: merged.overrides,
+        lost,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Compiles the `.config` already in `spec.out` (`make -jN bzImage`).
+pub fn compile(spec: &BuildSpec, on_line: &mut dyn FnMut(&str)) -> Result<(), BuildError> {
     let jobs = spec
         .jobs
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
@@ -271,14 +284,7 @@ pub fn build(spec: &BuildSpec, on_line: &mut dyn FnMut(&str)) -> Result<BuildRep
     } else {
         args.extend(spec.targets.iter().cloned());
     }
-    run_make(spec, &args, on_line)?;
-    Ok(BuildReport {
-        config: spec.out.join(".config"),
-        log: spec.log.clone(),
-        overrides: merged.overrides,
-        lost,
-        elapsed: started.elapsed(),
-    })
+    run_make(spec, &args, on_line)
 }
 
 /// `make -s kernelrelease` of a configured output directory.
@@ -307,6 +313,8 @@ fn run_make(
 ) -> Result<(), BuildError> {
     use std::io::{BufRead, Write};
     let config = spec.out.join(".config");
+    let tmp = spec.out.join(".tmp");
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     // stderr joins stdout in one pipe (`2>&1`) so the log keeps their order.
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "exec make \"$@\" 2>&1", "make", "-C"])
@@ -314,6 +322,9 @@ fn run_make(
         .arg(format!("O={}", spec.out.display()))
         .args(args)
         .env("KCONFIG_CONFIG", &config)
+        // gcc's temporary files beside the objects: a /tmp cleaner on a shared host once
+        // deleted them mid-compile ("can't open /tmp/cc….s"), failing an hour's build.
+        .env("TMPDIR", &tmp)
         // Never prompt: a build that waits on stdin hangs forever (seed 001).
         .stdin(Stdio::null());
     let command = format!(

@@ -19,8 +19,8 @@ pub use image::{
 pub use initramfs::{InitramfsModules, ModuleInfo};
 pub use kconfig::{Kconfig, Unmet};
 pub use merge::{
-    BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, configure, explain_lost,
-    kernel_release, merge, merge_files, verify,
+    BuildError, BuildReport, BuildSpec, Lost, Merge, Override, build, compile, configure,
+    explain_lost, kernel_release, merge, merge_files, verify,
 };
 pub use profile::{
     BUILTIN_PROFILES, Profile, Requirement, builtin_profile, parse_profiles, resolve_profiles,
