@@ -68,8 +68,8 @@ pub use error::LinkError;
 pub use link::{AgentLink, LinkConfig};
 pub use mux::{AgentInfo, LinkState, LinkStats};
 pub use ops::{
-    ExecIo, FnOpener, Input, StreamOpener, exec, forward_signals, ps, shutdown, spawn_stdin_reader,
-    stat,
+    ExecIo, FnOpener, Input, StreamOpener, exec, fixup, forward_signals, ps, shutdown,
+    spawn_stdin_reader, stat,
 };
 pub use relay::{RelayOutcome, RemoteStream, relay};
 pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender, set_stall_timeout};

@@ -254,6 +254,19 @@ pub async fn stat(opener: &impl StreamOpener, path: &str) -> Result<Option<FileM
     Err(LinkError::Protocol("stat answered without metadata".into()))
 }
 
+/// Sends the post-restore fixups (clock, entropy, identity) and waits for the agent to apply them.
+pub async fn fixup(
+    opener: &impl StreamOpener,
+    req: cove_proto::FixupRequest,
+) -> Result<(), LinkError> {
+    messages(
+        opener.open(OpenRequest::Fixup(req)).await?,
+        "answer to the post-restore fixups",
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Asks the agent to sync and power off (or reboot) the guest.
 pub async fn shutdown(opener: &impl StreamOpener, reboot: bool) -> Result<(), LinkError> {
     messages(

@@ -16,6 +16,7 @@ pub fn run(stream: AgentStream, req: Result<OpenRequest, MsgError>) {
         OpenRequest::Stat { path } => stat(stream, &path),
         OpenRequest::Ps => crate::procs::ps(stream),
         OpenRequest::Shutdown { reboot } => shutdown(stream, reboot),
+        OpenRequest::Fixup(r) => crate::fixup::run(stream, r),
     }
 }
 

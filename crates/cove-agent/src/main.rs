@@ -5,6 +5,7 @@
 
 mod exec;
 mod files;
+mod fixup;
 mod handlers;
 mod mux;
 mod pid1;

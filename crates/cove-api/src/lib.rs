@@ -42,6 +42,9 @@ pub enum Request {
     /// Opens one agent stream: the connection then carries cove-proto frames
     /// for that stream (see cove-agent-link).
     Agent,
+    /// Saves the running VM (device state, memory, every disk) as snapshot `tag`, then resumes
+    /// it or, with `resume: false`, ends it.
+    Snapshot { tag: String, resume: bool },
 }
 
 /// What the supervisor is doing, as it reports it.

@@ -105,6 +105,21 @@ pub struct DataDisk {
     pub serial: String,
 }
 
+/// Where guest RAM lives. File-backed RAM is what makes snapshots and clones cheap: a VM that
+/// may be snapshotted keeps its RAM in a file shared with the VMM, and a VM restored from a
+/// snapshot maps the snapshot's memory file privately (copy-on-write), so clones share it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Memory {
+    /// Anonymous memory of the VMM process.
+    #[default]
+    Anonymous,
+    /// A file the VMM maps shared: the guest's RAM is the file's content.
+    SharedFile(PathBuf),
+    /// A saved memory file mapped privately: reads come from the file (one page-cache copy for
+    /// every VM mapping it), writes stay in the VM.
+    PrivateFile(PathBuf),
+}
+
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -133,6 +148,13 @@ pub struct VmSpec {
     pub console_socket: PathBuf,
     /// The guest agent's virtio-serial port; the VMM listens on it.
     pub agent_socket: PathBuf,
+    /// Where guest RAM lives.
+    #[serde(default)]
+    pub memory: Memory,
+    /// Start waiting for a saved device state instead of booting (the memory file is then the
+    /// snapshot's, [`Memory::PrivateFile`]).
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// What a backend can do at run time. Callers check these instead of

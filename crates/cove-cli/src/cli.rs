@@ -32,6 +32,10 @@ pub enum Command {
     Create(commands::create::Args),
     /// Boot a VM and wait until its agent answers.
     Start(commands::start::Args),
+    /// Save a running VM (memory, devices, every disk) to restore or clone later; `ls`, `rm`.
+    Snapshot(commands::snapshot::Args),
+    /// Create and start new VMs from a snapshot (`NAME@TAG`); they share its memory image.
+    Clone(commands::clone::Args),
     /// Shut a VM down gracefully, forcing it after a timeout.
     Stop(commands::stop::Args),
     /// Stop then start a VM.

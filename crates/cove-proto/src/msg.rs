@@ -97,6 +97,27 @@ pub enum OpenRequest {
         #[serde(default)]
         reboot: bool,
     },
+    /// Sent by the host right after a restore from a snapshot: what the snapshot froze and this
+    /// machine must not share with its siblings. Answered by [`StreamMsg::Done`].
+    Fixup(FixupRequest),
+}
+
+/// See [`OpenRequest::Fixup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixupRequest {
+    /// The host's wall clock, nanoseconds since the epoch, read just before sending.
+    pub unix_nanos: u64,
+    /// Fresh host entropy, credited to the guest kernel's pool and forcing a CRNG reseed
+    /// (at most [`FixupRequest::MAX_ENTROPY`] bytes).
+    pub entropy: Vec<u8>,
+    /// The clone's own hostname, when it is a clone.
+    pub hostname: Option<String>,
+    /// The clone's own machine-id (32 lowercase hex digits), when it is a clone.
+    pub machine_id: Option<String>,
+}
+
+impl FixupRequest {
+    pub const MAX_ENTROPY: usize = 512;
 }
 
 /// Metadata of a path.

@@ -9,7 +9,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cove_backend::{Accel, Backend, BackendError, Capabilities, Machine, VmSpec};
+use cove_backend::{Accel, Backend, BackendError, Capabilities, Machine, Memory, VmSpec};
 
 /// The virtio-serial port name the guest agent looks for in
 /// `/sys/class/virtio-ports/*/name`.
@@ -68,9 +68,9 @@ impl Backend for Qemu {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             graceful_shutdown: true,
-            // QEMU can (QMP `migrate` to a file), but cove does not drive it
-            // yet: declare what callers can actually use.
-            snapshots: false,
+            // QMP `migrate` of device state to a file, RAM in a memory file
+            // (`crate::save`).
+            snapshots: true,
             // QEMU can, but the devices are not in the argv yet and these hosts
             // have no /dev/vhost-vsock; the agent uses virtio-serial.
             vsock: false,
@@ -217,6 +217,29 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         push(&["-cpu", "qemu64,+arat"]);
     }
 
+    let memory_file = match &spec.memory {
+        Memory::Anonymous => None,
+        Memory::SharedFile(path) => Some((path, "on")),
+        Memory::PrivateFile(path) => Some((path, "off")),
+    };
+    if let Some((path, share)) = memory_file {
+        // The machine's RAM from a file (see `cove_backend::Memory`); `-machine` options merge.
+        a.push("-object".into());
+        let mut object = OsString::from(format!(
+            "memory-backend-file,id=mem,size={}M,share={share},",
+            spec.memory_mib
+        ));
+        object.push(opt_path("mem-path=", path));
+        a.push(object);
+        a.push("-machine".into());
+        a.push("memory-backend=mem".into());
+    }
+    if spec.incoming {
+        // The device state comes over QMP `migrate-incoming` (see `crate::save`).
+        a.push("-incoming".into());
+        a.push("defer".into());
+    }
+
     // Kernel: the uncompressed ELF boots through its PVH entry, skipping the
     // bzImage's self-decompression (about 0.45 s under TCG).
     let kernel = spec.vmlinux.as_deref().unwrap_or(&spec.kernel);
@@ -314,6 +337,8 @@ mod tests {
             qmp_socket: "/run/cove/web/qmp.sock".into(),
             console_socket: "/run/cove/web/console.sock".into(),
             agent_socket: "/run/cove/web/agent.sock".into(),
+            memory: Memory::Anonymous,
+            incoming: false,
         }
     }
 
@@ -392,6 +417,26 @@ mod tests {
         }];
         // q35 calibrates its TSC against the HPET: no tsc_early_khz.
         insta::assert_snapshot!(render(&args(&s, Some(2_995_200))));
+    }
+
+    #[test]
+    fn restore_maps_the_saved_memory_privately_and_waits_for_state() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        s.memory = Memory::PrivateFile("/snap/a,b/memory".into());
+        s.incoming = true;
+        let text = render(&args(&s, Some(2_995_200)));
+        assert!(
+            text.contains(
+                "-object memory-backend-file,id=mem,size=256M,share=off,mem-path=/snap/a,,b/memory\n-machine memory-backend=mem"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("-incoming defer"), "{text}");
+        s.memory = Memory::SharedFile("/run/web/memory".into());
+        s.incoming = false;
+        let text = render(&args(&s, Some(2_995_200)));
+        assert!(text.contains("share=on,mem-path=/run/web/memory"), "{text}");
+        assert!(!text.contains("-incoming"), "{text}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl QmpClient {
         })
     }
 
-    async fn run<C: qmp::QmpCommand>(
+    pub(crate) async fn run<C: qmp::QmpCommand>(
         &self,
         name: &'static str,
         command: C,

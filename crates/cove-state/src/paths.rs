@@ -157,6 +157,18 @@ impl VmPaths {
     pub fn qemu_cmdline(&self) -> PathBuf {
         self.dir.join("qemu.cmdline")
     }
+    /// Guest RAM of a cold-booted VM, shared with QEMU so a snapshot can copy it (runtime dir:
+    /// tmpfs where `XDG_RUNTIME_DIR` is, as it should be).
+    pub fn memory_file(&self) -> PathBuf {
+        self.run.join("memory")
+    }
+    /// The VM's snapshots, one directory per tag (see `cove_supervisor::snapshot`).
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    pub fn snapshot(&self, tag: &str) -> PathBuf {
+        self.snapshots().join(tag)
+    }
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("control.sock")
     }

@@ -274,6 +274,8 @@ mod tests {
             last_error: None,
             created_at: now(),
             started_at: None,
+            cloned_from: None,
+            restored_from: None,
         }
     }
 

@@ -189,6 +189,13 @@ pub struct VmRecord {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
+    /// `NAME@TAG`: the snapshot this VM was cloned from (its root disk is backed by that
+    /// snapshot's), so deleting the source can name the clones that depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<String>,
+    /// The tag this VM's current run was restored from; `None` after a cold boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 #[cfg(test)]

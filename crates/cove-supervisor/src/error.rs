@@ -35,6 +35,8 @@ pub enum LifecycleError {
     #[error("unexpected answer from the supervisor: {0}")]
     Protocol(String),
     #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

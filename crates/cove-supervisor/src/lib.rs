@@ -7,6 +7,7 @@ pub mod data_disk;
 mod error;
 pub mod lifecycle;
 pub mod liveness;
+pub mod snapshot;
 pub mod supervisor;
 
 pub use error::LifecycleError;

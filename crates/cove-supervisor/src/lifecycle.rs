@@ -79,6 +79,8 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         last_error: None,
         created_at: now(),
         started_at: None,
+        cloned_from: None,
+        restored_from: None,
     };
     let result = store.create_vm(&record, || {
         // No record exists (we hold the write lock), so a directory here is
@@ -112,7 +114,10 @@ fn validate_resources(cpus: Option<u32>, memory_mib: Option<u64>) -> Result<(), 
     Ok(())
 }
 
-fn tempfile_dir(parent: &Path, name: &str) -> Result<std::path::PathBuf, LifecycleError> {
+pub(crate) fn tempfile_dir(
+    parent: &Path,
+    name: &str,
+) -> Result<std::path::PathBuf, LifecycleError> {
     std::fs::create_dir_all(parent)?;
     let dir = parent.join(format!("{name}.{}.{}", std::process::id(), now()));
     std::fs::create_dir(&dir)?;
@@ -202,6 +207,7 @@ fn adopt(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecord, Lifec
     if let Some(lock) = liveness::try_lock(&vm.supervisor_lock())? {
         let opts = StartOptions {
             boot_timeout: ADOPT_TIMEOUT,
+            from: None,
         };
         let pid = spawn_supervisor(paths, name, &opts, &lock, true)?;
         drop(lock);
@@ -237,12 +243,16 @@ pub fn show(paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
 pub struct StartOptions {
     /// How long the guest may take to answer before `start` fails.
     pub boot_timeout: Duration,
+    /// Restore from this snapshot (`TAG` of the VM itself, or `OWNER@TAG`) instead of booting.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Started {
     pub record: VmRecord,
     pub boot_ms: u64,
+    /// Restored from this snapshot (`OWNER@TAG`) rather than booted.
+    pub restored: Option<String>,
 }
 
 /// Starts a VM's supervisor, detached from this process, and waits until
@@ -262,13 +272,34 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
     for port in &record.ports {
         check_port_free(port)?;
     }
+    // A snapshot that no longer fits is refused here, before its disks replace the VM's.
+    // A clone never started yet resumes from its snapshot unless told otherwise.
+    let from = opts.from.clone().or_else(|| {
+        (record.state == VmState::Created)
+            .then(|| record.cloned_from.clone())
+            .flatten()
+    });
+    let origin = match &from {
+        Some(from) => {
+            let (owner, tag) = from.split_once('@').unwrap_or((name, from.as_str()));
+            crate::snapshot::validate_tag(tag)?;
+            crate::snapshot::check(paths, owner, tag, &record)?;
+            Some((owner.to_owned(), tag.to_owned()))
+        }
+        None => None,
+    };
     let vm = paths.vm(name);
     // The lock is taken here and handed to the supervisor, so that from this
     // moment on the VM counts as having a live supervisor; two concurrent
     // starts cannot both get past this line.
     let lock = liveness::try_lock(&vm.supervisor_lock())?
         .ok_or_else(|| LifecycleError::AlreadyRunning(name.to_owned(), VmState::Starting))?;
+    if let Some((owner, tag)) = &origin {
+        crate::snapshot::prepare_disks(paths, owner, tag, &record)?;
+    }
+    let restored = origin.map(|(owner, tag)| format!("{owner}@{tag}"));
     store.update_vm(name, |r| {
+        r.restored_from = restored.clone();
         r.state = VmState::Starting;
         r.last_error = None;
         r.last_exit = None;
@@ -276,7 +307,11 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         r.vmm_pid = None;
         r.supervisor_pid = None;
     })?;
-    let child = spawn_supervisor(paths, name, opts, &lock, false)?;
+    let opts = StartOptions {
+        from: restored.clone(),
+        ..opts.clone()
+    };
+    let child = spawn_supervisor(paths, name, &opts, &lock, false)?;
     drop(lock);
     store.update_vm(name, |r| {
         if r.supervisor_pid.is_none() {
@@ -287,6 +322,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
     Ok(Started {
         record: reconcile(&mut store, paths, name)?,
         boot_ms,
+        restored,
     })
 }
 
@@ -327,6 +363,7 @@ fn spawn_supervisor(
         .arg("--lock-fd")
         .arg(LOCK_FD.to_string())
         .args(adopt.then_some("--adopt"))
+        .args(opts.from.iter().flat_map(|f| ["--restore", f.as_str()]))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -458,7 +495,11 @@ fn wait_supervisor_gone(paths: &Paths, name: &str) {
     }
 }
 
-fn control_call(paths: &Paths, name: &str, request: &Request) -> Result<String, LifecycleError> {
+pub(crate) fn control_call(
+    paths: &Paths,
+    name: &str,
+    request: &Request,
+) -> Result<String, LifecycleError> {
     let socket = paths.vm(name).control_socket();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -500,6 +541,14 @@ pub fn delete(paths: &Paths, name: &str, force: bool) -> Result<(), LifecycleErr
         if record.state.is_active() {
             return Err(LifecycleError::Running(name.to_owned(), record.state));
         }
+    }
+    // Clones' disks are backed by this VM's snapshots: deleting it would break them.
+    let clones = crate::snapshot::all_clones_of(&store.list_vms()?, name);
+    if !clones.is_empty() {
+        return Err(LifecycleError::BadResources(format!(
+            "`{name}` has clones that depend on its snapshots: {}; delete them first",
+            clones.join(", ")
+        )));
     }
     let vm = paths.vm(name);
     // Files first, record last: an interrupted delete leaves a record whose

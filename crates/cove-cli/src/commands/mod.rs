@@ -2,6 +2,7 @@
 
 mod agent_client;
 pub mod bench;
+pub mod clone;
 pub mod console;
 pub mod cp;
 pub mod create;
@@ -20,6 +21,7 @@ pub mod restart;
 pub mod set;
 pub mod shell;
 pub mod show;
+pub mod snapshot;
 pub mod start;
 pub mod stop;
 pub mod supervise;
@@ -40,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down(a) => down::run(&ctx, a),
         Command::Create(a) => create::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
+        Command::Snapshot(a) => snapshot::run(&ctx, a),
+        Command::Clone(a) => clone::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Restart(a) => restart::run(&ctx, a),
         Command::Kill(a) => kill::run(&ctx, a),

@@ -10,6 +10,9 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     pub name: String,
+    /// Restore this snapshot (`TAG`, or `OWNER@TAG` for a clone) instead of booting.
+    #[arg(long)]
+    pub from: Option<String>,
     #[command(flatten)]
     pub boot: BootArgs,
 }
@@ -25,12 +28,17 @@ impl BootArgs {
     pub fn options(&self) -> StartOptions {
         StartOptions {
             boot_timeout: Duration::from_secs(self.boot_timeout),
+            from: None,
         }
     }
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let started = lifecycle::start(&ctx.paths, &args.name, &args.boot.options())?;
+    let opts = StartOptions {
+        from: args.from,
+        ..args.boot.options()
+    };
+    let started = lifecycle::start(&ctx.paths, &args.name, &opts)?;
     report(ctx, &started)
 }
 
@@ -41,12 +49,17 @@ pub fn report(ctx: &Ctx, started: &lifecycle::Started) -> Result<ExitCode> {
             "name": r.name,
             "state": r.state,
             "boot_ms": started.boot_ms,
+            "restored_from": started.restored,
             "accel": r.accel,
             "machine": r.machine,
         }))?;
     } else {
+        let how = match &started.restored {
+            Some(origin) => format!("restored from snapshot {origin}"),
+            None => "booted".to_owned(),
+        };
         println!(
-            "{} is {} ({}, {}, ready in {:.1}s)",
+            "{} is {} ({how}; {}, {}, ready in {:.2}s)",
             r.name,
             r.state,
             r.accel.as_deref().unwrap_or("?"),

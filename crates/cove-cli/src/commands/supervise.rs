@@ -16,6 +16,9 @@ pub struct Args {
     /// Take over the running VMM of a supervisor that died.
     #[arg(long)]
     pub adopt: bool,
+    /// Restore from this snapshot (`OWNER@TAG`) instead of booting.
+    #[arg(long)]
+    pub restore: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
@@ -26,6 +29,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             boot_timeout: Duration::from_secs(args.boot_timeout),
             lock_fd: args.lock_fd,
             adopt: args.adopt,
+            restore: args.restore,
         },
     )?;
     Ok(ExitCode::SUCCESS)

@@ -112,6 +112,7 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
     let name = want.name.as_str();
     let start = StartOptions {
         boot_timeout: Duration::from_secs(want.boot_timeout),
+        from: None,
     };
     if Store::open(paths)?.find_vm(name)?.is_none() {
         lifecycle::create(paths, &create_options(image, want))?;

@@ -79,6 +79,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
                 detail: "killed".into(),
             }
         }
+        Request::Snapshot { tag, resume } => super::save::snapshot(&shared, &tag, resume).await,
         Request::Console { replay_bytes } => {
             if write_message(stream.get_mut(), &Response::Streaming)
                 .await
@@ -112,7 +113,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
     let _ = write_message(stream.get_mut(), &response).await;
 }
 
-fn failed(message: String) -> Response {
+pub(super) fn failed(message: String) -> Response {
     Response::Failed(Failure {
         message,
         hint: None,

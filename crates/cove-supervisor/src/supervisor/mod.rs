@@ -7,6 +7,7 @@
 mod console;
 mod control;
 mod judge;
+mod save;
 mod vmm;
 mod vmm_process;
 
@@ -35,6 +36,9 @@ pub struct SuperviseOptions {
     /// Take over the running VMM of a supervisor that died, instead of
     /// starting one.
     pub adopt: bool,
+    /// Restore from this snapshot (`OWNER@TAG`, checked and with its disks in place, see
+    /// `lifecycle::start`) instead of booting.
+    pub restore: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,9 @@ pub struct Shared {
     pub stop: Mutex<Option<(StopKind, Instant)>>,
     /// Set when the supervisor itself ended the boot (e.g. it timed out).
     pub boot_failure: Mutex<Option<String>>,
+    /// This run was restored from a snapshot (its RAM is a private mapping of the snapshot's
+    /// memory file, so it cannot be snapshotted in turn).
+    pub restored: bool,
 }
 
 /// Runs the supervisor until its VMM has exited and the outcome is recorded.
@@ -139,6 +146,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let image = boot_image::load(&store, &record.image_id)?;
     let listener = control::bind(&vm)?;
     let started = Instant::now();
+    let restore_dir = opts.restore.as_deref().map(|origin| {
+        let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
+        paths.vm(owner).snapshot(tag)
+    });
     let (mut process, pid, accel) = if opts.adopt {
         let pid = record
             .vmm_pid
@@ -147,7 +158,11 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let accel = record.accel.clone().unwrap_or_default();
         (VmmProcess::Adopted { pid }, pid, accel)
     } else {
-        let launch = vmm::launch(paths, &record, &image).await?;
+        let start = match &restore_dir {
+            Some(dir) => vmm::Start::Restore { snapshot: dir },
+            None => vmm::Start::Boot,
+        };
+        let launch = vmm::launch(paths, &record, &image, start).await?;
         (VmmProcess::Child(launch.child), launch.pid, launch.accel)
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -188,6 +203,23 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             )));
         }
     };
+    if let Some(dir) = &restore_dir {
+        // Device state into the paused VMM before anything talks to the guest.
+        if let Err(e) = qmp.restore_state(&dir.join(crate::snapshot::STATE)).await {
+            process.start_kill();
+            let _ = process.wait().await;
+            let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
+            return Err(SuperviseError::Boot(format!(
+                "restoring {} failed: {e}{}",
+                opts.restore.as_deref().unwrap_or_default(),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!("; QEMU said: {said}")
+                }
+            )));
+        }
+    }
     let hub = console::start(console_stream, log);
     // QEMU created every socket before QMP answered, so this connects at
     // once; the handshake itself completes when the guest's agent starts.
@@ -220,6 +252,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         vmm_pid: pid,
         stop: Mutex::new(None),
         boot_failure: Mutex::new(None),
+        restored: restore_dir.is_some(),
     });
     let server = tokio::spawn(control::serve(listener, Arc::clone(&shared)));
     let readiness = tokio::spawn(wait_ready(Arc::clone(&shared), started, opts.boot_timeout));
@@ -297,6 +330,12 @@ async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), String> {
 
 /// Records the end of the boot: ready, or failed with the VMM killed.
 async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), String>) {
+    // A restored guest resumes with the snapshot's clock, RNG and identity: fix them before
+    // anyone else reaches it.
+    let ready = match ready {
+        Ok(()) if shared.restored => save::fixup(&shared).await,
+        other => other,
+    };
     match ready {
         Ok(()) => {
             let boot_ms = started.elapsed().as_millis() as u64;

@@ -4,7 +4,7 @@ use super::{Phase, Shared, StopKind, SuperviseError};
 use crate::boot_image::BootImage;
 use crate::console_log::tail_lines;
 use cove_api::Failure;
-use cove_backend::{Backend, DataDisk, Machine, VmSpec};
+use cove_backend::{Backend, DataDisk, Machine, Memory, VmSpec};
 use cove_state::{Paths, VmPaths, VmRecord, VmState};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -15,6 +15,8 @@ pub const EXTRA_ARGS_ENV: &str = "COVE_QEMU_EXTRA_ARGS";
 
 /// How long the VMM may take to open its sockets.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restored guest's agent may take to apply the post-restore fixups.
+pub const FIXUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `quit` may take before the VMM is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -24,10 +26,18 @@ pub struct Launch {
     pub accel: String,
 }
 
+/// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
+/// waiting for the device state of a snapshot whose memory file it maps privately.
+pub enum Start<'a> {
+    Boot,
+    Restore { snapshot: &'a std::path::Path },
+}
+
 pub async fn launch(
     paths: &Paths,
     record: &VmRecord,
     image: &BootImage,
+    start: Start<'_>,
 ) -> Result<Launch, SuperviseError> {
     let vm = paths.vm(record.name.as_str());
     for socket in [vm.qmp_socket(), vm.console_socket(), vm.agent_socket()] {
@@ -58,6 +68,13 @@ pub async fn launch(
         qmp_socket: vm.qmp_socket(),
         console_socket: vm.console_socket(),
         agent_socket: vm.agent_socket(),
+        memory: match start {
+            Start::Boot => Memory::SharedFile(vm.memory_file()),
+            Start::Restore { snapshot } => {
+                Memory::PrivateFile(snapshot.join(crate::snapshot::MEMORY))
+            }
+        },
+        incoming: matches!(start, Start::Restore { .. }),
     };
     let qemu = cove_qemu::Qemu::find(cove_qemu::tsc::host_tsc_khz_cached(paths))?;
     let mut cmd = qemu.command(&spec)?;

@@ -1,0 +1,135 @@
+//! Snapshots and clones of real guests: what a snapshot freezes, what each clone must get anew,
+//! and snapshots that no longer fit being refused.
+
+use cove_e2e::Cove;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_nanos() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "src", "--image", "minimal"]);
+    cove.ok(&["start", "src"]);
+    // State that must survive: a file on the root disk and a running process.
+    cove.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "echo before > /root/mark; sync",
+    ]);
+    cove.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 100000 </dev/null >/dev/null 2>&1 &",
+    ]);
+    let out = cove.ok(&["snapshot", "src", "base"]);
+    assert!(out.contains("snapshot `base`"), "{out}");
+    // The source runs on, and what it does after the snapshot is not in the snapshot.
+    cove.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "echo after > /root/mark; sync",
+    ]);
+    let listed = cove.ok(&["snapshot", "ls", "src"]);
+    assert!(listed.contains("src@base"), "{listed}");
+
+    let out = cove.ok(&["clone", "src@base", "c1", "c2"]);
+    assert_eq!(
+        out.matches("restored from snapshot src@base").count(),
+        2,
+        "{out}"
+    );
+    let mut randoms = Vec::new();
+    for clone in ["c1", "c2"] {
+        assert_eq!(
+            cove.ok(&["exec", clone, "--", "cat", "/root/mark"]).trim(),
+            "before"
+        );
+        let ps = cove.ok(&["exec", clone, "--", "ps"]);
+        assert!(
+            ps.contains("sleep 100000"),
+            "{clone} lost the process: {ps}"
+        );
+        assert_eq!(cove.ok(&["exec", clone, "--", "hostname"]).trim(), clone);
+        let before = now_nanos();
+        let guest: i128 = cove
+            .ok(&["exec", clone, "--", "date", "+%s"])
+            .trim()
+            .parse::<i128>()
+            .unwrap()
+            * 1_000_000_000;
+        let after = now_nanos();
+        // `date +%s` truncates to the second: the guest clock lies within 1 s of the host's
+        // window around the call.
+        assert!(
+            guest >= before - 2_000_000_000 && guest <= after + 1_000_000_000,
+            "{clone}'s clock is {guest}, host window {before}..{after}"
+        );
+        randoms.push(cove.ok(&[
+            "exec",
+            clone,
+            "--",
+            "sh",
+            "-c",
+            "head -c 32 /dev/urandom | od -An -tx1",
+        ]));
+    }
+    assert_ne!(
+        randoms[0], randoms[1],
+        "two clones read the same random bytes"
+    );
+    let ids: Vec<String> = ["c1", "c2"]
+        .iter()
+        .map(|c| cove.ok(&["exec", c, "--", "cat", "/etc/machine-id"]))
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+
+    // The source cannot go while clones depend on its snapshot, and says which.
+    let err = cove.fails(&["delete", "--force", "src"]);
+    assert!(err.contains("c1") && err.contains("c2"), "{err}");
+    let err = cove.fails(&["snapshot", "rm", "src", "base"]);
+    assert!(err.contains("c1"), "{err}");
+
+    // A changed VM is refused with the reason, and a cold boot offered.
+    cove.ok(&["stop", "c1"]);
+    cove.ok(&["set", "c1", "--memory", "384M"]);
+    let err = cove.fails(&["start", "c1", "--from", "src@base"]);
+    assert!(
+        err.contains("memory changed") && err.contains("cove start c1"),
+        "{err}"
+    );
+    // A truncated file too.
+    let state = cove.vm_dir("src").join("snapshots/base/state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    cove.ok(&["stop", "c2"]);
+    let err = cove.fails(&["start", "c2", "--from", "src@base"]);
+    assert!(err.contains("truncated"), "{err}");
+
+    for vm in ["c1", "c2"] {
+        cove.ok(&["delete", "--force", vm]);
+    }
+    cove.ok(&["snapshot", "rm", "src", "base"]);
+    cove.ok(&["delete", "--force", "src"]);
+}

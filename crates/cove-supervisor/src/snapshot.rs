@@ -1,0 +1,533 @@
+//! Snapshots: a VM's device state, memory and every disk, saved together while it was paused,
+//! in `<vm dir>/snapshots/<tag>/` with a manifest that says what they fit.
+//!
+//! Files of a snapshot: `state` (device state, QMP migration stream without RAM), `memory`
+//! (guest RAM, mapped privately by every VM restored from it), `root.qcow2` (the root overlay
+//! as it was, still backed by the image), `data-<name>.qcow2` per data disk, `manifest.json`.
+//! A restore checks the manifest against the VM and the files first: a snapshot that no longer
+//! fits is refused with the reason, never restored into a broken guest.
+
+use crate::error::LifecycleError;
+use cove_state::{Paths, VmRecord};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Bumped when the layout of a snapshot changes.
+const FORMAT: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const STATE: &str = "state";
+pub const MEMORY: &str = "memory";
+pub const ROOT: &str = "root.qcow2";
+
+/// What a snapshot was taken of, and its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub vm: String,
+    pub tag: String,
+    pub created_at: i64,
+    pub image_id: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub machine: String,
+    /// Data disks in the order the VM attaches them (device state depends on it).
+    pub data_disks: Vec<String>,
+    pub disk_mounts: std::collections::BTreeMap<String, String>,
+    pub cove_version: String,
+    /// The QEMU binary as size and modification time: an upgrade changes it, and QEMU loads
+    /// device state only from the version that wrote it (for what cove can promise).
+    pub qemu: String,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 of files small enough to check at every restore (the device state); `None` for
+    /// the memory and disks, whose size is checked (hashing them would cost more than the
+    /// restore itself).
+    pub sha256: Option<String>,
+}
+
+/// Why a snapshot cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("`{vm}` has no snapshot `{tag}`; `cove snapshot ls {vm}` lists them")]
+    NotFound { vm: String, tag: String },
+    #[error(
+        "snapshot `{vm}@{tag}` no longer fits `{target}`: {reason}; it was not restored. Boot \
+         cold with `cove start {target}` (and take a new snapshot with `cove snapshot {vm} {tag}`)"
+    )]
+    Stale {
+        vm: String,
+        tag: String,
+        /// The VM it was to be restored into.
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "snapshot tag {0:?} must be 1-32 characters of a-z, 0-9, '-', '_' or '.', not starting with '.'"
+    )]
+    BadTag(String),
+    #[error(
+        "`{vm}` already has a snapshot `{tag}`; remove it first (`cove snapshot rm {vm} {tag}`)"
+    )]
+    Exists { vm: String, tag: String },
+    #[error("snapshot `{vm}@{tag}` is the base of {clones}; delete those VMs first")]
+    InUse {
+        vm: String,
+        tag: String,
+        clones: String,
+    },
+}
+
+pub fn validate_tag(tag: &str) -> Result<(), SnapshotError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 32
+        && !tag.starts_with('.')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadTag(tag.to_owned()))
+    }
+}
+
+/// The QEMU binary's identity (see [`Manifest::qemu`]).
+pub fn qemu_identity() -> String {
+    let Ok(qemu) = cove_qemu::Qemu::find(None) else {
+        return "absent".into();
+    };
+    match std::fs::metadata(&qemu.binary) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}:{}", qemu.binary.display(), m.size(), m.mtime())
+        }
+        Err(_) => "absent".into(),
+    }
+}
+
+pub fn data_disk_file(name: &str) -> String {
+    format!("data-{name}.qcow2")
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// The manifest of a snapshot whose files are in `dir`, for `record` as it runs now.
+pub fn manifest_for(dir: &Path, record: &VmRecord, tag: &str) -> std::io::Result<Manifest> {
+    let mut names = vec![STATE.to_owned(), MEMORY.to_owned(), ROOT.to_owned()];
+    names.extend(record.data_disks.iter().map(|d| data_disk_file(d)));
+    let files = names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let size = std::fs::metadata(&path)?.len();
+            let sha256 = (name == STATE).then(|| sha256_file(&path)).transpose()?;
+            Ok(FileEntry { name, size, sha256 })
+        })
+        .collect::<std::io::Result<_>>()?;
+    Ok(Manifest {
+        format: FORMAT,
+        vm: record.name.to_string(),
+        tag: tag.to_owned(),
+        created_at: cove_state::store::now(),
+        image_id: record.image_id.clone(),
+        cpus: record.cpus,
+        memory_mib: record.memory_mib,
+        machine: record.machine.clone(),
+        data_disks: record.data_disks.clone(),
+        disk_mounts: record.disk_mounts.clone(),
+        cove_version: env!("CARGO_PKG_VERSION").to_owned(),
+        qemu: qemu_identity(),
+        files,
+    })
+}
+
+/// Reads a snapshot's manifest and checks it against `record` (the VM that will run it: the
+/// snapshot's own VM, or a clone with the same settings) and its files.
+pub fn check(
+    paths: &Paths,
+    owner: &str,
+    tag: &str,
+    record: &VmRecord,
+) -> Result<Manifest, LifecycleError> {
+    let dir = paths.vm(owner).snapshot(tag);
+    let stale = |reason: String| SnapshotError::Stale {
+        vm: owner.to_owned(),
+        tag: tag.to_owned(),
+        target: record.name.to_string(),
+        reason,
+    };
+    let text = match std::fs::read(dir.join(MANIFEST)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::NotFound {
+                vm: owner.to_owned(),
+                tag: tag.to_owned(),
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| stale(format!("its manifest is unreadable ({e})")))?;
+    let mut differs = Vec::new();
+    if m.format != FORMAT {
+        differs.push(format!(
+            "snapshot format {} (this cove reads {FORMAT})",
+            m.format
+        ));
+    }
+    if m.image_id != record.image_id {
+        differs.push(format!(
+            "the image was rebuilt (snapshot of {}, the VM now uses {})",
+            short(&m.image_id),
+            short(&record.image_id)
+        ));
+    }
+    if m.cpus != record.cpus {
+        differs.push(format!(
+            "CPUs changed ({} then, {} now)",
+            m.cpus, record.cpus
+        ));
+    }
+    if m.memory_mib != record.memory_mib {
+        differs.push(format!(
+            "memory changed ({}M then, {}M now)",
+            m.memory_mib, record.memory_mib
+        ));
+    }
+    if m.machine != record.machine {
+        differs.push(format!(
+            "machine changed ({} then, {} now)",
+            m.machine, record.machine
+        ));
+    }
+    if m.data_disks.len() != record.data_disks.len() {
+        differs.push("the data disks changed".into());
+    }
+    let cove = env!("CARGO_PKG_VERSION");
+    if m.cove_version != cove {
+        differs.push(format!(
+            "cove was upgraded ({} then, {cove} now)",
+            m.cove_version
+        ));
+    }
+    let qemu = qemu_identity();
+    if m.qemu != qemu {
+        differs.push(format!("QEMU changed ({} then, {qemu} now)", m.qemu));
+    }
+    for f in &m.files {
+        let path = dir.join(&f.name);
+        match std::fs::metadata(&path) {
+            Err(_) => differs.push(format!("its file {} is missing", f.name)),
+            Ok(meta) if meta.len() != f.size => differs.push(format!(
+                "its file {} is {} bytes, not {} (truncated or replaced)",
+                f.name,
+                meta.len(),
+                f.size
+            )),
+            Ok(_) => {
+                if let Some(want) = &f.sha256
+                    && sha256_file(&path)? != *want
+                {
+                    differs.push(format!("its file {} is corrupt (SHA-256 differs)", f.name));
+                }
+            }
+        }
+    }
+    if differs.is_empty() {
+        Ok(m)
+    } else {
+        Err(stale(differs.join("; ")).into())
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A snapshot as `cove snapshot ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub tag: String,
+    pub created_at: i64,
+    pub bytes: u64,
+    /// Allocated on disk (memory and disks are sparse).
+    pub disk_bytes: u64,
+    pub clones: Vec<String>,
+}
+
+/// The snapshots of `vm`, oldest first.
+pub fn list(paths: &Paths, vm: &str) -> Result<Vec<Listed>, LifecycleError> {
+    let store = cove_state::Store::open(paths)?;
+    let all = store.list_vms()?;
+    let dir = paths.vm(vm).snapshots();
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Ok(text) = std::fs::read(entry.path().join(MANIFEST)) else {
+            continue; // a snapshot being written, or an interrupted one
+        };
+        let Ok(m) = serde_json::from_slice::<Manifest>(&text) else {
+            continue;
+        };
+        let (mut bytes, mut disk_bytes) = (0, 0);
+        for f in &m.files {
+            if let Ok(meta) = std::fs::metadata(entry.path().join(&f.name)) {
+                use std::os::unix::fs::MetadataExt;
+                bytes += meta.len();
+                disk_bytes += meta.blocks() * 512;
+            }
+        }
+        out.push(Listed {
+            clones: clones_of(&all, vm, &m.tag),
+            tag: m.tag,
+            created_at: m.created_at,
+            bytes,
+            disk_bytes,
+        });
+    }
+    out.sort_by_key(|l| l.created_at);
+    Ok(out)
+}
+
+/// VMs whose disks are backed by `vm@tag`.
+pub fn clones_of(all: &[VmRecord], vm: &str, tag: &str) -> Vec<String> {
+    let origin = format!("{vm}@{tag}");
+    all.iter()
+        .filter(|r| r.cloned_from.as_deref() == Some(origin.as_str()))
+        .map(|r| r.name.to_string())
+        .collect()
+}
+
+/// VMs cloned from any snapshot of `vm`.
+pub fn all_clones_of(all: &[VmRecord], vm: &str) -> Vec<String> {
+    let prefix = format!("{vm}@");
+    all.iter()
+        .filter(|r| {
+            r.cloned_from
+                .as_deref()
+                .is_some_and(|c| c.starts_with(&prefix))
+        })
+        .map(|r| {
+            format!(
+                "{} (from {})",
+                r.name,
+                r.cloned_from.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Removes a snapshot no clone depends on.
+pub fn remove(paths: &Paths, vm: &str, tag: &str) -> Result<(), LifecycleError> {
+    validate_tag(tag)?;
+    let store = cove_state::Store::open(paths)?;
+    let clones = clones_of(&store.list_vms()?, vm, tag);
+    if !clones.is_empty() {
+        return Err(SnapshotError::InUse {
+            vm: vm.to_owned(),
+            tag: tag.to_owned(),
+            clones: clones.join(", "),
+        }
+        .into());
+    }
+    let dir = paths.vm(vm).snapshot(tag);
+    if !dir.join(MANIFEST).exists() {
+        return Err(SnapshotError::NotFound {
+            vm: vm.to_owned(),
+            tag: tag.to_owned(),
+        }
+        .into());
+    }
+    // The manifest first: a half-removed snapshot is never mistaken for a whole one.
+    std::fs::remove_file(dir.join(MANIFEST))?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Copies a file keeping holes (memory and disks are mostly holes), sharing blocks where the
+/// filesystem can (`--reflink=auto`). coreutils `cp` does both; std's copy does neither.
+pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), LifecycleError> {
+    cove_util::tool::run(
+        Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto", "--"])
+            .arg(from)
+            .arg(to),
+        "apt-get install coreutils",
+    )
+    .map(drop)
+    .map_err(|tool| LifecycleError::Tool {
+        tool,
+        fix: "check free space where cove keeps its VMs",
+    })
+}
+
+/// A qcow2 overlay of a snapshot's disk: the VM's disk as the snapshot had it, its writes its own.
+pub fn overlay_of(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
+    let tmp = overlay.with_extension("qcow2.new");
+    cove_util::tool::run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(&tmp),
+        "apt-get install qemu-utils",
+    )
+    .map_err(|tool| LifecycleError::Tool {
+        tool,
+        fix: "check that the snapshot's disk exists (`cove snapshot ls`)",
+    })?;
+    std::fs::rename(&tmp, overlay)?;
+    Ok(())
+}
+
+/// Puts the snapshot's disks in place for a restore of `record` from `owner@tag`: a new root
+/// overlay over the snapshot's root disk; data disks rolled back to the snapshot's copy (their
+/// content must match the memory image the guest resumes with).
+pub fn prepare_disks(
+    paths: &Paths,
+    owner: &str,
+    tag: &str,
+    record: &VmRecord,
+) -> Result<(), LifecycleError> {
+    let snap = paths.vm(owner).snapshot(tag);
+    let vm = paths.vm(record.name.as_str());
+    overlay_of(&snap.join(ROOT), &vm.root_disk())?;
+    for disk in &record.data_disks {
+        let target = crate::data_disk::path(paths, disk);
+        let tmp: PathBuf = target.with_extension("qcow2.restoring");
+        copy_sparse(&snap.join(data_disk_file(disk)), &tmp)?;
+        std::fs::rename(&tmp, &target)?;
+    }
+    Ok(())
+}
+
+/// Takes snapshot `tag` of the running VM `name`; with `resume: false` the VM ends afterwards.
+pub fn take(paths: &Paths, name: &str, tag: &str, resume: bool) -> Result<String, LifecycleError> {
+    validate_tag(tag)?;
+    let record = crate::lifecycle::show(paths, name)?;
+    if record.state != cove_state::VmState::Running {
+        return Err(LifecycleError::BadResources(format!(
+            "`{name}` is {}; a snapshot is taken of a running VM (`cove start {name}` first)",
+            record.state
+        )));
+    }
+    if paths.vm(name).snapshot(tag).exists() {
+        return Err(SnapshotError::Exists {
+            vm: name.to_owned(),
+            tag: tag.to_owned(),
+        }
+        .into());
+    }
+    crate::lifecycle::control_call(
+        paths,
+        name,
+        &cove_api::Request::Snapshot {
+            tag: tag.to_owned(),
+            resume,
+        },
+    )
+}
+
+/// Creates VM `name` from snapshot `origin` (`OWNER@TAG`): the owner's settings, a root disk
+/// backed by the snapshot's, and no forwarded ports (two VMs cannot hold one host port). Its
+/// first `start` restores the snapshot.
+pub fn create_clone(
+    paths: &Paths,
+    origin: &str,
+    name: &cove_state::VmName,
+) -> Result<VmRecord, LifecycleError> {
+    let (owner, tag) = origin.split_once('@').ok_or_else(|| {
+        LifecycleError::BadResources(format!(
+            "{origin:?} names no snapshot; write NAME@TAG (`cove snapshot ls NAME`)"
+        ))
+    })?;
+    validate_tag(tag)?;
+    let mut store = cove_state::Store::open(paths)?;
+    let source = store.get_vm(owner)?;
+    check(paths, owner, tag, &source)?;
+    if !source.data_disks.is_empty() {
+        return Err(LifecycleError::BadResources(format!(
+            "`{owner}` has data disks; clones of VMs with data disks are not supported yet \
+             (each clone would need its own copy of every volume)"
+        )));
+    }
+    if store.find_vm(name.as_str())?.is_some() {
+        return Err(cove_state::StoreError::AlreadyExists(name.clone()).into());
+    }
+    let vm = paths.vm(name.as_str());
+    vm.check_socket_paths()?;
+    let staging = crate::lifecycle::tempfile_dir(&paths.vm_staging(), name.as_str())?;
+    if let Err(e) = overlay_of(
+        &paths.vm(owner).snapshot(tag).join(ROOT),
+        &staging.join(ROOT),
+    ) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let record = VmRecord {
+        name: name.clone(),
+        state: cove_state::VmState::Created,
+        supervisor_pid: None,
+        vmm_pid: None,
+        accel: None,
+        ports: Vec::new(),
+        last_exit: None,
+        agent_answered: false,
+        last_error: None,
+        created_at: cove_state::store::now(),
+        started_at: None,
+        cloned_from: Some(format!("{owner}@{tag}")),
+        restored_from: None,
+        ..source
+    };
+    let result = store.create_vm(&record, || {
+        if vm.dir.exists() {
+            std::fs::remove_dir_all(&vm.dir)?;
+        }
+        std::fs::rename(&staging, &vm.dir)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_plain_names() {
+        for ok in ["base", "v1.2", "after-init_2"] {
+            validate_tag(ok).unwrap();
+        }
+        for bad in ["", ".hidden", "a/b", "UP", &"x".repeat(33), "a b"] {
+            assert!(validate_tag(bad).is_err(), "{bad:?}");
+        }
+    }
+}

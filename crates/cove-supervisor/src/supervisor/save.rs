@@ -1,0 +1,140 @@
+//! Snapshots of the running VM, and the fixups a restored guest gets before anyone reaches it.
+
+use super::{Phase, Shared, StopKind, vmm};
+use crate::snapshot::{self, MEMORY, ROOT, STATE};
+use cove_api::Response;
+use cove_state::Store;
+use std::io::Read;
+use std::time::Instant;
+
+/// Saves device state, memory and every disk as snapshot `tag`, consistent with each other (the
+/// vCPUs are paused and the disks flushed from the first step to the last), then resumes the VM
+/// or ends it.
+pub async fn snapshot(shared: &Shared, tag: &str, resume: bool) -> Response {
+    match save(shared, tag, resume).await {
+        Ok(detail) => Response::Done { detail },
+        Err(message) => super::control::failed(message),
+    }
+}
+
+async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, String> {
+    let name = &shared.name;
+    if shared.restored {
+        return Err(format!(
+            "`{name}` runs from a snapshot, whose memory it maps privately; restart it cold \
+             (`cove stop {name}` then `cove start {name}`) to take a new snapshot"
+        ));
+    }
+    if !matches!(*shared.phase.borrow(), Phase::Ready { .. }) {
+        return Err(format!("`{name}` is not running and ready; start it first"));
+    }
+    let began = Instant::now();
+    let record = Store::open(&shared.paths)
+        .and_then(|s| s.get_vm(name))
+        .map_err(|e| e.to_string())?;
+    let vm = shared.paths.vm(name);
+    let target = vm.snapshot(tag);
+    if target.exists() {
+        return Err(snapshot::SnapshotError::Exists {
+            vm: name.clone(),
+            tag: tag.to_owned(),
+        }
+        .to_string());
+    }
+    // Written beside the target and renamed at the end: a failed or killed save leaves no
+    // snapshot that looks whole.
+    let tmp = vm
+        .snapshots()
+        .join(format!(".{tag}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let result = async {
+        shared
+            .qmp
+            .save_state(&tmp.join(STATE))
+            .await
+            .map_err(|e| e.to_string())?;
+        let paused_ms = began.elapsed().as_millis();
+        // QEMU flushed and released the disks when the save completed; copy them while the
+        // vCPUs stay paused.
+        let copy = |from: &std::path::Path, to: &str| {
+            snapshot::copy_sparse(from, &tmp.join(to)).map_err(|e| e.to_string())
+        };
+        copy(&vm.memory_file(), MEMORY)?;
+        copy(&vm.root_disk(), ROOT)?;
+        for disk in &record.data_disks {
+            copy(
+                &crate::data_disk::path(&shared.paths, disk),
+                &snapshot::data_disk_file(disk),
+            )?;
+        }
+        let manifest = snapshot::manifest_for(&tmp, &record, tag).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        std::fs::write(tmp.join(snapshot::MANIFEST), json).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &target).map_err(|e| e.to_string())?;
+        Ok::<_, String>(paused_ms)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let after = if resume {
+        // `cont` after a completed save re-activates the disks and runs the vCPUs.
+        shared.qmp.cont().await.map_err(|e| e.to_string())?;
+        "resumed"
+    } else {
+        *shared.stop.lock().await = Some((StopKind::Graceful, Instant::now()));
+        let _ = shared.qmp.quit().await;
+        "stopped"
+    };
+    let state_ms = result?;
+    Ok(format!(
+        "saved `{name}` as snapshot `{tag}` in {:.2}s (device state in {:.2}s), {after}",
+        began.elapsed().as_secs_f64(),
+        state_ms as f64 / 1000.0
+    ))
+}
+
+/// Clock, entropy and (for a clone) identity, sent to a guest just restored.
+pub async fn fixup(shared: &Shared) -> Result<(), String> {
+    let Some(link) = &shared.agent else {
+        return Ok(());
+    };
+    let record = Store::open(&shared.paths)
+        .and_then(|s| s.get_vm(&shared.name))
+        .map_err(|e| e.to_string())?;
+    let mut entropy = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .map_err(|e| format!("reading host entropy: {e}"))?;
+    let clone = record.cloned_from.is_some();
+    let machine_id = clone.then(|| {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&entropy[..16]);
+        hex::encode(id)
+    });
+    // The clone's id must not be derivable from what the guest is given: fresh bytes for it.
+    let entropy = if clone {
+        let mut more = vec![0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut more))
+            .map_err(|e| format!("reading host entropy: {e}"))?;
+        more
+    } else {
+        entropy
+    };
+    let unix_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let req = cove_proto::FixupRequest {
+        unix_nanos,
+        entropy,
+        hostname: clone.then(|| shared.name.clone()),
+        machine_id,
+    };
+    tokio::time::timeout(vmm::FIXUP_TIMEOUT, cove_agent_link::fixup(link, req))
+        .await
+        .map_err(|_| "the restored guest's agent did not apply the fixups in time".to_owned())?
+        .map_err(|e| format!("the restored guest's agent refused the fixups: {e}"))
+}
