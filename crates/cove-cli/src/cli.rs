@@ -71,6 +71,10 @@ pub enum Command {
     Volume(commands::volume::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
+    /// Print a shell's completion script (bash, zsh, fish).
+    Completions(commands::completions::Args),
+    /// Write cove's manual pages into a directory.
+    Man(commands::man::Args),
     /// Run by `cove start`: the per-VM supervisor process.
     #[command(name = "__supervise", hide = true)]
     Supervise(commands::supervise::Args),

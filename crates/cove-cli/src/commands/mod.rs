@@ -1,6 +1,7 @@
 //! One module per verb: its `Args` and its `run`.
 
 mod agent_client;
+pub mod completions;
 pub mod console;
 pub mod cp;
 pub mod create;
@@ -14,6 +15,7 @@ pub mod kernel;
 pub mod kill;
 pub mod list;
 pub mod logs;
+pub mod man;
 pub mod ps;
 pub mod restart;
 pub mod set;
@@ -32,6 +34,12 @@ use crate::context::Ctx;
 use std::process::ExitCode;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These two need no state directory and must work before one exists.
+    let cli = match cli.command {
+        Command::Completions(a) => return completions::run(a),
+        Command::Man(a) => return man::run(cli.json, a),
+        command => Cli { command, ..cli },
+    };
     let ctx = Ctx::from_env(cli.json)?;
     match cli.command {
         Command::Image(a) => image::run(&ctx, a),
@@ -59,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Why(a) => why::run(&ctx, a),
         Command::Volume(a) => volume::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

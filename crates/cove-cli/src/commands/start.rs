@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     #[command(flatten)]
     pub boot: BootArgs,
