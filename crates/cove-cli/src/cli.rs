@@ -30,6 +30,8 @@ pub enum Command {
     Down(commands::down::Args),
     /// Create a VM from an image (does not start it).
     Create(commands::create::Args),
+    /// Run a VM in the foreground for a scheduler (systemd, Nomad, Kubernetes).
+    Run(commands::run::Args),
     /// Boot a VM and wait until its agent answers.
     Start(commands::start::Args),
     /// Shut a VM down gracefully, forcing it after a timeout.

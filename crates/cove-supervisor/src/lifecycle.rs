@@ -246,6 +246,27 @@ pub struct Started {
 /// Starts a VM's supervisor, detached from this process, and waits until
 /// the guest is ready or the boot failed.
 pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, LifecycleError> {
+    let lock = claim_start(paths, name)?;
+    let mut store = Store::open(paths)?;
+    let child = spawn_supervisor(paths, name, opts, &lock, false)?;
+    drop(lock);
+    store.update_vm(name, |r| {
+        if r.supervisor_pid.is_none() {
+            r.supervisor_pid = Some(child);
+        }
+    })?;
+    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
+    Ok(Started {
+        record: reconcile(&mut store, paths, name)?,
+        boot_ms,
+    })
+}
+
+/// What every start does before a supervisor runs: refuse what cannot
+/// boot, take the supervisor lock, mark the VM `starting`. The returned
+/// lock is the supervisor's to hold: `cove start` hands it to a detached
+/// child, `cove run --foreground` to the supervisor it runs itself.
+pub fn claim_start(paths: &Paths, name: &str) -> Result<std::fs::File, LifecycleError> {
     let mut store = Store::open(paths)?;
     let record = reconcile(&mut store, paths, name)?;
     if record.state.is_active() {
@@ -274,18 +295,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         r.vmm_pid = None;
         r.supervisor_pid = None;
     })?;
-    let child = spawn_supervisor(paths, name, opts, &lock, false)?;
-    drop(lock);
-    store.update_vm(name, |r| {
-        if r.supervisor_pid.is_none() {
-            r.supervisor_pid = Some(child);
-        }
-    })?;
-    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
-    Ok(Started {
-        record: reconcile(&mut store, paths, name)?,
-        boot_ms,
-    })
+    Ok(lock)
 }
 
 /// This program, to run as the supervisor. If it was replaced on disk while
@@ -347,7 +357,13 @@ fn spawn_supervisor(
     Ok(child.id())
 }
 
-fn wait_ready(paths: &Paths, name: &str, boot_timeout: Duration) -> Result<u64, LifecycleError> {
+/// Waits until the VM's supervisor says the guest is ready (its boot time
+/// in ms), or says why it never will be.
+pub fn wait_ready(
+    paths: &Paths,
+    name: &str,
+    boot_timeout: Duration,
+) -> Result<u64, LifecycleError> {
     let vm = paths.vm(name);
     let socket = vm.control_socket();
     // The supervisor binds its socket within milliseconds; boot itself is

@@ -18,6 +18,7 @@ pub mod logs;
 pub mod man;
 pub mod ps;
 pub mod restart;
+pub mod run;
 pub mod set;
 pub mod shell;
 pub mod show;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(a) => up::run(&ctx, a),
         Command::Down(a) => down::run(&ctx, a),
         Command::Create(a) => create::run(&ctx, a),
+        Command::Run(a) => run::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Restart(a) => restart::run(&ctx, a),
