@@ -73,6 +73,8 @@ pub enum Command {
     Volume(commands::volume::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
+    /// Serve cove's VM verbs as HTTP+JSON on a unix socket, for programs.
+    Serve(commands::serve::Args),
     /// Print a shell's completion script (bash, zsh, fish).
     Completions(commands::completions::Args),
     /// Write cove's manual pages into a directory.

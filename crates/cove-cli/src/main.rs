@@ -8,7 +8,9 @@ mod complete;
 mod context;
 mod image_check;
 mod output;
+mod serve;
 mod up_spec;
+mod views;
 
 use clap::Parser;
 use std::process::ExitCode;

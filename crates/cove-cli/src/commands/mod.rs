@@ -19,6 +19,7 @@ pub mod man;
 pub mod ps;
 pub mod restart;
 pub mod run;
+pub mod serve;
 pub mod set;
 pub mod shell;
 pub mod show;
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => delete::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),
         Command::Show(a) => show::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
         Command::Set(a) => set::run(&ctx, a),
         Command::Logs(a) => logs::run(&ctx, a),
         Command::Console(a) => console::run(&ctx, a),
