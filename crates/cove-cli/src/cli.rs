@@ -30,6 +30,8 @@ pub enum Command {
     Down(commands::down::Args),
     /// Create a VM from an image (does not start it).
     Create(commands::create::Args),
+    /// Run a VM in the foreground for a scheduler (systemd, Nomad, Kubernetes).
+    Run(commands::run::Args),
     /// Boot a VM and wait until its agent answers.
     Start(commands::start::Args),
     /// Save a running VM (memory, devices, every disk) to restore or clone later; `ls`, `rm`.
@@ -77,6 +79,12 @@ pub enum Command {
     Why(commands::why::Args),
     /// Time boots by phase (`cove bench boot IMAGE|VM`).
     Bench(commands::bench::Args),
+    /// Serve cove's VM verbs as HTTP+JSON on a unix socket, for programs.
+    Serve(commands::serve::Args),
+    /// Print a shell's completion script (bash, zsh, fish).
+    Completions(commands::completions::Args),
+    /// Write cove's manual pages into a directory.
+    Man(commands::man::Args),
     /// Run by `cove start`: the per-VM supervisor process.
     #[command(name = "__supervise", hide = true)]
     Supervise(commands::supervise::Args),

@@ -4,10 +4,13 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod context;
 mod image_check;
 mod output;
+mod serve;
 mod up_spec;
+mod views;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -23,6 +26,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A Tab in the user's shell: answer with candidates and exit.
+    complete::answer_if_asked();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

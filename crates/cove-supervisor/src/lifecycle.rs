@@ -258,6 +258,38 @@ pub struct Started {
 /// Starts a VM's supervisor, detached from this process, and waits until
 /// the guest is ready or the boot failed.
 pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, LifecycleError> {
+    let (lock, restored) = claim_start(paths, name, opts.from.as_deref())?;
+    let mut store = Store::open(paths)?;
+    let opts = StartOptions {
+        from: restored.clone(),
+        ..opts.clone()
+    };
+    let child = spawn_supervisor(paths, name, &opts, &lock, false)?;
+    drop(lock);
+    store.update_vm(name, |r| {
+        if r.supervisor_pid.is_none() {
+            r.supervisor_pid = Some(child);
+        }
+    })?;
+    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
+    Ok(Started {
+        record: reconcile(&mut store, paths, name)?,
+        boot_ms,
+        restored,
+    })
+}
+
+/// What every start does before a supervisor runs: refuse what cannot
+/// boot, take the supervisor lock, put a snapshot's disks in place when the
+/// start restores one, mark the VM `starting`. The returned lock is the
+/// supervisor's to hold: `cove start` hands it to a detached child, `cove run
+/// --foreground` to the supervisor it runs itself. The second value names the
+/// snapshot (`owner@tag`) the supervisor must restore, if any.
+pub fn claim_start(
+    paths: &Paths,
+    name: &str,
+    from: Option<&str>,
+) -> Result<(std::fs::File, Option<String>), LifecycleError> {
     let mut store = Store::open(paths)?;
     let record = reconcile(&mut store, paths, name)?;
     if record.state.is_active() {
@@ -274,7 +306,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
     }
     // A snapshot that no longer fits is refused here, before its disks replace the VM's.
     // A clone never started yet resumes from its snapshot unless told otherwise.
-    let from = opts.from.clone().or_else(|| {
+    let from = from.map(str::to_owned).or_else(|| {
         (record.state == VmState::Created)
             .then(|| record.cloned_from.clone())
             .flatten()
@@ -307,23 +339,7 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         r.vmm_pid = None;
         r.supervisor_pid = None;
     })?;
-    let opts = StartOptions {
-        from: restored.clone(),
-        ..opts.clone()
-    };
-    let child = spawn_supervisor(paths, name, &opts, &lock, false)?;
-    drop(lock);
-    store.update_vm(name, |r| {
-        if r.supervisor_pid.is_none() {
-            r.supervisor_pid = Some(child);
-        }
-    })?;
-    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
-    Ok(Started {
-        record: reconcile(&mut store, paths, name)?,
-        boot_ms,
-        restored,
-    })
+    Ok((lock, restored))
 }
 
 /// This program, to run as the supervisor. If it was replaced on disk while
@@ -386,7 +402,13 @@ fn spawn_supervisor(
     Ok(child.id())
 }
 
-fn wait_ready(paths: &Paths, name: &str, boot_timeout: Duration) -> Result<u64, LifecycleError> {
+/// Waits until the VM's supervisor says the guest is ready (its boot time
+/// in ms), or says why it never will be.
+pub fn wait_ready(
+    paths: &Paths,
+    name: &str,
+    boot_timeout: Duration,
+) -> Result<u64, LifecycleError> {
     let vm = paths.vm(name);
     let socket = vm.control_socket();
     // The supervisor binds its socket within milliseconds; boot itself is

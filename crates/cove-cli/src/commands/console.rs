@@ -17,6 +17,7 @@ const DETACH_BYTE: u8 = 0x1d;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Bytes of recent console output to show first.
     #[arg(long, default_value_t = 2048)]

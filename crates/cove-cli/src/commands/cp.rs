@@ -14,8 +14,10 @@ use std::time::Instant;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A local path, or `NAME:/path` in a VM.
+    #[arg(add = crate::complete::vm_path())]
     pub src: String,
     /// A local path, or `NAME:/path` in a VM.
+    #[arg(add = crate::complete::vm_path())]
     pub dst: String,
     /// Show bytes copied as they go.
     #[arg(long, short = 'P')]

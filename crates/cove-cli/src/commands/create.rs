@@ -14,7 +14,7 @@ pub struct Args {
     /// The VM's name: letters, digits, `-` and `_`, at most 40 characters.
     pub name: VmName,
     /// The image to boot (a tag such as `minimal`, or an id).
-    #[arg(long, short = 'i', default_value = "minimal")]
+    #[arg(long, short = 'i', default_value = "minimal", add = crate::complete::image())]
     pub image: String,
     #[command(flatten)]
     pub resources: Resources,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(required = true)]
+    #[arg(required = true, add = crate::complete::vm())]
     pub names: Vec<String>,
     /// Kill a running VM first instead of refusing.
     #[arg(long, short = 'f')]

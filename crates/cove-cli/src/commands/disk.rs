@@ -34,6 +34,7 @@ pub enum DiskCommand {
     /// Show the disk's layers (overlay, backing files) and formats.
     Info {
         /// VM name, or the path of an image file (anything with a `/`).
+        #[arg(add = crate::complete::vm())]
         source: String,
         /// Read this data disk of the VM instead of its root disk.
         #[arg(long)]
@@ -45,6 +46,7 @@ pub enum DiskCommand {
 pub struct Target {
     /// `NAME:/path` for a VM, or `./image.qcow2:/path` for an image file
     /// (`ls` also takes a bare `NAME`, meaning `NAME:/`).
+    #[arg(add = crate::complete::vm_path())]
     pub spec: String,
     /// Read this data disk of the VM instead of its root disk.
     #[arg(long)]

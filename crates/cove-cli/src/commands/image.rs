@@ -25,7 +25,10 @@ pub enum ImageCommand {
     List,
     /// Remove an image (refused while a VM uses it).
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        #[arg(add = crate::complete::image())]
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Keep printing new output until the VM stops.
     #[arg(long, short = 'f')]

@@ -3,6 +3,7 @@
 mod agent_client;
 pub mod bench;
 pub mod clone;
+pub mod completions;
 pub mod console;
 pub mod cp;
 pub mod create;
@@ -16,8 +17,11 @@ pub mod kernel;
 pub mod kill;
 pub mod list;
 pub mod logs;
+pub mod man;
 pub mod ps;
 pub mod restart;
+pub mod run;
+pub mod serve;
 pub mod set;
 pub mod shell;
 pub mod show;
@@ -35,12 +39,19 @@ use crate::context::Ctx;
 use std::process::ExitCode;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These two need no state directory and must work before one exists.
+    let cli = match cli.command {
+        Command::Completions(a) => return completions::run(a),
+        Command::Man(a) => return man::run(cli.json, a),
+        command => Cli { command, ..cli },
+    };
     let ctx = Ctx::from_env(cli.json)?;
     match cli.command {
         Command::Image(a) => image::run(&ctx, a),
         Command::Up(a) => up::run(&ctx, a),
         Command::Down(a) => down::run(&ctx, a),
         Command::Create(a) => create::run(&ctx, a),
+        Command::Run(a) => run::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
         Command::Snapshot(a) => snapshot::run(&ctx, a),
         Command::Clone(a) => clone::run(&ctx, a),
@@ -50,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => delete::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),
         Command::Show(a) => show::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
         Command::Set(a) => set::run(&ctx, a),
         Command::Logs(a) => logs::run(&ctx, a),
         Command::Console(a) => console::run(&ctx, a),
@@ -65,5 +77,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Volume(a) => volume::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Seconds to wait for the guest to shut down before forcing it.
     #[arg(long = "stop-timeout", default_value_t = 20)]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     #[arg(long)]
     pub cpus: Option<u32>,

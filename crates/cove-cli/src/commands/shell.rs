@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Guest user to log in as.
     #[arg(long, short = 'u')]

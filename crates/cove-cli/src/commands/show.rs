@@ -10,30 +10,14 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
 }
 
-/// The stable JSON shape of a VM for `show --json` and `list --json`.
+/// The stable JSON shape of a VM for `show --json` and `list --json`: the
+/// API's [`crate::views::VmView`], so the two cannot drift.
 pub fn summary(r: &VmRecord) -> Value {
-    json!({
-        "name": r.name,
-        "state": r.state,
-        "pid": r.vmm_pid,
-        "supervisor_pid": r.supervisor_pid,
-        "cpus": r.cpus,
-        "memory": r.memory_mib * 1024 * 1024,
-        "memory_mib": r.memory_mib,
-        "image": r.image_name,
-        "image_id": r.image_id,
-        "accel": r.accel,
-        "machine": r.machine,
-        "ports": r.ports,
-        "data_disks": r.data_disks,
-        "last_exit": r.last_exit,
-        "last_error": r.last_error,
-        "created_at": r.created_at,
-        "started_at": r.started_at,
-    })
+    serde_json::to_value(crate::views::VmView::from(r)).unwrap_or_default()
 }
 
 pub fn ports_text(ports: &[PortForward]) -> String {

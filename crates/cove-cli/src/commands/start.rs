@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Restore this snapshot (`TAG`, or `OWNER@TAG` for a clone) instead of booting.
     #[arg(long)]

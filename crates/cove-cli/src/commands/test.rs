@@ -26,6 +26,7 @@ use tokio::io::AsyncWrite;
 )]
 pub struct Args {
     /// The VM whose checks to run.
+    #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Also write the results as JUnit XML to this file (for CI).
     #[arg(long, value_name = "FILE")]

@@ -72,7 +72,11 @@ fn junit_path(path: &std::path::Path, vm: &str, count: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{vm}.xml"))
 }
 
-fn ensure_image(ctx: &Ctx, source: &ImageSource, agent: Option<PathBuf>) -> Result<ImageManifest> {
+pub(crate) fn ensure_image(
+    ctx: &Ctx,
+    source: &ImageSource,
+    agent: Option<PathBuf>,
+) -> Result<ImageManifest> {
     let mut store = Store::open(&ctx.paths)?;
     let agent = match agent {
         Some(a) => Some(a),
@@ -174,7 +178,7 @@ fn needs_recreate(
     }
 }
 
-fn create_options(image: &ImageManifest, want: &DeclaredVm) -> CreateOptions {
+pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> CreateOptions {
     CreateOptions {
         name: want.name.clone(),
         image: image.id.clone(),

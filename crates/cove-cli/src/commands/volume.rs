@@ -28,12 +28,16 @@ pub enum VolumeCommand {
     },
     /// Grow a data disk; the guest grows its filesystem at the next boot.
     Resize {
+        #[arg(add = crate::complete::volume())]
         name: String,
         #[arg(value_parser = parse_size)]
         size: u64,
     },
     /// Delete a data disk and its data (refused while a VM uses it).
-    Rm { name: String },
+    Rm {
+        #[arg(add = crate::complete::volume())]
+        name: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {

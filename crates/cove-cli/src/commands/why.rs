@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The VM to explain.
-    #[arg(required_unless_present = "log")]
+    #[arg(required_unless_present = "log", add = crate::complete::vm())]
     pub name: Option<String>,
     /// Explain the boot before the current one.
     #[arg(long)]

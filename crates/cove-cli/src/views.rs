@@ -1,0 +1,87 @@
+//! The JSON shapes cove prints with `--json` and serves from `cove serve`:
+//! one definition each, so the CLI and the API cannot drift. The OpenAPI
+//! description (`docs/openapi.json`) is generated from these types.
+
+use cove_state::{PortForward, VmRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One VM: what `cove show --json` and `cove list --json` print per VM,
+/// and what `GET /v1/vms/{name}` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmView {
+    pub name: String,
+    /// `created`, `starting`, `running`, `stopping`, `stopped` or `crashed`.
+    pub state: String,
+    /// The VMM's pid while it runs.
+    pub pid: Option<u32>,
+    pub supervisor_pid: Option<u32>,
+    pub cpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    pub memory_mib: u64,
+    /// The image tag the VM was created from.
+    pub image: String,
+    pub image_id: String,
+    /// `kvm` or `tcg`, as chosen at the last start.
+    pub accel: Option<String>,
+    pub machine: String,
+    pub ports: Vec<PortView>,
+    pub data_disks: Vec<String>,
+    /// How the VMM last ended, e.g. `exited with status 0`.
+    pub last_exit: Option<String>,
+    /// A one-line explanation of the last failure.
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+}
+
+/// A host port forwarded to a guest port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortView {
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl From<&PortForward> for PortView {
+    fn from(p: &PortForward) -> Self {
+        Self {
+            host_addr: p.host_addr.clone(),
+            host_port: p.host_port,
+            guest_port: p.guest_port,
+        }
+    }
+}
+
+impl From<&VmRecord> for VmView {
+    fn from(r: &VmRecord) -> Self {
+        Self {
+            name: r.name.to_string(),
+            state: r.state.to_string(),
+            pid: r.vmm_pid,
+            supervisor_pid: r.supervisor_pid,
+            cpus: r.cpus,
+            memory: r.memory_mib * 1024 * 1024,
+            memory_mib: r.memory_mib,
+            image: r.image_name.clone(),
+            image_id: r.image_id.clone(),
+            accel: r.accel.clone(),
+            machine: r.machine.clone(),
+            ports: r.ports.iter().map(PortView::from).collect(),
+            data_disks: r.data_disks.clone(),
+            last_exit: r.last_exit.clone(),
+            last_error: r.last_error.clone(),
+            created_at: r.created_at,
+            started_at: r.started_at,
+        }
+    }
+}
+
+/// An error as the API answers it (with an HTTP status that says its kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// What happened, with every cause.
+    pub error: String,
+}
