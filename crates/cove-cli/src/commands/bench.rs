@@ -166,6 +166,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
         name,
         &StartOptions {
             boot_timeout: Duration::from_secs(a.timeout),
+            from: None,
         },
     );
     let agent_ms = t0.elapsed().as_secs_f64() * 1000.0;
