@@ -526,7 +526,11 @@ impl Shared {
             return;
         };
         let info = AgentInfo {
-            version: hello.version.clone(),
+            // Shown in `cove show` and logged: guest text, sanitized and kept short.
+            version: cove_untrusted::terminal_line(&hello.version)
+                .chars()
+                .take(80)
+                .collect(),
             protocol: hello.protocol,
             capabilities: hello.capabilities.clone(),
         };
