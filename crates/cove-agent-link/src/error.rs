@@ -64,10 +64,13 @@ pub enum LinkError {
         waited: Duration,
     },
     /// The agent reported an error for this operation.
-    #[error("guest: {0}")]
+    #[error("guest: {}", cove_untrusted::terminal(&.0.to_string()))]
     Remote(ErrorMsg),
     /// The peer aborted the stream.
-    #[error("the stream was aborted by the other side: {reason}")]
+    #[error(
+        "the stream was aborted by the other side: {}",
+        cove_untrusted::terminal_line(reason)
+    )]
     Reset { reason: String },
     /// The peer broke the protocol (unexpected message, credit overrun).
     #[error("protocol violation: {0}; this is a bug in cove or cove-agent, please report it")]

@@ -205,16 +205,17 @@ impl Shared {
     pub fn send(&self, bytes: Vec<u8>) -> Result<(), LinkError> {
         // No state lock here: callers may hold it.
         let n = bytes.len();
-        self.out
-            .send(bytes)
-            .map(|_| {
-                let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
-                self.queued_peak.fetch_max(q, Ordering::Relaxed);
-                self.enqueued_total.fetch_add(n as u64, Ordering::Relaxed);
-            })
-            .map_err(|_| LinkError::Disconnected {
+        // Counted before the writer can see the bytes: counting after let the writer's
+        // subtraction come first and wrap the counter (a transient "over the limit").
+        let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        self.queued_peak.fetch_max(q, Ordering::Relaxed);
+        self.enqueued_total.fetch_add(n as u64, Ordering::Relaxed);
+        self.out.send(bytes).map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            LinkError::Disconnected {
                 reason: "the connection's writer stopped".into(),
-            })
+            }
+        })
     }
 
     fn enqueue(&self, bytes: Vec<u8>) {
@@ -526,7 +527,11 @@ impl Shared {
             return;
         };
         let info = AgentInfo {
-            version: hello.version.clone(),
+            // Shown in `cove show` and logged: guest text, sanitized and kept short.
+            version: cove_untrusted::terminal_line(&hello.version)
+                .chars()
+                .take(80)
+                .collect(),
             protocol: hello.protocol,
             capabilities: hello.capabilities.clone(),
         };

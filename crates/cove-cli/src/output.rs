@@ -18,6 +18,17 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// A left-aligned text table; the last column is not padded.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    // Cells often hold guest text (process names, file names, link targets): one sanitizer
+    // for all of them, before widths are measured.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| cove_untrusted::terminal_line(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -11,6 +11,7 @@
 //! belongs to the invoking user, not to the guest's owner. Files are created with `O_NOFOLLOW`, so a
 //! symlink already in the destination is never written through.
 
+use crate::bounds::MAX_DEPTH;
 use crate::entry::FileKind;
 use crate::error::{Error, Result};
 use crate::fs::Fs;
@@ -77,7 +78,10 @@ impl Fs {
             .metadata(&resolved)
             .map_err(|e| crate::fs::map_err(self.label(), &src, e))?;
         match top.kind {
-            FileKind::Dir => self.copy_dir(&resolved, &md, &target, &mut report)?,
+            FileKind::Dir => {
+                let mut ancestors = Vec::new();
+                self.copy_dir(&resolved, &md, &target, &mut report, &mut ancestors)?
+            }
             FileKind::File => self.copy_file(&resolved, &md, &target, &mut report)?,
             other => {
                 return Err(Error::SpecialFile {
@@ -104,6 +108,9 @@ impl Fs {
                 path: dest.to_path_buf(),
             });
         }
+        // The source first: a crafted size fails before anything is created.
+        let src_str = String::from_utf8_lossy(src.as_ref()).into_owned();
+        let mut reader = self.open_file(&src_str)?;
         let mut out = OpenOptions::new()
             .write(true)
             .create(true)
@@ -112,8 +119,6 @@ impl Fs {
             .custom_flags(libc::O_NOFOLLOW)
             .open(dest)
             .map_err(host(dest))?;
-        let src_str = String::from_utf8_lossy(src.as_ref()).into_owned();
-        let mut reader = self.open_file(&src_str)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader.fill(&mut buf)?;
@@ -138,7 +143,9 @@ impl Fs {
         md: &ExtMetadata,
         dest: &Path,
         report: &mut CopyReport,
+        ancestors: &mut Vec<(ExtMetadata, ext4_view::PathBuf)>,
     ) -> Result<()> {
+        self.check_not_a_loop(src, md, ancestors)?;
         match std::fs::create_dir(dest) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -174,7 +181,18 @@ impl Fs {
                 .metadata()
                 .map_err(|e| crate::fs::map_err(&label, &child_str, e))?;
             match FileKind::from_ext(child_md.file_type()) {
-                FileKind::Dir => self.copy_dir(&child_src, &child_md, &child_dest, report)?,
+                FileKind::Dir => {
+                    ancestors.push((md.clone(), src.clone()));
+                    let r = self.copy_dir(&child_src, &child_md, &child_dest, report, ancestors);
+                    ancestors.pop();
+                    r?
+                }
+                FileKind::File if child_md.len() > self.region_len() => {
+                    report.skipped.push(format!(
+                        "{child_str} (claims {} bytes, more than the whole disk: corrupt or crafted)",
+                        child_md.len()
+                    ))
+                }
                 FileKind::File => self.copy_file(&child_src, &child_md, &child_dest, report)?,
                 FileKind::Symlink => {
                     let target = self
@@ -200,6 +218,59 @@ impl Fs {
             dir.set_modified(mtime(md)).map_err(host(dest))?;
         }
         Ok(())
+    }
+}
+
+impl Fs {
+    /// Refuses a directory that is one of its own ancestors (a hard-linked directory in a
+    /// crafted image makes the tree infinite) and trees deeper than [`MAX_DEPTH`]. ext4-view
+    /// does not expose inode numbers, so "the same directory" is: equal metadata (times to the
+    /// nanosecond, mode, owner, size) and the same entry names.
+    fn check_not_a_loop(
+        &self,
+        src: &ext4_view::PathBuf,
+        md: &ExtMetadata,
+        ancestors: &[(ExtMetadata, ext4_view::PathBuf)],
+    ) -> Result<()> {
+        let path = || String::from_utf8_lossy(src.as_ref()).into_owned();
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(Error::TreeLoop {
+                disk: self.label().to_string(),
+                path: path(),
+                what: format!("is more than {MAX_DEPTH} directories deep"),
+            });
+        }
+        for (amd, apath) in ancestors {
+            if amd == md && self.names(apath)? == self.names(src)? {
+                return Err(Error::TreeLoop {
+                    disk: self.label().to_string(),
+                    path: path(),
+                    what: format!(
+                        "is the directory {} again (a directory cycle)",
+                        String::from_utf8_lossy(apath.as_ref())
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn names(&self, dir: &ext4_view::PathBuf) -> Result<Vec<Vec<u8>>> {
+        let label = self.label().to_string();
+        let shown = || String::from_utf8_lossy(dir.as_ref()).into_owned();
+        let mut out = Vec::new();
+        for e in self
+            .ext4()
+            .read_dir(dir)
+            .map_err(|e| crate::fs::map_err(&label, &shown(), e))?
+        {
+            let e = e.map_err(|e| crate::fs::map_err(&label, &shown(), e))?;
+            let name = e.file_name();
+            let bytes: &[u8] = name.as_ref();
+            out.push(bytes.to_vec());
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

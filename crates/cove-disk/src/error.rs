@@ -159,6 +159,42 @@ pub enum Error {
         kind: &'static str,
     },
 
+    /// The superblock describes a filesystem the disk cannot hold (crafted or truncated).
+    #[error(
+        "{disk} claims a filesystem of {claimed} ({detail}) but holds only {available} bytes; \
+         the image is truncated, corrupt or crafted: check it with `e2fsck -fn` on a copy"
+    )]
+    ImplausibleFilesystem {
+        disk: String,
+        claimed: String,
+        detail: String,
+        available: u64,
+    },
+
+    /// A file larger than the whole disk: a crafted sparse size (reading it would take forever).
+    #[error(
+        "{path} in {disk} claims {size} bytes, more than the whole {disk_size}-byte disk; \
+         the filesystem is corrupt or crafted (`e2fsck -fn` on a copy says which)"
+    )]
+    ImplausibleSize {
+        disk: String,
+        path: String,
+        size: u64,
+        disk_size: u64,
+    },
+
+    /// A directory that contains itself (a hard-linked directory), or a tree deeper than any
+    /// real one.
+    #[error(
+        "{path} in {disk} {what}; the filesystem is corrupt or crafted, so the copy stopped \
+         (copy a smaller part of the tree, or run `e2fsck -fn` on a copy)"
+    )]
+    TreeLoop {
+        disk: String,
+        path: String,
+        what: String,
+    },
+
     #[error("{path} in {disk} has too many levels of symbolic links (a loop?)")]
     TooManySymlinks { disk: String, path: String },
 

@@ -23,6 +23,8 @@ pub struct Fs {
     ext4: Ext4,
     label: String,
     partition: Option<Partition>,
+    /// Bytes of the region the filesystem lives in: no file can be larger.
+    region_len: u64,
 }
 
 impl std::fmt::Debug for Fs {
@@ -104,6 +106,7 @@ impl Fs {
         let needs_recovery = disk
             .read_exact_at(&mut sb, start + SB_INCOMPAT_AT)
             .is_ok_and(|()| u32::from_le_bytes(sb) & INCOMPAT_RECOVER != 0);
+        crate::bounds::check_superblock(&disk, start, len, &label)?;
         let region = Region { disk, start, len };
         let ext4 = Ext4::load(Box::new(region)).map_err(|e| match e {
             e @ (Ext4Error::Incompatible(_) | Ext4Error::Corrupt(_)) if needs_recovery => {
@@ -118,6 +121,7 @@ impl Fs {
             ext4,
             label,
             partition: part,
+            region_len: len,
         })
     }
 
@@ -230,6 +234,14 @@ impl Fs {
                     path,
                 });
             }
+            FileKind::File if md.len() > self.region_len => {
+                return Err(Error::ImplausibleSize {
+                    disk: self.label.clone(),
+                    path,
+                    size: md.len(),
+                    disk_size: self.region_len,
+                });
+            }
             FileKind::File => {}
             other => {
                 return Err(Error::SpecialFile {
@@ -258,6 +270,10 @@ impl Fs {
             .read_link(path.as_str())
             .map_err(|e| self.err(&path, e))?;
         Ok(String::from_utf8_lossy(target.as_ref()).into_owned())
+    }
+
+    pub(crate) fn region_len(&self) -> u64 {
+        self.region_len
     }
 
     pub(crate) fn ext4(&self) -> &Ext4 {

@@ -32,6 +32,7 @@
 //! # Ok::<(), cove_disk::Error>(())
 //! ```
 
+mod bounds;
 mod copy;
 mod entry;
 mod error;

@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The last `n` lines of a log, read from its end (a console log can be
-/// large), with terminal escapes and carriage returns stripped.
+/// large), with terminal escapes made visible (see [`clean_line`]).
 pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
@@ -33,28 +33,10 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     lines[start.min(lines.len())..].to_vec()
 }
 
-/// Drops `\r` and ANSI escape sequences so quoted lines read cleanly.
+/// A console line to quote: trailing `\r` dropped, escape sequences and control characters made
+/// visible by the one sanitizer ([`cove_untrusted::terminal_line`]).
 pub fn clean_line(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {}
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if c.is_ascii_alphabetic() || c == '~' {
-                            break;
-                        }
-                    }
-                }
-            }
-            c if c.is_control() && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
+    cove_untrusted::terminal_line(line.trim_end_matches('\r')).into_owned()
 }
 
 #[cfg(test)]
@@ -72,7 +54,10 @@ mod tests {
         text.push_str("\u{1b}[1;31mKernel panic\u{1b}[0m\r\n");
         std::fs::write(&path, text).unwrap();
         let tail = tail_lines(&path, 3);
-        assert_eq!(tail, vec!["line 998", "line 999", "Kernel panic"]);
+        assert_eq!(
+            tail,
+            vec!["line 998", "line 999", "\\x1b[1;31mKernel panic\\x1b[0m"]
+        );
         assert!(tail_lines(&dir.path().join("missing"), 3).is_empty());
     }
 }

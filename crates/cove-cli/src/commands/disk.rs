@@ -212,7 +212,7 @@ fn get(ctx: &Ctx, t: &Target, dest: Option<PathBuf>) -> Result<ExitCode> {
             report.bytes
         );
         for s in &report.skipped {
-            eprintln!("skipped {s}");
+            eprintln!("skipped {}", cove_untrusted::terminal_line(s));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -68,16 +68,19 @@ impl Compression {
     }
 
     /// Decompress one stream, ignoring anything after its end (the kernel build appends the
-    /// uncompressed size as 4 bytes after the payload).
+    /// uncompressed size as 4 bytes after the payload). Output beyond [`MAX_DECOMPRESSED`] is
+    /// an error: a few KiB of crafted zstd or gzip must not take gigabytes.
     pub fn decompress(self, data: &[u8]) -> Result<Vec<u8>, KernelError> {
         let wrap = |source: std::io::Error| KernelError::Decompress {
             format: self,
             source,
         };
-        let mut out = Vec::with_capacity(data.len().saturating_mul(3));
+        let mut out = Vec::with_capacity(data.len().saturating_mul(3).min(MAX_DECOMPRESSED));
+        let cap = MAX_DECOMPRESSED as u64 + 1;
         match self {
             Compression::Gzip => {
                 flate2::read::GzDecoder::new(data)
+                    .take(cap)
                     .read_to_end(&mut out)
                     .map_err(wrap)?;
             }
@@ -99,13 +102,17 @@ impl Compression {
                 // The kernel compresses with `zstd -22 --ultra`, whose window exceeds the
                 // library's default limit.
                 dec.window_log_max(31).map_err(wrap)?;
-                dec.read_to_end(&mut out).map_err(wrap)?;
+                dec.take(cap).read_to_end(&mut out).map_err(wrap)?;
             }
             Compression::Bzip2 => {
                 bzip2::read::BzDecoder::new(data)
+                    .take(cap)
                     .read_to_end(&mut out)
                     .map_err(wrap)?;
             }
+        }
+        if out.len() > MAX_DECOMPRESSED {
+            return Err(wrap(too_big()));
         }
         Ok(out)
     }
@@ -125,10 +132,26 @@ impl std::fmt::Display for Compression {
     }
 }
 
+/// Largest decompressed kernel or initramfs segment read (a distribution vmlinux is ~60 MiB).
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
+
+fn too_big() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "decompresses to more than {} MiB; not a kernel or initramfs cove can read",
+            MAX_DECOMPRESSED >> 20
+        ),
+    )
+}
+
 /// Run a liblzma decoder until its stream ends, so trailing bytes are ignored.
 fn xz_like(mut stream: xz2::stream::Stream, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     let mut input = data;
     loop {
+        if out.len() > MAX_DECOMPRESSED {
+            return Err(too_big());
+        }
         if out.capacity() - out.len() < 1 << 20 {
             out.reserve(4 << 20);
         }
@@ -175,6 +198,9 @@ fn lz4_legacy(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         let decoded = lz4_flex::block::decompress(block, BLOCK_MAX)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         out.extend_from_slice(&decoded);
+        if out.len() > MAX_DECOMPRESSED {
+            return Err(too_big());
+        }
         pos += 4 + size;
     }
     if out.is_empty() {
@@ -321,4 +347,24 @@ pub fn ikconfig_in(data: &[u8]) -> Result<String, KernelError> {
     let len = memmem::find(&data[start..], IKCFG_END).ok_or(KernelError::NoIkconfig)?;
     let bytes = Compression::Gzip.decompress(&data[start..start + len])?;
     String::from_utf8(bytes).map_err(|_| KernelError::NoIkconfig)
+}
+
+#[cfg(test)]
+mod bomb_tests {
+    use super::*;
+
+    /// Regression (issue 10): a small crafted stream decompressed without limit.
+    #[test]
+    fn a_decompression_bomb_is_refused_not_inflated() {
+        let zeros = std::io::repeat(0).take(MAX_DECOMPRESSED as u64 + (16 << 20));
+        let bomb = zstd::stream::encode_all(zeros, 3).unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let err = Compression::Zstd.decompress(&bomb).unwrap_err();
+        assert!(err.to_string().contains("zstd"), "{err}");
+        assert!(
+            std::error::Error::source(&err)
+                .is_some_and(|s| s.to_string().contains("more than 256 MiB")),
+            "{err:?}"
+        );
+    }
 }

@@ -62,29 +62,10 @@ impl<'a> Log<'a> {
     }
 }
 
-/// Drop terminal escape sequences and control characters (firmware clears the screen on
-/// the same line as the first kernel message), so evidence prints cleanly.
+/// A console line as evidence: escape sequences and control characters made visible (the
+/// firmware's screen clear shows as `\x1b[2J`), never passed to the user's terminal.
 pub(super) fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte; other escapes: ESC + one char.
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for n in chars.by_ref() {
-                    if ('@'..='~').contains(&n) {
-                        break;
-                    }
-                }
-            } else {
-                chars.next();
-            }
-        } else if !c.is_control() || c == '\t' {
-            out.push(c);
-        }
-    }
-    out
+    cove_untrusted::terminal_line(line.trim_end_matches('\r')).into_owned()
 }
 
 /// Strip a `[    1.234567] ` kernel timestamp.

@@ -6,6 +6,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+use cove_untrusted::terminal;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -200,12 +201,13 @@ impl fmt::Display for Diagnosis {
         }
         for (i, finding) in self.findings.iter().enumerate() {
             let label = if i == 0 { "cause" } else { "also" };
-            writeln!(f, "{label}: {}", finding.summary)?;
+            // Summaries and fixes quote guest text (module names, paths from the log).
+            writeln!(f, "{label}: {}", terminal(&finding.summary))?;
             for e in &finding.evidence {
                 writeln!(f, "  {:>6} | {}", e.line, e.text.trim())?;
             }
             for fix in &finding.fix {
-                writeln!(f, "  fix: {fix}")?;
+                writeln!(f, "  fix: {}", terminal(fix))?;
             }
         }
         Ok(())

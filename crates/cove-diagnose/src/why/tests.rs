@@ -349,3 +349,21 @@ fn vmm_failure_without_output() {
     assert_eq!(kinds(&d), vec!["vmm"]);
     assert!(d.findings[0].summary.contains("Could not open"));
 }
+
+/// Regression (issue 10, finding 9): guest text reached the terminal raw in `cove why`
+/// summaries and fixes; escape sequences and control characters are now shown, not sent.
+#[test]
+fn guest_escape_sequences_are_shown_not_sent_to_the_terminal() {
+    let log = format!(
+        "{BOOT_HEAD}[    1.20] Run /init as init process
+[    2.00] Kernel panic - not syncing: \x1b]0;pwned\x07\x1b[2JAttempted to kill init! exitcode=0x00000100
+"
+    );
+    let d = analyze(&log, &facts());
+    let shown = d.to_string();
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\\x1b]0;pwned\\x07\\x1b[2J"), "{shown}");
+}

@@ -1,0 +1,72 @@
+//! Limits that make a crafted ext4 fail cleanly, with bounded memory and time.
+//!
+//! ext4-view allocates one descriptor per block group at load (a superblock claiming 2^32
+//! groups asks for hundreds of GiB), reads a file for as long as its size says (16 TiB of holes
+//! is days of zeros), and a hard-linked directory makes a tree infinite. cove checks the
+//! superblock against the disk before loading, file sizes against the disk before reading,
+//! and the ancestors of every directory while copying.
+
+use crate::error::{Error, Result};
+use crate::image::DiskImage;
+
+/// Most block groups cove loads: 2^20 is 128 TiB with 4 KiB blocks, and about 64 MiB of
+/// descriptors in memory.
+pub(crate) const MAX_BLOCK_GROUPS: u64 = 1 << 20;
+/// Deepest directory tree `get` copies (PATH_MAX allows about 2048 one-letter levels; no
+/// real system comes near 1024).
+pub(crate) const MAX_DEPTH: usize = 1024;
+
+fn le(b: &[u8], at: usize, n: usize) -> u64 {
+    b[at..at + n]
+        .iter()
+        .rev()
+        .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+}
+
+/// Checks the superblock at `start` (the filesystem's first byte) of a `len`-byte region.
+pub(crate) fn check_superblock(disk: &DiskImage, start: u64, len: u64, label: &str) -> Result<()> {
+    let mut sb = [0u8; 1024];
+    if disk.read_exact_at(&mut sb, start + 1024).is_err() {
+        return Ok(()); // ext4-view reports the short read itself
+    }
+    let blocks_lo = le(&sb, 0x04, 4);
+    let first_data_block = le(&sb, 0x14, 4);
+    let log_block = le(&sb, 0x18, 4);
+    let per_group = le(&sb, 0x20, 4);
+    let incompat = le(&sb, 0x60, 4);
+    let blocks_hi = if incompat & 0x80 != 0 {
+        le(&sb, 0x150, 4)
+    } else {
+        0
+    };
+    let blocks = (blocks_hi << 32) | blocks_lo;
+    let bad = |claimed: String, detail: String| Error::ImplausibleFilesystem {
+        disk: label.to_string(),
+        claimed,
+        detail,
+        available: len,
+    };
+    // ext4 blocks are 1 KiB to 64 KiB.
+    if log_block > 6 || per_group == 0 {
+        return Err(bad(
+            format!("block size 1024<<{log_block}"),
+            format!("{per_group} blocks per group"),
+        ));
+    }
+    let block_size = 1024u64 << log_block;
+    let bytes = blocks.saturating_mul(block_size);
+    let groups = blocks.saturating_sub(first_data_block).div_ceil(per_group);
+    if bytes > len {
+        return Err(bad(
+            format!("{bytes} bytes"),
+            format!("{blocks} blocks of {block_size}"),
+        ));
+    }
+    if groups > MAX_BLOCK_GROUPS {
+        return Err(bad(
+            format!("{groups} block groups"),
+            format!("{per_group} blocks per group; cove reads at most {MAX_BLOCK_GROUPS}"),
+        ));
+    }
+    Ok(())
+}
