@@ -16,6 +16,8 @@ pub fn run(stream: AgentStream, req: Result<OpenRequest, MsgError>) {
         OpenRequest::Stat { path } => stat(stream, &path),
         OpenRequest::Ps => crate::procs::ps(stream),
         OpenRequest::Shutdown { reboot } => shutdown(stream, reboot),
+        OpenRequest::Trace(r) => crate::trace::run(stream, r),
+        OpenRequest::Ldd { path } => crate::ldd::run(stream, &path),
     }
 }
 
