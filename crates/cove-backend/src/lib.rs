@@ -105,6 +105,15 @@ pub struct DataDisk {
     pub serial: String,
 }
 
+/// A host folder shared into the guest through a vhost-user-fs daemon (virtiofsd) that already
+/// listens on `socket`; the guest mounts it by `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedDir {
+    pub socket: PathBuf,
+    /// At most 36 bytes, letters, digits, `-` and `_` (virtio-fs limits the tag).
+    pub tag: String,
+}
+
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -133,6 +142,9 @@ pub struct VmSpec {
     pub console_socket: PathBuf,
     /// The guest agent's virtio-serial port; the VMM listens on it.
     pub agent_socket: PathBuf,
+    /// Host folders (virtio-fs); guest memory becomes shareable when there is one.
+    #[serde(default)]
+    pub shares: Vec<SharedDir>,
 }
 
 /// What a backend can do at run time. Callers check these instead of

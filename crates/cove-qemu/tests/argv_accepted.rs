@@ -68,6 +68,7 @@ async fn starts_paused(machine: Machine) {
         qmp_socket: d.join("qmp.sock"),
         console_socket: d.join("console.sock"),
         agent_socket: d.join("agent.sock"),
+        shares: vec![],
     };
     let qemu = Qemu::find(Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

@@ -94,6 +94,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         qmp_socket: d.join("qmp.sock"),
         console_socket: d.join("console.sock"),
         agent_socket: d.join("agent.sock"),
+        shares: vec![],
     };
     let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

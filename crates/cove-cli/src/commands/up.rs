@@ -166,6 +166,8 @@ fn needs_recreate(
         Some("its ports changed")
     } else if have.data_disks != disks || have.disk_mounts != mounts {
         Some("its disks changed")
+    } else if have.host_mounts != want.mounts {
+        Some("its shared folders changed")
     } else if have.machine != want.machine.as_str() {
         Some("its machine changed")
     } else {
@@ -182,5 +184,6 @@ fn create_options(image: &ImageManifest, want: &DeclaredVm) -> CreateOptions {
         machine: want.machine,
         ports: want.ports.clone(),
         disks: want.disks.clone(),
+        mounts: want.mounts.clone(),
     }
 }

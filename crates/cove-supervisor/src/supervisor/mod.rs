@@ -6,6 +6,7 @@
 
 mod console;
 mod control;
+mod shares;
 mod vmm;
 mod vmm_process;
 
