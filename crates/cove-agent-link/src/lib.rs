@@ -58,11 +58,13 @@ mod mux;
 mod ops;
 mod relay;
 mod stream;
+mod trace;
 mod tty;
 
 pub use copy::{Progress, copy_in, copy_out};
 pub use cove_proto::{
-    ExecRequest, ExitStatus, FileMeta, OpenRequest, ProcInfo, StreamMsg, TtySize,
+    ExecRequest, ExitStatus, FileMeta, LddEntry, LddReport, MissingLibrary, OpenRequest, ProcInfo,
+    StreamMsg, TraceEvent, TraceRequest, TraceSummary, TtySize,
 };
 pub use error::LinkError;
 pub use link::{AgentLink, LinkConfig};
@@ -73,4 +75,5 @@ pub use ops::{
 };
 pub use relay::{RelayOutcome, RemoteStream, relay};
 pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender, set_stall_timeout};
+pub use trace::{TraceIo, TraceOutcome, ldd, trace};
 pub use tty::{RawModeGuard, exec_tty, terminal_size};

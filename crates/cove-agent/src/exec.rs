@@ -81,7 +81,7 @@ fn set_winsize(fd: &OwnedFd, size: TtySize) {
 }
 
 /// Reads `r` into the stream, never more than the host's credit allows.
-fn pump(mut r: impl Read, s: StreamSender, chan: Channel) {
+pub(crate) fn pump(mut r: impl Read, s: StreamSender, chan: Channel) {
     let mut buf = vec![0u8; MAX_PAYLOAD];
     loop {
         let Ok(credit) = s.wait_credit(FRAME_COST + 1024) else {
@@ -101,16 +101,22 @@ fn pump(mut r: impl Read, s: StreamSender, chan: Channel) {
     let _ = s.eof(chan);
 }
 
-fn io_thread<F: FnOnce() + Send + 'static>(
+pub(crate) fn io_thread<F: FnOnce() + Send + 'static>(
     name: &str,
     f: F,
 ) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.into()).spawn(f).ok()
 }
 
-pub fn run(stream: AgentStream, req: ExecRequest) {
+/// The command `req` asks for: user, working directory, environment, stdio (a PTY when asked),
+/// a session of its own; with `trace_me`, it also asks to be traced by the spawning thread
+/// (`cove trace`), so it stops at its first instruction after exec.
+pub(crate) fn command(
+    req: &ExecRequest,
+    trace_me: bool,
+) -> Result<(Command, Option<(OwnedFd, OwnedFd)>), ErrorMsg> {
     let Some(argv0) = req.argv.first().cloned() else {
-        return stream.fail(ErrorMsg::new(
+        return Err(ErrorMsg::new(
             ErrorKind::InvalidRequest,
             "exec needs a command (argv is empty)",
         ));
@@ -118,7 +124,7 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     let user = match &req.user {
         Some(u) => match resolve(u, std::path::Path::new("/")) {
             Ok(u) => Some(u),
-            Err(e) => return stream.fail(ErrorMsg::new(ErrorKind::NotFound, e)),
+            Err(e) => return Err(ErrorMsg::new(ErrorKind::NotFound, e)),
         },
         None => None,
     };
@@ -131,15 +137,14 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
         }
     });
     if let Err(e) = std::fs::metadata(&cwd) {
-        return stream.fail(ErrorMsg::from_io(&format!("working directory {cwd}"), &e));
+        return Err(ErrorMsg::from_io(&format!("working directory {cwd}"), &e));
     }
     let Ok(cwd_c) = CString::new(cwd.clone()) else {
-        return stream.fail(ErrorMsg::new(
+        return Err(ErrorMsg::new(
             ErrorKind::InvalidRequest,
             "cwd contains a NUL byte",
         ));
     };
-
     let mut cmd = Command::new(&argv0);
     cmd.args(&req.argv[1..]).env_clear();
     cmd.env("PATH", DEFAULT_PATH)
@@ -156,14 +161,14 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
 
     let pty = match req.tty.map(openpty).transpose() {
         Ok(p) => p,
-        Err(e) => return stream.fail(ErrorMsg::from_io("openpty", &e)),
+        Err(e) => return Err(ErrorMsg::from_io("openpty", &e)),
     };
     if let Some((_, slave)) = &pty {
         let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         match (dup(slave), dup(slave), dup(slave)) {
             (Ok(a), Ok(b), Ok(c)) => cmd.stdin(a).stdout(b).stderr(c),
             _ => {
-                return stream.fail(ErrorMsg::new(
+                return Err(ErrorMsg::new(
                     ErrorKind::Io,
                     "cannot duplicate the PTY descriptor",
                 ));
@@ -195,9 +200,23 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
             if libc::chdir(cwd_c.as_ptr()) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The tracer is the thread that spawns: it alone may then use ptrace on the child.
+            if trace_me && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
+    Ok((cmd, pty))
+}
+
+pub fn run(stream: AgentStream, req: ExecRequest) {
+    let (mut cmd, pty) = match command(&req, false) {
+        Ok(c) => c,
+        Err(e) => return stream.fail(e),
+    };
+    let argv0 = &req.argv[0];
+    let tty = pty.is_some();
     let spawned = {
         let mut own = crate::pid1::children();
         let spawned = cmd.spawn();

@@ -7,10 +7,12 @@ mod exec;
 mod files;
 mod fixup;
 mod handlers;
+mod ldd;
 mod mux;
 mod pid1;
 mod poweroff;
 mod procs;
+mod trace;
 mod transport;
 mod users;
 

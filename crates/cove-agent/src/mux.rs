@@ -16,7 +16,7 @@ use crate::log;
 
 /// Capabilities this agent announces in its Hello.
 pub const CAPABILITIES: &[&str] = &[
-    "exec", "tty", "file_get", "file_put", "stat", "ps", "shutdown",
+    "exec", "tty", "file_get", "file_put", "stat", "ps", "shutdown", "trace", "ldd",
 ];
 
 /// What a handler thread receives for its stream.

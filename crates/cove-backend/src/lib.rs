@@ -120,6 +120,15 @@ pub enum Memory {
     PrivateFile(PathBuf),
 }
 
+/// A host folder shared into the guest through a vhost-user-fs daemon (virtiofsd) that already
+/// listens on `socket`; the guest mounts it by `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedDir {
+    pub socket: PathBuf,
+    /// At most 36 bytes, letters, digits, `-` and `_` (virtio-fs limits the tag).
+    pub tag: String,
+}
+
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -155,6 +164,9 @@ pub struct VmSpec {
     /// snapshot's, [`Memory::PrivateFile`]).
     #[serde(default)]
     pub incoming: bool,
+    /// Host folders (virtio-fs); guest memory becomes shareable when there is one.
+    #[serde(default)]
+    pub shares: Vec<SharedDir>,
 }
 
 /// What a backend can do at run time. Callers check these instead of

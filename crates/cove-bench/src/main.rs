@@ -13,20 +13,21 @@ mod memory;
 mod qga;
 mod report;
 mod stats;
+mod trace;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 5] = ["boot", "create", "memory", "exec", "cp"];
+const ALL: [&str; 6] = ["boot", "create", "memory", "exec", "cp", "trace"];
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
 )]
 struct Args {
-    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp (default: all).
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per slow measurement (boots, creates, new ssh connections); fast
@@ -131,7 +132,7 @@ fn main() -> Result<()> {
         memory::run(&cove, 20, s)
     });
 
-    if want("exec") || want("cp") {
+    if want("exec") || want("cp") || want("trace") {
         eprintln!("== booting the Debian guest for exec and cp");
         let g = guest::Guest::boot(&cove);
         let g_err = g
@@ -150,6 +151,14 @@ fn main() -> Result<()> {
             Ok(g) => copy::run(&cove, g, (runs / 2).max(3), s),
             Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
         });
+        bench(
+            "trace",
+            "6. `cove trace` overhead on a small command",
+            &mut |s| match &g {
+                Ok(_) => trace::run(&cove, runs * 2, s),
+                Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
+            },
+        );
         let _ = cove.delete(guest::NAME);
     }
 

@@ -63,6 +63,11 @@ pub enum Command {
     Cp(commands::cp::Args),
     /// List a running VM's processes.
     Ps(commands::ps::Args),
+    /// Run a guest command under cove's own tracer: the files, libraries and addresses it asked
+    /// for and did not get, and its exit status (no strace needed in the guest).
+    Trace(commands::trace::Args),
+    /// A guest binary's shared libraries as its loader would find them (no ldd needed).
+    Ldd(commands::ldd::Args),
     /// Open a login shell in a running VM.
     Shell(commands::shell::Args),
     /// Check kernels against requirement profiles, explain syscalls, merge and build configs.

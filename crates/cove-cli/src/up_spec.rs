@@ -50,6 +50,9 @@ struct RawVm {
     ports: Vec<String>,
     #[serde(default)]
     disks: Vec<RawDisk>,
+    /// Host folders: `"HOST_DIR:GUEST_PATH[:ro|rw]"`, host paths relative to the spec.
+    #[serde(default)]
+    mounts: Vec<String>,
     #[serde(default)]
     check: Vec<Check>,
     /// Seconds the guest may take to become ready.
@@ -94,6 +97,7 @@ pub struct DeclaredVm {
     pub machine: Machine,
     pub ports: Vec<PortForward>,
     pub disks: Vec<DiskRequest>,
+    pub mounts: Vec<cove_state::HostMount>,
     pub checks: Vec<Check>,
     pub boot_timeout: u64,
 }
@@ -162,6 +166,13 @@ impl UpSpec {
                 machine: vm.machine.as_deref().unwrap_or("microvm").parse()?,
                 ports,
                 disks,
+                mounts: vm
+                    .mounts
+                    .iter()
+                    .map(|m| cove_state::HostMount::parse(m, dir))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("mounts of VM `{name}`"))?,
                 checks: vm.check,
                 boot_timeout: vm
                     .boot_timeout

@@ -86,14 +86,21 @@ pub(crate) fn assemble(
         None
     };
 
-    let modules = rep.stage("resolve modules", || -> Result<Vec<crate::kmod::Module>> {
+    let (modules, share_modules) = rep.stage("resolve modules", || -> Result<_> {
         let Some(mdir) = &k.modules_dir else {
             rep.message("the kernel comes without modules; its drivers must be built in");
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         let index = ModuleIndex::scan(mdir)?;
         let wanted: Vec<&str> = p.modules.iter().map(String::as_str).collect();
         let mods = index.resolve(&wanted)?;
+        // Shared-folder modules: only those not already loaded, and none if the kernel lacks them.
+        let share: Vec<crate::kmod::Module> = index
+            .resolve(crate::kmod::SHARE_MODULES)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| !mods.iter().any(|d| d.name == m.name))
+            .collect();
         rep.message(&format!(
             "modules in load order: {}",
             mods.iter()
@@ -101,7 +108,7 @@ pub(crate) fn assemble(
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
-        Ok(mods)
+        Ok((mods, share))
     })?;
 
     // A kernel cove built has every driver built in: the kernel mounts the root
@@ -113,7 +120,7 @@ pub(crate) fn assemble(
         0
     } else {
         let n = rep.stage("write initramfs", || {
-            initramfs::write_initramfs(&initrd, p.busybox, p.applets, &modules)
+            initramfs::write_initramfs(&initrd, p.busybox, p.applets, &modules, &share_modules)
         })?;
         rep.bytes("write initramfs", n, Some(n));
         n

@@ -57,6 +57,7 @@ pub(crate) fn write_initramfs(
     busybox: &Path,
     applets: &[String],
     modules: &[Module],
+    share_modules: &[Module],
 ) -> Result<u64> {
     let mut a = Archive::new();
     for d in ["dev", "proc", "sys", "newroot", "run", "tmp"] {
@@ -78,6 +79,17 @@ pub(crate) fn write_initramfs(
         order.push('\n');
     }
     a.file("etc/cove/modules", 0o644, order.into_bytes());
+    let mut share_order = String::new();
+    for m in share_modules {
+        a.file(
+            &format!("lib/modules/{}.ko", m.name),
+            0o644,
+            read_module(&m.path)?,
+        );
+        share_order.push_str(&m.name);
+        share_order.push('\n');
+    }
+    a.file("etc/cove/modules.share", 0o644, share_order.into_bytes());
     a.file("init", 0o755, init_script().into_bytes());
     let file = std::fs::File::create(out).map_err(io_err("cannot create", out))?;
     let w = a

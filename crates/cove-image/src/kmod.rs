@@ -26,6 +26,11 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
 ];
 
+/// Modules the initramfs carries but loads only when the kernel command line asks for a shared
+/// folder (`cove.share=`): virtiofs (and fuse, its dependency). Absent from a kernel, they are
+/// left out and the guest's init says the folder could not be mounted.
+pub const SHARE_MODULES: &[&str] = &["virtiofs"];
+
 /// One module chosen for the initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {

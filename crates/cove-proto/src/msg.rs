@@ -100,6 +100,102 @@ pub enum OpenRequest {
     /// Sent by the host right after a restore from a snapshot: what the snapshot froze and this
     /// machine must not share with its siblings. Answered by [`StreamMsg::Done`].
     Fixup(FixupRequest),
+    /// Run a command (or attach to a process) under the agent's own tracer. Answered like an
+    /// exec (output on Stdout/Stderr, then `Exit`), with [`StreamMsg::Trace`] events meanwhile
+    /// and one [`StreamMsg::TraceSummary`] before `Exit`.
+    Trace(TraceRequest),
+    /// Resolve an ELF file's shared-library dependencies the way the guest's loader would;
+    /// answered by one [`StreamMsg::Ldd`].
+    Ldd {
+        path: String,
+    },
+}
+
+/// What to trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TraceRequest {
+    /// The command to start under the tracer (no TTY; stdin is empty). Exactly one of `exec`
+    /// and `pid` is set.
+    #[serde(default)]
+    pub exec: Option<ExecRequest>,
+    /// A running process to attach to (with all its threads, and every child it starts).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Report every file access, not only the failed ones.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// One system call the tracer reports: a failed one, or (with `all`) any path access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    pub pid: u32,
+    /// The system call's name (`openat`, `execve`, `connect`, …).
+    pub syscall: String,
+    /// The path it named (resolved against a directory descriptor when relative), or the
+    /// address for `connect`/`bind`. At most [`MAX_TRACE_PATH`] bytes.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The return value; negative errno on failure.
+    pub result: i64,
+    /// The errno's symbolic name on failure (`ENOENT`).
+    #[serde(default)]
+    pub errno: Option<String>,
+}
+
+/// Longest path the tracer reads from a tracee (Linux's PATH_MAX).
+pub const MAX_TRACE_PATH: usize = 4096;
+/// Most libraries a [`TraceSummary`] lists, and most paths per library.
+pub const MAX_SUMMARY_LIBS: usize = 256;
+pub const MAX_SUMMARY_PATHS: usize = 32;
+
+/// A shared library the traced processes looked for and never opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingLibrary {
+    /// The file name (`libnss_systemd.so.2`).
+    pub name: String,
+    /// Every path tried, in order.
+    pub searched: Vec<String>,
+}
+
+/// The end of a trace: what was missing, and how much was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TraceSummary {
+    pub missing_libraries: Vec<MissingLibrary>,
+    /// System calls stopped at (entry and exit count as one).
+    pub syscalls: u64,
+    /// Failed calls among the watched ones.
+    pub failures: u64,
+    /// Processes and threads traced.
+    pub processes: u32,
+}
+
+/// How one DT_NEEDED entry was resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LddEntry {
+    /// As written in DT_NEEDED.
+    pub name: String,
+    /// Where the loader would find it; `None` when it would not.
+    pub path: Option<String>,
+    /// Which file needed it first (the binary, or a library found before).
+    pub needed_by: String,
+    /// Directories searched, in order, when not found.
+    #[serde(default)]
+    pub searched: Vec<String>,
+}
+
+/// The answer to [`OpenRequest::Ldd`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LddReport {
+    pub path: String,
+    /// The program interpreter (PT_INTERP), if any; `None` for a static binary.
+    pub interpreter: Option<String>,
+    /// Whether the interpreter exists in the guest.
+    pub interpreter_found: bool,
+    /// Machine and class, e.g. `x86_64`.
+    pub machine: String,
+    /// Every library of the dependency tree, breadth first, each once.
+    pub libraries: Vec<LddEntry>,
 }
 
 /// See [`OpenRequest::Fixup`].
@@ -227,6 +323,12 @@ pub enum StreamMsg {
     Done,
     /// Either side: the operation failed.
     Error(ErrorMsg),
+    /// Agent: one traced system call (see [`OpenRequest::Trace`]).
+    Trace(TraceEvent),
+    /// Agent: the end of a trace, sent before `Exit`.
+    TraceSummary(TraceSummary),
+    /// Agent: the answer to [`OpenRequest::Ldd`].
+    Ldd(LddReport),
 }
 
 /// A message that could not be parsed.
@@ -276,6 +378,14 @@ mod tests {
             StreamMsg::Signal { signal: 2 },
             StreamMsg::Error(ErrorMsg::new(ErrorKind::NotFound, "no such file")),
             StreamMsg::Stat { meta: None },
+            StreamMsg::Trace(TraceEvent {
+                pid: 7,
+                syscall: "openat".into(),
+                path: Some("/lib/libnss_x.so.2".into()),
+                result: -2,
+                errno: Some("ENOENT".into()),
+            }),
+            StreamMsg::TraceSummary(TraceSummary::default()),
         ] {
             assert_eq!(
                 from_payload::<StreamMsg>("msg", &to_payload(&m)).unwrap(),

@@ -200,6 +200,26 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         Machine::Microvm => push(&["-M", "microvm,acpi=on"]),
         Machine::Q35 => push(&["-M", "q35"]),
     }
+    if !spec.shares.is_empty() {
+        // vhost-user-fs: virtiofsd reads and writes guest memory itself, so the memory must be
+        // shareable (a memfd, unless it already lives in a shared file, see `spec.memory`
+        // below); and libvhost-user refuses legacy virtio, which is microvm's virtio-mmio
+        // default.
+        if spec.memory == Memory::Anonymous {
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    spec.memory_mib
+                ),
+                "-machine",
+                "memory-backend=mem",
+            ]);
+        }
+        if spec.machine == Machine::Microvm {
+            push(&["-global", "virtio-mmio.force-legacy=false"]);
+        }
+    }
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         // One TCG thread per vCPU when there are several.
@@ -308,6 +328,15 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     a.push("-device".into());
     a.push(format!("virtio-net-{bus},netdev=net0").into());
 
+    // Shared folders: one vhost-user-fs device per virtiofsd socket.
+    for (i, share) in spec.shares.iter().enumerate() {
+        check_opt_value("shared folder tag", &share.tag)?;
+        a.push("-chardev".into());
+        a.push(opt_path(&format!("socket,id=fs{i},path="), &share.socket));
+        a.push("-device".into());
+        a.push(format!("vhost-user-fs-{bus},chardev=fs{i},tag={}", share.tag).into());
+    }
+
     // Entropy: sshd and anything else waiting on the random pool stalls without it.
     a.push("-device".into());
     a.push(format!("virtio-rng-{bus}").into());
@@ -339,6 +368,7 @@ mod tests {
             agent_socket: "/run/cove/web/agent.sock".into(),
             memory: Memory::Anonymous,
             incoming: false,
+            shares: vec![],
         }
     }
 
@@ -363,6 +393,39 @@ mod tests {
             tsc_khz: tsc,
         };
         q.args(spec).unwrap()
+    }
+
+    #[test]
+    fn shared_folders_make_memory_shareable_and_virtio_modern() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        s.shares = vec![cove_backend::SharedDir {
+            socket: "/run/cove/web/fs0,x.sock".into(),
+            tag: "cove0".into(),
+        }];
+        let text = render(&args(&s, None));
+        assert!(
+            text.contains("-object memory-backend-memfd,id=mem,size=256M,share=on"),
+            "{text}"
+        );
+        assert!(text.contains("-machine memory-backend=mem"), "{text}");
+        assert!(
+            text.contains("-global virtio-mmio.force-legacy=false"),
+            "{text}"
+        );
+        assert!(
+            text.contains("-chardev socket,id=fs0,path=/run/cove/web/fs0,,x.sock"),
+            "{text}"
+        );
+        assert!(
+            text.contains("-device vhost-user-fs-device,chardev=fs0,tag=cove0"),
+            "{text}"
+        );
+        s.shares[0].tag = "a,b".into();
+        let q = Qemu {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            tsc_khz: None,
+        };
+        assert!(q.args(&s).is_err());
     }
 
     #[test]

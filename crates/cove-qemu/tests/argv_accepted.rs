@@ -70,6 +70,7 @@ async fn starts_paused(machine: Machine) {
         agent_socket: d.join("agent.sock"),
         memory: Default::default(),
         incoming: false,
+        shares: vec![],
     };
     let qemu = Qemu::find(Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

@@ -96,6 +96,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         agent_socket: d.join("agent.sock"),
         memory: Default::default(),
         incoming: false,
+        shares: vec![],
     };
     let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

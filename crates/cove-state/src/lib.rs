@@ -8,4 +8,4 @@ pub mod vm;
 
 pub use paths::{Paths, VmPaths};
 pub use store::{Store, StoreError};
-pub use vm::{NameError, PortForward, VmName, VmRecord, VmState};
+pub use vm::{HostMount, NameError, PortForward, VmName, VmRecord, VmState};

@@ -181,6 +181,14 @@ impl VmPaths {
     pub fn agent_socket(&self) -> PathBuf {
         self.run.join("agent.sock")
     }
+    /// virtiofsd's vhost-user socket for shared folder `index`.
+    pub fn share_socket(&self, index: usize) -> PathBuf {
+        self.run.join(format!("fs{index}.sock"))
+    }
+    /// virtiofsd's log for shared folder `index`.
+    pub fn share_log(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("virtiofsd{index}.log"))
+    }
 
     /// Checks that every socket path of this VM fits in `sun_path`.
     pub fn check_socket_paths(&self) -> Result<(), PathError> {

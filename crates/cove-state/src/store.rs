@@ -269,6 +269,7 @@ mod tests {
             ports: vec![],
             data_disks: vec![],
             disk_mounts: Default::default(),
+            host_mounts: vec![],
             last_exit: None,
             agent_answered: false,
             last_error: None,

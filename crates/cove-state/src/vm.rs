@@ -156,6 +156,85 @@ pub struct PortForward {
     pub guest_port: u16,
 }
 
+/// A host directory shared into the guest (`--mount HOST:GUEST[:ro|rw]`), through virtiofs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMount {
+    /// Absolute, canonical host directory.
+    pub host: std::path::PathBuf,
+    /// Absolute guest path, of [`GUEST_PATH_CHARS`] only (it travels on the kernel command line).
+    pub guest: String,
+    /// Read-write; read-only (the default) is enforced on the host, not by the guest's mount.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// What a shared folder's guest path may contain: it is written into the kernel command line
+/// and read by the guest's init, so no space, quote, `=` or shell character can get through.
+pub const GUEST_PATH_CHARS: &str =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@";
+
+impl HostMount {
+    /// Parses `HOST_DIR:GUEST_PATH[:ro|rw]`; relative host paths are taken from `base`.
+    pub fn parse(text: &str, base: &std::path::Path) -> Result<Self, String> {
+        let mut parts: Vec<&str> = text.split(':').collect();
+        let writable = match parts.last().copied() {
+            Some("ro") if parts.len() == 3 => {
+                parts.pop();
+                false
+            }
+            Some("rw") if parts.len() == 3 => {
+                parts.pop();
+                true
+            }
+            _ => false,
+        };
+        let [host, guest] = parts[..] else {
+            return Err(format!(
+                "`{text}` is not HOST_DIR:GUEST_PATH[:ro|rw] (e.g. `./build:/opt/build:ro`)"
+            ));
+        };
+        Self::validate_guest(guest)?;
+        let host = base.join(host);
+        let host = host.canonicalize().map_err(|e| {
+            format!(
+                "shared folder {}: {e}; give an existing host directory",
+                host.display()
+            )
+        })?;
+        if !host.is_dir() {
+            return Err(format!(
+                "shared folder {} is not a directory",
+                host.display()
+            ));
+        }
+        Ok(HostMount {
+            host,
+            guest: guest.to_string(),
+            writable,
+        })
+    }
+
+    /// A guest path cove can put on the kernel command line and mount: absolute, no `..`.
+    pub fn validate_guest(guest: &str) -> Result<(), String> {
+        let bad = guest.chars().find(|c| !GUEST_PATH_CHARS.contains(*c));
+        if !guest.starts_with('/') || guest == "/" || guest.len() > 200 {
+            return Err(format!(
+                "guest path `{guest}` must be an absolute directory other than / (at most 200 bytes)"
+            ));
+        }
+        if let Some(c) = bad {
+            return Err(format!(
+                "guest path `{}` contains {c:?}; use letters, digits and / . _ - + @ only",
+                guest.escape_debug()
+            ));
+        }
+        if guest.split('/').any(|c| c == "..") {
+            return Err(format!("guest path `{guest}` must not contain `..`"));
+        }
+        Ok(())
+    }
+}
+
 /// Everything the store knows about one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
@@ -180,6 +259,9 @@ pub struct VmRecord {
     /// Where the guest's init mounts each data disk (disk name → absolute path).
     #[serde(default)]
     pub disk_mounts: std::collections::BTreeMap<String, String>,
+    /// Host folders shared into the guest, in order (tags `cove0`, `cove1`, …).
+    #[serde(default)]
+    pub host_mounts: Vec<HostMount>,
     /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
     pub last_exit: Option<String>,
     /// Whether the guest's agent completed its handshake during the last boot.
@@ -201,6 +283,37 @@ pub struct VmRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_mounts_parse_and_refuse_what_could_reach_the_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = HostMount::parse(".:/opt/build", dir.path()).unwrap();
+        assert!(!m.writable && m.guest == "/opt/build" && m.host.is_absolute());
+        assert!(
+            HostMount::parse(".:/opt/b:rw", dir.path())
+                .unwrap()
+                .writable
+        );
+        assert!(
+            !HostMount::parse(".:/opt/b:ro", dir.path())
+                .unwrap()
+                .writable
+        );
+        for bad in [
+            ".:/opt/a b",
+            ".:/opt/a\"init=/bin/sh",
+            ".:relative",
+            ".:/",
+            ".:/a/../etc",
+            ".:/a$(x)",
+            ".:/a;b",
+            "./missing:/a",
+            ".:/a:rx",
+            ".",
+        ] {
+            assert!(HostMount::parse(bad, dir.path()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_that_could_escape_or_break_paths_are_refused() {

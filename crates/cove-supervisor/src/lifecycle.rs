@@ -27,6 +27,8 @@ pub struct CreateOptions {
     pub machine: Machine,
     pub ports: Vec<PortForward>,
     pub disks: Vec<data_disk::DiskRequest>,
+    /// Host folders shared into the guest.
+    pub mounts: Vec<cove_state::HostMount>,
 }
 
 /// Creates a VM: a copy-on-write overlay of its image and a record, both or
@@ -74,6 +76,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
             .iter()
             .filter_map(|d| Some((d.name.clone(), d.mount.clone()?)))
             .collect(),
+        host_mounts: opts.mounts.clone(),
         last_exit: None,
         agent_answered: false,
         last_error: None,

@@ -29,6 +29,15 @@ pub struct Args {
     /// empty (ext4) if it does not exist; it outlives the VM.
     #[arg(long = "disk", value_parser = parse_disk)]
     pub disks: Vec<DiskRequest>,
+    /// Share a host folder: `HOST_DIR:GUEST_PATH[:ro|rw]` (read-only unless `:rw`), through
+    /// virtiofs; host changes are seen in the guest at once. Repeatable.
+    #[arg(long = "mount", value_parser = parse_mount)]
+    pub mounts: Vec<cove_state::HostMount>,
+}
+
+fn parse_mount(text: &str) -> Result<cove_state::HostMount, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    cove_state::HostMount::parse(text, &cwd)
 }
 
 /// `pgdata:1G:/var/lib/postgresql`, `pgdata:/srv`, `scratch:512M`.
@@ -72,6 +81,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             machine: args.machine,
             ports: args.ports,
             disks: args.disks,
+            mounts: args.mounts,
         },
     )?;
     if ctx.json {

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod image;
 pub mod kernel;
 pub mod kill;
+pub mod ldd;
 pub mod list;
 pub mod logs;
 pub mod man;
@@ -30,6 +31,7 @@ pub mod start;
 pub mod stop;
 pub mod supervise;
 pub mod test;
+pub mod trace;
 pub mod up;
 pub mod volume;
 pub mod why;
@@ -68,6 +70,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(a) => exec::run(&ctx, a),
         Command::Cp(a) => cp::run(&ctx, a),
         Command::Ps(a) => ps::run(&ctx, a),
+        Command::Trace(a) => trace::run(&ctx, a),
+        Command::Ldd(a) => ldd::run(&ctx, a),
         Command::Shell(a) => shell::run(&ctx, a),
         Command::Kernel(a) => kernel::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),

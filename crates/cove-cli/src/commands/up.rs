@@ -171,6 +171,8 @@ fn needs_recreate(
         Some("its ports changed")
     } else if have.data_disks != disks || have.disk_mounts != mounts {
         Some("its disks changed")
+    } else if have.host_mounts != want.mounts {
+        Some("its shared folders changed")
     } else if have.machine != want.machine.as_str() {
         Some("its machine changed")
     } else {
@@ -187,5 +189,6 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         machine: want.machine,
         ports: want.ports.clone(),
         disks: want.disks.clone(),
+        mounts: want.mounts.clone(),
     }
 }

@@ -59,6 +59,22 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# Shared host folders: `cove.share=<tag>:<path>:<ro|rw>` (cove validated the path: letters,
+# digits and / . _ - + @ only). Read-only is enforced on the host too.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    cove.share=*:/*:ro | cove.share=*:/*:rw)
+        spec=${arg#cove.share=}
+        tag=${spec%%:*} rest=${spec#*:}
+        path=${rest%:*} mode=${rest##*:}
+        mkdir -p "$path" &&
+            mount -t virtiofs -o "$mode" "$tag" "$path" &&
+            echo "cove-init: shared folder $tag mounted on $path ($mode)" > /dev/console ||
+            echo "cove-init: shared folder $tag could not be mounted on $path (no virtiofs in this kernel?)" > /dev/console
+        ;;
+    esac
+done
+
 # A shell on the serial console for `cove console`, kept running.
 if [ -c /dev/ttyS0 ]; then
     (

@@ -29,16 +29,24 @@ mount -t devtmpfs devtmpfs /dev || fatal "cannot mount devtmpfs (CONFIG_DEVTMPFS
 mount -t proc proc /proc || fatal "cannot mount /proc (CONFIG_PROC_FS)"
 mount -t sysfs sysfs /sys || fatal "cannot mount /sys (CONFIG_SYSFS)"
 
+load_modules() {
+    while read -r m; do
+        [ -n "$m" ] || continue
+        out=$(insmod "/lib/modules/$m.ko" 2>&1) || {
+            case "$out" in
+                *"File exists"*) ;;
+                *) echo "cove-init: module $m failed to load: $out" ;;
+            esac
+        }
+    done < "$1"
+}
+
 echo "@LOADING_MODULES@"
-while read -r m; do
-    [ -n "$m" ] || continue
-    out=$(insmod "/lib/modules/$m.ko" 2>&1) || {
-        case "$out" in
-            *"File exists"*) ;;
-            *) echo "cove-init: module $m failed to load: $out" ;;
-        esac
-    }
-done < /etc/cove/modules
+load_modules /etc/cove/modules
+# Shared folders (virtiofs) only when the VM has some: no cost to the others' boot.
+if grep -q "cove.share=" /proc/cmdline && [ -f /etc/cove/modules.share ]; then
+    load_modules /etc/cove/modules.share
+fi
 
 echo "cove-init: finding root"
 root=$(cmdline_arg cove.root)

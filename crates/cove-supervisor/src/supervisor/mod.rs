@@ -8,6 +8,7 @@ mod console;
 mod control;
 mod judge;
 mod save;
+mod shares;
 mod vmm;
 mod vmm_process;
 

@@ -45,6 +45,7 @@ pub async fn launch(
     }
     let choice = cove_qemu::accel::probe(paths);
     let machine: Machine = record.machine.parse()?;
+    let (shares, daemons) = super::shares::start(&vm, record)?;
     let spec = VmSpec {
         name: record.name.to_string(),
         cpus: record.cpus,
@@ -75,6 +76,7 @@ pub async fn launch(
             }
         },
         incoming: matches!(start, Start::Restore { .. }),
+        shares,
     };
     let qemu = cove_qemu::Qemu::find(cove_qemu::tsc::host_tsc_khz_cached(paths))?;
     let mut cmd = qemu.command(&spec)?;
@@ -97,9 +99,19 @@ pub async fn launch(
         .stdin(Stdio::null())
         .stdout(vmm_log.try_clone()?)
         .stderr(vmm_log);
-    let child = tokio::process::Command::from(cmd).spawn().map_err(|e| {
-        SuperviseError::Boot(format!("cannot start {}: {e}", qemu.binary.display()))
-    })?;
+    let child = match tokio::process::Command::from(cmd).spawn() {
+        Ok(c) => {
+            daemons.detach();
+            c
+        }
+        Err(e) => {
+            daemons.kill();
+            return Err(SuperviseError::Boot(format!(
+                "cannot start {}: {e}",
+                qemu.binary.display()
+            )));
+        }
+    };
     let pid = child.id().unwrap_or_default();
     tracing::info!(pid, accel = %choice.accel, reason = %choice.reason, "VMM started");
     Ok(Launch {
@@ -116,6 +128,7 @@ fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     for (disk, mount) in &record.disk_mounts {
         args.push(cove_guest::disk_arg(&crate::data_disk::serial(disk), mount));
     }
+    args.extend(super::shares::cmdline_args(record));
     args.join(" ")
 }
 
