@@ -150,6 +150,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
             machine: cove_backend::Machine::Microvm,
             ports: Vec::new(),
             disks: Vec::new(),
+            mounts: Vec::new(),
         },
     )?;
     let vm = ctx.paths.vm(name);

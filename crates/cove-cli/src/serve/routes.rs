@@ -64,6 +64,7 @@ pub async fn start_vm(paths: cove_state::Paths, name: String) -> Reply {
     blocking(move || {
         let opts = StartOptions {
             boot_timeout: BOOT_TIMEOUT,
+            from: None,
         };
         Ok(VmView::from(
             &lifecycle::start(&paths, &name, &opts)?.record,
