@@ -301,7 +301,9 @@ pub enum SpecError {
     TwoMatchers,
     #[error("`stdout_matches` is not a valid regular expression: {0}")]
     Regex(String),
-    #[error("`{field}` = {value:?} is not a duration; write it like \"30s\", \"500ms\" or \"2m\"")]
+    #[error(
+        "`{field}` = {value:?} is not a duration from 1ms to 1 day; write it like \"30s\", \"500ms\" or \"2m\""
+    )]
     Duration { field: &'static str, value: String },
     #[error("`{0}` must not be empty")]
     Empty(&'static str),
@@ -311,12 +313,15 @@ pub enum SpecError {
 
 fn duration(field: &'static str, d: Option<DurationText>) -> Result<Option<Duration>, SpecError> {
     let bad = |value: String| SpecError::Duration { field, value };
+    // At most a day: the runner adds it to `Instant::now()`, which panics
+    // on overflow for values near `u64::MAX` seconds.
+    const MAX: Duration = Duration::from_secs(86_400);
     match d {
         None => Ok(None),
-        Some(DurationText::Secs(0)) => Err(bad("0".into())),
+        Some(DurationText::Secs(s)) if s == 0 || s > MAX.as_secs() => Err(bad(s.to_string())),
         Some(DurationText::Secs(s)) => Ok(Some(Duration::from_secs(s))),
         Some(DurationText::Text(t)) => match humantime::parse_duration(t.trim()) {
-            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            Ok(d) if !d.is_zero() && d <= MAX => Ok(Some(d)),
             _ => Err(bad(t)),
         },
     }

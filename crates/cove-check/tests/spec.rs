@@ -143,6 +143,11 @@ fn mistakes_are_refused_with_what_to_write() {
     assert!(e.contains("unknown field `retries`"), "{e}");
     let e = refusal("[[check]]\ntcp = 5432\nwait = \"soon\"\n");
     assert!(e.contains("\"30s\""), "{e}");
+    // A wait past the clock's range panicked the runner (`now + wait`).
+    let e = refusal("[[check]]\ntcp = 5432\nwait = 9223372036854775807\n");
+    assert!(e.contains("1 day"), "{e}");
+    let e = refusal("[[check]]\ntcp = 5432\ntimeout = \"100000000000y\"\n");
+    assert!(e.contains("1 day"), "{e}");
     let e = refusal("[[check]]\ncommand = \"x\"\nstdout_matches = \"(\"\n");
     assert!(e.contains("not a valid regular expression"), "{e}");
     let e =

@@ -147,8 +147,9 @@ impl UpSpec {
                 .map(|d| -> Result<DiskRequest> {
                     cove_supervisor::data_disk::validate_name(&d.name)
                         .map_err(anyhow::Error::msg)?;
-                    if let Some(m) = d.mount.as_deref().filter(|m| !m.starts_with('/')) {
-                        bail!("disk `{}`: mount `{m}` must be an absolute path", d.name);
+                    if let Some(m) = d.mount.as_deref() {
+                        cove_supervisor::data_disk::validate_mount(m)
+                            .map_err(|e| anyhow::anyhow!("disk `{}`: {e}", d.name))?;
                     }
                     Ok(DiskRequest {
                         size_bytes: parse_size(&d.size).map_err(anyhow::Error::msg)?,
@@ -174,9 +175,16 @@ impl UpSpec {
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("mounts of VM `{name}`"))?,
                 checks: vm.check,
-                boot_timeout: vm
+                boot_timeout: match vm
                     .boot_timeout
-                    .unwrap_or(cove_api::DEFAULT_BOOT_TIMEOUT_SECS),
+                    .unwrap_or(cove_api::DEFAULT_BOOT_TIMEOUT_SECS)
+                {
+                    t @ 1..=crate::commands::MAX_TIMEOUT_SECS => t,
+                    t => bail!(
+                        "VM `{name}`: boot_timeout = {t} is out of range (1-{} seconds)",
+                        crate::commands::MAX_TIMEOUT_SECS
+                    ),
+                },
                 name,
             });
         }
@@ -227,6 +235,14 @@ mod tests {
         assert!(
             err("image = \"m\"\n[[vm]]\nname = \"a\"\ndisks = [{name = \"d\", mount = \"rel\"}]")
                 .contains("absolute")
+        );
+        assert!(err(
+            "image = \"m\"\n[[vm]]\nname = \"a\"\ndisks = [{name = \"d\", mount = \"/srv x init=/bin/sh\"}]"
+        )
+        .contains("kernel's command line"));
+        assert!(
+            err("image = \"m\"\n[[vm]]\nname = \"a\"\nboot_timeout = 9223372036854775807")
+                .contains("out of range")
         );
     }
 }

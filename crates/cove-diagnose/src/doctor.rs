@@ -60,6 +60,8 @@ pub struct HostFacts {
     pub state_dir: PathBuf,
     /// cove's cache directory (images live here).
     pub cache_dir: PathBuf,
+    /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::SANDBOX`).
+    pub qemu_sandbox: String,
 }
 
 /// All checks.
@@ -109,6 +111,7 @@ impl fmt::Display for DoctorReport {
 /// Run every host check.
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
     let mut checks = vec![qemu(), kvm(facts.kvm.as_ref())];
+    checks.extend(protections(&facts.qemu_sandbox));
     checks.push(device(
         "vhost-vsock",
         Path::new("/dev/vhost-vsock"),
@@ -231,6 +234,73 @@ pub fn qemu() -> Check {
     } else {
         Check::new(name, Level::Fail, detail, fix)
     }
+}
+
+/// Which protections a guest meets on this host: QEMU's seccomp sandbox
+/// (checked: this QEMU must accept cove's `-sandbox`, or no VM starts), and
+/// what is not in place yet, said plainly.
+pub fn protections(sandbox: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let name = "QEMU sandbox";
+    let fix = Some("install Debian's qemu-system-x86, which is built with seccomp");
+    checks.push(match find_executable("qemu-system-x86_64") {
+        None => Check::new(name, Level::Fail, "no qemu-system-x86_64", fix),
+        // `-version` after `-sandbox`: QEMU parses (and refuses) the
+        // option first, then exits without starting a VM.
+        Some(bin) => match Command::new(&bin)
+            .args(["-sandbox", sandbox, "-version"])
+            .output()
+        {
+            Ok(o) if o.status.success() => Check::new(
+                name,
+                Level::Ok,
+                format!("seccomp active: -sandbox {sandbox}"),
+                None,
+            ),
+            Ok(o) => Check::new(
+                name,
+                Level::Fail,
+                format!(
+                    "this QEMU refuses -sandbox {sandbox}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                fix,
+            ),
+            Err(e) => Check::new(
+                name,
+                Level::Fail,
+                format!("cannot run {}: {e}", bin.display()),
+                fix,
+            ),
+        },
+    });
+    // /proc/self belongs to this process's effective uid.
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    checks.push(if root {
+        Check::new(
+            "unprivileged QEMU",
+            Level::Warn,
+            "no: cove runs as root, so QEMU does too (inside the seccomp sandbox, which denies \
+             privilege changes, exec and fork)",
+            Some("run cove as an ordinary user: TCG and user-mode networking need no root"),
+        )
+    } else {
+        Check::new(
+            "unprivileged QEMU",
+            Level::Ok,
+            "yes: QEMU runs as this user",
+            None,
+        )
+    });
+    checks.push(Check::new(
+        "guest network isolation",
+        Level::Warn,
+        "no: user-mode networking lets a guest reach the host's 127.0.0.1 services as 10.0.2.2",
+        Some("do not run guests you do not trust next to host services that trust localhost"),
+    ));
+    checks
 }
 
 /// Parse `qemu-system-x86_64 -accel help`.
@@ -395,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_check_asks_this_qemu_and_names_what_is_missing() {
+        // qemu-system-x86 (Debian's, with seccomp) is installed on the build machines.
+        let checks =
+            protections("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        assert_eq!(checks[0].status, Level::Ok, "{:?}", checks[0]);
+        let refused = protections("on,nonsense=deny");
+        assert_eq!(refused[0].status, Level::Fail, "{:?}", refused[0]);
+        assert!(refused[0].detail.contains("nonsense"), "{:?}", refused[0]);
+        assert!(checks.iter().any(|c| c.name == "guest network isolation"));
+    }
+
+    #[test]
     fn free_space_uses_nearest_existing_ancestor_and_full_report_serializes() {
         let dir = tempfile::tempdir().unwrap();
         let c = free_space("space", &dir.path().join("not/yet/created"));
@@ -403,6 +485,7 @@ mod tests {
             kvm: None,
             state_dir: dir.path().join("state"),
             cache_dir: dir.path().join("cache"),
+            qemu_sandbox: "on".into(),
         });
         assert!(report.checks.len() >= 12);
         let json = serde_json::to_value(&report).unwrap();

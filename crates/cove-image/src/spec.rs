@@ -131,10 +131,25 @@ impl TryFrom<SizeRepr> for Size {
     }
 }
 
-/// The Debian suite of `debian:<suite>`.
+/// The Debian suite of `debian:<suite>`: a name such as `bookworm`,
+/// `stable` or `bookworm-backports` (a lowercase letter, then lowercase
+/// letters, digits and `-`). It becomes an argument of mmdebstrap, so
+/// anything else (`--customize-hook=…`) is refused rather than passed.
 pub fn debian_suite(base: &str) -> Option<&str> {
-    base.strip_prefix("debian:")
-        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+    base.strip_prefix("debian:").filter(|s| {
+        s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    })
+}
+
+/// A mirror is a URL mmdebstrap fetches from, never an option of it.
+fn valid_mirror(mirror: &str) -> bool {
+    ["http://", "https://", "file:/"]
+        .iter()
+        .any(|scheme| mirror.starts_with(scheme))
+        && !mirror.contains(char::is_whitespace)
 }
 
 impl ImageSpec {
@@ -212,7 +227,14 @@ impl ImageSpec {
             }
             (Some(b), None) if debian_suite(b).is_none() => {
                 return Err(format!(
-                    "base `{b}` is not supported; use `debian:<suite>`, e.g. `debian:bookworm`"
+                    "base `{b}` is not supported; use `debian:<suite>` with a suite name of lowercase \
+                     letters, digits and `-`, e.g. `debian:bookworm`"
+                ));
+            }
+            (Some(_), None) if self.mirror.as_deref().is_some_and(|m| !valid_mirror(m)) => {
+                return Err(format!(
+                    "mirror {:?} is not an http://, https:// or file:/ URL",
+                    self.mirror.as_deref().unwrap_or_default()
                 ));
             }
             (None, Some(_)) if !self.packages.is_empty() || self.mirror.is_some() => {
@@ -352,6 +374,15 @@ command = "postgres"
             ),
             ("name = \"a\"\n", "base"),
             ("name = \"a\"\nbase = \"ubuntu:noble\"\n", "debian:<suite>"),
+            (
+                "name = \"a\"\nbase = \"debian:--customize-hook=touch /pwned\"\n",
+                "debian:<suite>",
+            ),
+            ("name = \"a\"\nbase = \"debian:-x\"\n", "debian:<suite>"),
+            (
+                "name = \"a\"\nbase = \"debian:bookworm\"\nmirror = \"--hook-dir=/tmp\"\n",
+                "not an http",
+            ),
             (
                 "name = \"a\"\nbase = \"debian:bookworm\"\nsize = \"lots\"\n",
                 "not a size",

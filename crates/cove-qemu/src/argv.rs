@@ -182,6 +182,10 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     // and sends QMP `cont`, so the console log has the guest's first byte.
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     push(&["-no-reboot", "-S"]);
+    // QEMU's seccomp filter: a guest that takes over QEMU still cannot
+    // exec, fork, gain privileges, change scheduling or use syscalls QEMU
+    // itself has no use for. Nothing cove runs needs any of them.
+    push(&["-sandbox", SANDBOX]);
     push(&["-name", &spec.name]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     push(&["-smp", &spec.cpus.to_string()]);
@@ -342,6 +346,10 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     a.push(format!("virtio-rng-{bus}").into());
     Ok(a)
 }
+
+/// The `-sandbox` QEMU runs under (`cove doctor` checks the host's QEMU
+/// accepts it).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! and what was last recorded about them ([`store`]), and the VM names and
 //! states those records use ([`vm`]).
 
+pub mod files;
 pub mod paths;
 pub mod store;
 pub mod vm;

@@ -24,6 +24,19 @@ pub enum PathError {
          set $XDG_RUNTIME_DIR to a shorter directory"
     )]
     SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("cannot create cove's runtime directory {path}")]
+    CreateRuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another local user could swap a VM's sockets in a directory we do not
+    /// solely own and receive the next `exec`, `cp` or `shell`.
+    #[error(
+        "refusing cove's runtime directory {path}: {problem}; another local user could take over \
+         its sockets. Remove it (or set $XDG_RUNTIME_DIR to a private directory) and retry"
+    )]
+    UnsafeRuntimeDir { path: PathBuf, problem: String },
 }
 
 /// The roots of cove's directories, resolved once from the environment.
@@ -54,6 +67,7 @@ impl Paths {
             // SAFETY: getuid has no preconditions and cannot fail.
             None => PathBuf::from(format!("/tmp/cove-{}", unsafe { libc::getuid() })),
         };
+        secure_runtime_dir(&runtime)?;
         Ok(Self {
             state: xdg("XDG_STATE_HOME", ".local/state")?,
             runtime,
@@ -114,6 +128,54 @@ impl Paths {
     /// A small file remembering whether KVM really runs vCPUs on this boot of the host.
     pub fn accel_probe_cache(&self) -> PathBuf {
         self.cache.join("accel-probe.json")
+    }
+}
+
+/// Creates the runtime directory 0700 if it is missing, then refuses it
+/// unless it is a real directory (not a symlink) owned by us with no
+/// group or other permissions, as tmux does for its socket directory:
+/// `/tmp/cove-<uid>` can be created first by anyone.
+pub fn secure_runtime_dir(dir: &Path) -> Result<(), PathError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let created = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::files::DIR_MODE)
+        .create(dir);
+    if let Err(source) = created {
+        return Err(PathError::CreateRuntimeDir {
+            path: dir.to_owned(),
+            source,
+        });
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| PathError::CreateRuntimeDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let problem = if meta.file_type().is_symlink() {
+        Some("it is a symbolic link".to_owned())
+    } else if !meta.is_dir() {
+        Some("it is not a directory".to_owned())
+    } else if meta.uid() != uid {
+        Some(format!(
+            "it is owned by uid {}, not by us (uid {uid})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "its mode is {:o}, open to group or others (it must be 700)",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(PathError::UnsafeRuntimeDir {
+            path: dir.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -217,6 +279,61 @@ mod tests {
         let paths = Paths::under(Path::new(&format!("/tmp/{long}")));
         let err = paths.vm("a").check_socket_paths().unwrap_err();
         assert!(err.to_string().contains("XDG_RUNTIME_DIR"), "{err}");
+    }
+
+    #[test]
+    fn runtime_dir_is_created_private_and_refused_when_not_ours_alone() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cove-1000");
+        secure_runtime_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // Checked again when it exists: still fine.
+        secure_runtime_dir(&dir).unwrap();
+
+        // Group or other bits: refused, with the way out.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = secure_runtime_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("755") && err.contains("XDG_RUNTIME_DIR"),
+            "{err}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        // A symlink to a directory we own (planted by someone who can then
+        // swap its target): refused.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = secure_runtime_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+
+        // A plain file in its place: refused.
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = secure_runtime_dir(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("not a directory") || err.contains("cannot create"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn runtime_dir_owned_by_another_user_is_refused() {
+        // `/` is root's; as root, any directory owned by nobody will do.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("theirs");
+            std::fs::create_dir(&dir).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let err = secure_runtime_dir(&dir).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        } else {
+            let err = secure_runtime_dir(Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 0"), "{err}");
+        }
     }
 
     #[test]

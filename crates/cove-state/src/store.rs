@@ -21,6 +21,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make the state database {path} private (mode 0600)")]
+    Protect {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a VM named `{0}` already exists; pick another name or `cove delete {0}` first")]
     AlreadyExists(VmName),
     #[error("no VM named `{0}`; `cove list` shows the VMs that exist")]
@@ -64,7 +70,7 @@ impl Store {
     /// Opens (and creates, on first use) the store and cove's directories.
     pub fn open(paths: &Paths) -> Result<Self, StoreError> {
         for dir in [&paths.state, &paths.vms(), &paths.vm_staging()] {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            crate::files::private_dir_all(dir).map_err(|source| StoreError::CreateDir {
                 path: dir.clone(),
                 source,
             })?;
@@ -74,9 +80,18 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        // SQLite gives its -wal and -shm files the database's mode.
+        crate::files::make_private(&path).map_err(|source| StoreError::Protect {
+            path: path.clone(),
+            source,
+        })?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a record the CLI reported written (a VM created, a pid
+        // recorded) survives a host crash too; NORMAL in WAL mode may lose
+        // the last commits. Records change a few times per command, so the
+        // extra fsync costs nothing a user sees.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn })
     }

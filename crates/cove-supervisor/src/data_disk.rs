@@ -6,7 +6,7 @@
 //! record says (`cove.disk=` on the kernel command line).
 
 use crate::error::LifecycleError;
-use cove_state::Paths;
+use cove_state::{Paths, files};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -35,6 +35,31 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks where a guest mounts a data disk. The path travels on the kernel
+/// command line (`cove.disk=<serial>:<path>`), which the kernel splits on
+/// whitespace and the guest's init reads in a shell: a space would let a
+/// spec add kernel arguments (`/srv x init=/bin/sh`), a quote or `*` would
+/// reach the shell. So: absolute, at most 255 bytes, only
+/// `A-Z a-z 0-9 / . _ - + , @ =`, no `..` component.
+pub fn validate_mount(mount: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/._-+,@=".contains(c);
+    if !mount.starts_with('/') {
+        return Err(format!("mount point `{mount}` must be an absolute path"));
+    }
+    if let Some(bad) = mount.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "mount point {mount:?} contains {bad:?}: only letters, digits and `/._-+,@=` are \
+             allowed (the path travels on the guest kernel's command line)"
+        ));
+    }
+    if mount.len() > 255 || mount.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "mount point `{mount}` must be at most 255 bytes with no `..` component"
+        ));
+    }
+    Ok(())
+}
+
 /// The serial a data disk has in the guest (`/sys/block/vdX/serial`).
 pub fn serial(name: &str) -> String {
     cove_guest::data_disk_serial(name)
@@ -52,7 +77,7 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
     if target.exists() {
         return Ok(false);
     }
-    std::fs::create_dir_all(paths.data_disks())?;
+    files::private_dir_all(&paths.data_disks())?;
     // Build beside the target and rename, so a killed command never
     // leaves a half-made disk under the real name.
     let raw = paths
@@ -83,7 +108,9 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
                 .arg(&qcow),
             "qemu-img",
         )?;
-        std::fs::rename(&qcow, &target)?;
+        // Private, and on disk under its real name before any VM uses it.
+        files::make_private(&qcow)?;
+        files::durable_rename(&qcow, &target)?;
         Ok(())
     })();
     let _ = std::fs::remove_file(&raw);
@@ -156,6 +183,30 @@ fn run(cmd: &mut Command, _tool: &'static str) -> Result<(), LifecycleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn mount_points_cannot_inject_kernel_arguments_or_shell_words() {
+        validate_mount("/var/lib/postgresql").unwrap();
+        validate_mount("/srv/data-1_x.y").unwrap();
+        for bad in [
+            "/srv x init=/bin/sh",
+            "/srv\tinit=/bin/sh",
+            "/srv\ninit=/bin/sh",
+            "/srv/*",
+            "/srv/$(reboot)",
+            "/srv/'q'",
+            "/srv/../etc",
+            "srv",
+        ] {
+            assert!(validate_mount(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(
+            validate_mount("/srv x init=/bin/sh")
+                .unwrap_err()
+                .contains("' '")
+        );
+    }
 
     #[test]
     fn a_new_disk_holds_a_labelled_ext4_and_is_never_recreated() {
@@ -171,6 +222,12 @@ mod tests {
         let info = String::from_utf8_lossy(&info.stdout);
         assert!(info.contains("file format: qcow2"), "{info}");
         assert!(info.contains("64 MiB"), "{info}");
+        // Other local users must not read a VM's data.
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(paths.data_disks()).unwrap().mode() & 0o777,
+            0o700
+        );
         // A second ensure keeps the existing data.
         std::fs::write(dir.path().join("marker"), b"x").unwrap();
         let before = std::fs::metadata(&file).unwrap().modified().unwrap();

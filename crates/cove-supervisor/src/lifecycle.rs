@@ -8,8 +8,9 @@ use crate::liveness;
 use cove_api::{Request, Response};
 use cove_backend::Machine;
 use cove_state::store::now;
-use cove_state::{Paths, PortForward, Store, VmName, VmRecord, VmState};
+use cove_state::{Paths, PortForward, Store, VmName, VmRecord, VmState, files};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -44,11 +45,10 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     }
     let image = boot_image::resolve(&store, &opts.image)?;
     for disk in &opts.disks {
-        if let Some(mount) = disk.mount.as_deref().filter(|m| !m.starts_with('/')) {
-            return Err(LifecycleError::BadResources(format!(
-                "data disk `{}` mount point `{mount}` must be an absolute path",
-                disk.name
-            )));
+        if let Some(mount) = disk.mount.as_deref() {
+            data_disk::validate_mount(mount).map_err(|e| {
+                LifecycleError::BadResources(format!("data disk `{}`: {e}", disk.name))
+            })?;
         }
         data_disk::ensure(paths, &disk.name, disk.size_bytes)?;
     }
@@ -91,7 +91,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         if vm.dir.exists() {
             std::fs::remove_dir_all(&vm.dir)?;
         }
-        std::fs::rename(&staging, &vm.dir)
+        files::durable_rename(&staging, &vm.dir)
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -121,9 +121,11 @@ pub(crate) fn tempfile_dir(
     parent: &Path,
     name: &str,
 ) -> Result<std::path::PathBuf, LifecycleError> {
-    std::fs::create_dir_all(parent)?;
+    files::private_dir_all(parent)?;
     let dir = parent.join(format!("{name}.{}.{}", std::process::id(), now()));
-    std::fs::create_dir(&dir)?;
+    std::fs::DirBuilder::new()
+        .mode(files::DIR_MODE)
+        .create(&dir)?;
     Ok(dir)
 }
 
@@ -142,7 +144,12 @@ fn create_overlay(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
     .map_err(|tool| LifecycleError::Tool {
         tool,
         fix: "check that the image file exists and is readable (`cove image list`)",
-    })
+    })?;
+    // The overlay holds everything the guest writes: its owner's alone, and
+    // on disk before the VM that uses it is recorded.
+    files::make_private(overlay)?;
+    files::sync_file(overlay)?;
+    Ok(())
 }
 
 /// Reads a VM and makes its recorded state true: a VM whose supervisor is
@@ -371,6 +378,7 @@ fn spawn_supervisor(
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(cove_state::files::FILE_MODE)
         .open(vm.supervisor_log())?;
     let exe = cove_executable()?;
     let lock_fd = lock.as_raw_fd();

@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }),
         state_dir: ctx.paths.state.clone(),
         cache_dir: ctx.paths.cache.clone(),
+        qemu_sandbox: cove_qemu::argv::SANDBOX.to_owned(),
     };
     let report = doctor::doctor(&facts);
     if ctx.json {

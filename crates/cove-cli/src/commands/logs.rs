@@ -51,6 +51,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         let lock = vm.supervisor_lock();
         loop {
             let running = liveness::is_locked(&lock)?;
+            // The supervisor dropped the middle of a log over its cap:
+            // carry on from the new end rather than wait past it forever.
+            let len = file.metadata()?.len();
+            if len < file.stream_position()? {
+                eprintln!("cove logs: the console log passed its cap; some output was skipped");
+                file.seek(SeekFrom::Start(len))?;
+            }
             let copied = copy_available(&mut file, &mut out)?;
             if copied == 0 {
                 if !running {

@@ -37,6 +37,16 @@ pub mod volume;
 pub mod why;
 
 use crate::cli::{Cli, Command};
+
+/// The longest wait any `--timeout` accepts (a day): a deadline is `now +
+/// timeout`, and a larger value (up to `u64::MAX` seconds) overflowed the
+/// clock and panicked.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// Parses a `--timeout` in seconds, 1 to [`MAX_TIMEOUT_SECS`].
+pub fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+}
 use crate::context::Ctx;
 use std::process::ExitCode;
 

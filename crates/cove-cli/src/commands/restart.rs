@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Seconds to wait for the guest to shut down before forcing it.
-    #[arg(long = "stop-timeout", default_value_t = 20)]
+    #[arg(long = "stop-timeout", default_value_t = 20, value_parser = super::timeout_secs())]
     pub stop_timeout: u64,
     #[command(flatten)]
     pub boot: BootArgs,

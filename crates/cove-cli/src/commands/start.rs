@@ -21,7 +21,11 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
     /// Seconds the guest may take to become ready before the start fails.
-    #[arg(long = "timeout", default_value_t = cove_api::DEFAULT_BOOT_TIMEOUT_SECS)]
+    #[arg(
+        long = "timeout",
+        default_value_t = cove_api::DEFAULT_BOOT_TIMEOUT_SECS,
+        value_parser = super::timeout_secs()
+    )]
     pub boot_timeout: u64,
 }
 

@@ -9,7 +9,11 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     pub name: String,
-    #[arg(long, default_value_t = cove_api::DEFAULT_BOOT_TIMEOUT_SECS)]
+    #[arg(
+        long,
+        default_value_t = cove_api::DEFAULT_BOOT_TIMEOUT_SECS,
+        value_parser = super::timeout_secs()
+    )]
     pub boot_timeout: u64,
     #[arg(long)]
     pub lock_fd: Option<i32>,

@@ -4,7 +4,7 @@
 
 use crate::context::Ctx;
 use crate::up_spec::{DeclaredVm, ImageSource, UpSpec};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cove_image::ImageManifest;
 use cove_state::{Store, VmRecord};
 use cove_supervisor::lifecycle::{self, CreateOptions, StartOptions};
@@ -25,14 +25,18 @@ pub struct Args {
     /// The static `cove-agent` to put into a built image.
     #[arg(long, env = "COVE_AGENT")]
     pub agent: Option<PathBuf>,
+    /// Recreate a VM whose spec changed even when its root disk holds
+    /// changes made since it was created (they are lost; data disks are kept).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let spec = UpSpec::load(&args.file)?;
     let image = ensure_image(ctx, &spec.image, args.agent.clone())?;
     for vm in &spec.vms {
-        let action =
-            converge(ctx, &image, vm).with_context(|| format!("bringing up VM `{}`", vm.name))?;
+        let action = converge(ctx, &image, vm, args.force)
+            .with_context(|| format!("bringing up VM `{}`", vm.name))?;
         cove_check::save(&ctx.paths.vm(vm.name.as_str()).checks_file(), &vm.checks)?;
         if !ctx.json {
             println!("{}: {action}", vm.name);
@@ -111,7 +115,7 @@ pub(crate) fn ensure_image(
 }
 
 /// Brings one VM to its declared shape and to `running`; says what it did.
-fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<String> {
+fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) -> Result<String> {
     let paths = &ctx.paths;
     let name = want.name.as_str();
     let start = StartOptions {
@@ -129,7 +133,19 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
     let have = lifecycle::show(paths, name)?;
     let stop_timeout = Duration::from_secs(30);
     if let Some(why) = needs_recreate(&have, image, want) {
-        // Data disks are separate files: recreating the VM keeps them.
+        // Data disks are separate files: recreating the VM keeps them. Its
+        // root disk is not: say so, and never drop changes silently.
+        let overlay = paths.vm(name).root_disk();
+        let written = root_disk_written_bytes(&overlay)?;
+        if written > 0 && !force {
+            bail!(
+                "VM `{name}` must be recreated because {why}, which would discard its root disk \
+                 ({}: {} KiB written since the VM was created; its data disks are kept). \
+                 Copy out what you need (`cove cp`), then rerun with `cove up --force`",
+                overlay.display(),
+                written.div_ceil(1024)
+            );
+        }
         lifecycle::stop(paths, name, stop_timeout)?;
         lifecycle::delete(paths, name, false)?;
         lifecycle::create(paths, &create_options(image, want))?;
@@ -151,6 +167,38 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm) -> Result<Strin
     } else {
         did.join(" and ")
     })
+}
+
+/// How many bytes of a VM's root disk overlay hold the guest's own writes
+/// (clusters allocated in the overlay itself, not in its image): 0 for a
+/// VM that never wrote to its root disk.
+fn root_disk_written_bytes(overlay: &std::path::Path) -> Result<u64> {
+    #[derive(serde::Deserialize)]
+    struct Extent {
+        length: u64,
+        depth: u64,
+        data: bool,
+    }
+    // -U: a running QEMU holds the image's write lock; map only reads.
+    let out = std::process::Command::new("qemu-img")
+        .args(["map", "-U", "--output=json", "-f", "qcow2"])
+        .arg(overlay)
+        .output()
+        .context("running qemu-img (install qemu-utils: `scripts/install-deps`)")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img map {} failed: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let extents: Vec<Extent> =
+        serde_json::from_slice(&out.stdout).context("reading qemu-img map's JSON")?;
+    Ok(extents
+        .iter()
+        .filter(|e| e.depth == 0 && e.data)
+        .map(|e| e.length)
+        .sum())
 }
 
 /// What cannot change on an existing VM without recreating it.
@@ -190,5 +238,38 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         ports: want.ports.clone(),
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// `up` refuses to recreate a VM whose root disk holds the guest's
+    /// writes: what tells it so must see them, and only them.
+    #[test]
+    fn root_disk_writes_are_counted_and_the_image_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("root.qcow2");
+        let created = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&base)
+            .arg(&overlay)
+            .status()
+            .unwrap();
+        assert!(created.success());
+        assert_eq!(root_disk_written_bytes(&overlay).unwrap(), 0);
+        let wrote = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write 0 64k"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        assert!(wrote.status.success(), "{wrote:?}");
+        assert_eq!(root_disk_written_bytes(&overlay).unwrap(), 64 << 10);
+        let err = root_disk_written_bytes(&dir.path().join("missing.qcow2")).unwrap_err();
+        assert!(err.to_string().contains("qemu-img map"), "{err}");
     }
 }

@@ -30,7 +30,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let (text, facts) = match (&args.name, &args.log) {
         (_, Some(log)) => {
-            let text = std::fs::read_to_string(log)
+            let text = cove_supervisor::console_log::read_bounded(log)
                 .with_context(|| format!("reading {}", log.display()))?;
             let kernel_config = match &args.kernel {
                 Some(k) => Some(kernel::load_config(k)?.0),
@@ -68,8 +68,9 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
     } else {
         vm.console_log()
     };
-    let text = match std::fs::read(&log_path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    // Bounded: the boot's start and the latest output, whatever the size.
+    let text = match cove_supervisor::console_log::read_bounded(&log_path) {
+        Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", log_path.display())),
     };

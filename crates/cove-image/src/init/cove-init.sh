@@ -41,23 +41,50 @@ mount_data_disk() {
     command -v resize2fs >/dev/null 2>&1 && resize2fs "$dev" >/dev/null 2>&1
     # A new, empty disk takes what the image had at its mount point, like a
     # container volume, so e.g. a database created at build time moves onto it.
-    if [ -z "$(ls -A "$staging" | grep -v '^lost+found$')" ] && [ -n "$(ls -A "$target" 2>/dev/null)" ]; then
-        cp -a "$target"/. "$staging"/ &&
+    # The copy is synced before the disk is mounted (and so before "ready"):
+    # left in the page cache, a VMM kill in the next ~30 s emptied the files
+    # (issue 10). A marker, itself synced first, says a fill is under way: a
+    # fill cut short by a kill is wiped and done again at the next boot
+    # instead of passing for a complete one.
+    marker=$staging/.cove-fill-incomplete
+    if [ -e "$marker" ]; then
+        echo "cove-init: data disk $serial: an earlier fill was cut short; filling it again" > /dev/console
+        for f in "$staging"/* "$staging"/.[!.]* "$staging"/..?*; do
+            case "$f" in "$staging/lost+found" | "$marker") continue ;; esac
+            [ -e "$f" ] || [ -L "$f" ] && rm -rf "$f"
+        done
+    fi
+    if [ -e "$marker" ] || { [ -z "$(ls -A "$staging" | grep -v '^lost+found$')" ] && [ -n "$(ls -A "$target" 2>/dev/null)" ]; }; then
+        : > "$marker" && sync
+        if cp -a "$target"/. "$staging"/ &&
             chown "$(stat -c %u:%g "$target")" "$staging" &&
             chmod "$(stat -c %a "$target")" "$staging" &&
+            sync && rm -f "$marker" && sync; then
             echo "cove-init: data disk $serial filled from the image's $target" > /dev/console
+        else
+            echo "cove-init: data disk $serial could not be filled from the image's $target; left unmounted" > /dev/console
+            umount "$staging"
+            return
+        fi
     fi
     mount --move "$staging" "$target" &&
         echo "cove-init: data disk $serial mounted on $target" > /dev/console
 }
-for arg in $(cat /proc/cmdline); do
+# Split on whitespace only: `set -f` keeps a `*` or `?` on the command line
+# from being expanded against the root filesystem's files.
+set -f
+cmdline=$(cat /proc/cmdline)
+for arg in $cmdline; do
     case "$arg" in
     @DISK_ARG@=*:/*)
         spec=${arg#@DISK_ARG@=}
+        set +f
         mount_data_disk "${spec%%:*}" "${spec#*:}"
+        set -f
         ;;
     esac
 done
+set +f
 
 # Shared host folders: `cove.share=<tag>:<path>:<ro|rw>` (cove validated the path: letters,
 # digits and / . _ - + @ only). Read-only is enforced on the host too.

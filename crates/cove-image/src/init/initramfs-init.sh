@@ -5,12 +5,15 @@
 # `cove why` can tell how far a failed boot got.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
-cmdline_arg() {
+# A subshell with `set -f`: the command line is split on whitespace, and a
+# `*` in it is never expanded against the initramfs's files.
+cmdline_arg() (
+    set -f
     for a in $(cat /proc/cmdline); do
-        case "$a" in "$1"=*) echo "${a#*=}"; return 0 ;; esac
+        case "$a" in "$1"=*) echo "${a#*=}"; exit 0 ;; esac
     done
-    return 1
-}
+    exit 1
+)
 
 fatal() {
     echo "@FATAL@ $*"

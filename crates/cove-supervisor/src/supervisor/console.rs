@@ -4,8 +4,8 @@
 //! cursor-position query itself, so shells on the serial line do not wait
 //! for an answer that never comes (seed 003: a shell crashed on `ESC[6n`).
 
+use crate::console_log::CappedLog;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,8 +99,10 @@ impl ConsoleHub {
     }
 }
 
-/// Starts pumping the console socket into `log`; returns the hub.
-pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
+/// Starts pumping the console socket into `log` (opened to read and
+/// write, not append), capped at [`crate::console_log::CAP`]; returns the hub.
+pub fn start(stream: UnixStream, log: std::fs::File) -> std::io::Result<Arc<ConsoleHub>> {
+    let mut log = CappedLog::new(log)?;
     // Viewers that fall behind skip ahead (the log has everything), so a
     // short queue bounds memory even with a chatty console.
     let (output, _) = broadcast::channel(32);
@@ -135,7 +137,7 @@ pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
             };
             let chunk = &buf[..n];
             // The log comes first: if anything below fails, the evidence is kept.
-            let _ = log.write_all(chunk);
+            let _ = log.write(chunk);
             hub.record(chunk);
             let _ = hub.output.send(Arc::from(chunk));
             let found = scanner.feed(chunk);
@@ -152,7 +154,7 @@ pub fn start(stream: UnixStream, mut log: std::fs::File) -> Arc<ConsoleHub> {
             }
         }
     });
-    hub
+    Ok(hub)
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -241,9 +243,15 @@ mod tests {
     async fn unanswered_cursor_queries_get_a_reply_and_the_log_gets_every_byte() {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("console.log");
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .unwrap();
         let (guest, host) = UnixStream::pair().unwrap();
-        let _hub = start(host, log);
+        let _hub = start(host, log).unwrap();
         let (mut gr, mut gw) = guest.into_split();
         gw.write_all(b"prompt\x1b[6n").await.unwrap();
         let mut reply = [0u8; 6];

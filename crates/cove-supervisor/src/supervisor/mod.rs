@@ -102,6 +102,11 @@ pub struct Shared {
 
 /// Runs the supervisor until its VMM has exited and the outcome is recorded.
 pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
+    // Everything this process and its QEMU create (logs, sockets, the
+    // command line record) is its owner's alone: files 0600, directories
+    // 0700, whatever the user's umask.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let vm = paths.vm(&opts.name);
     // Hold the lock for the life of this process: it is how everyone else
     // knows a supervisor is alive.
@@ -170,7 +175,9 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let log = if opts.adopt {
         std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
             .open(vm.console_log())?
     } else {
         rotate_console_log(&vm.console_log(), &vm.previous_console_log())?
@@ -221,7 +228,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             )));
         }
     }
-    let hub = console::start(console_stream, log);
+    let hub = console::start(console_stream, log)?;
     // QEMU created every socket before QMP answered, so this connects at
     // once; the handshake itself completes when the guest's agent starts.
     let agent = if image.agent {
@@ -372,9 +379,12 @@ fn rotate_console_log(current: &PathBuf, previous: &PathBuf) -> std::io::Result<
     if current.exists() {
         std::fs::rename(current, previous)?;
     }
+    // Read and write, not append: the capped log rewrites its middle in place.
     std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
         .open(current)
 }
 

@@ -125,7 +125,13 @@ pub async fn launch(
 /// `cove.disk=<serial>:<path>`, which the image's init reads to mount it.
 fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     let mut args = image.cmdline_extra.clone();
-    for (disk, mount) in &record.disk_mounts {
+    // Validated at create; a record written before that check with a path
+    // that would add kernel arguments is left unmounted rather than passed.
+    let mounts = record
+        .disk_mounts
+        .iter()
+        .filter(|(_, mount)| crate::data_disk::validate_mount(mount).is_ok());
+    for (disk, mount) in mounts {
         args.push(cove_guest::disk_arg(&crate::data_disk::serial(disk), mount));
     }
     args.extend(super::shares::cmdline_args(record));
