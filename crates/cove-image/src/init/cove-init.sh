@@ -88,7 +88,8 @@ set +f
 
 # Shared host folders: `cove.share=<tag>:<path>:<ro|rw>` (cove validated the path: letters,
 # digits and / . _ - + @ only). Read-only is enforced on the host too.
-for arg in $(cat /proc/cmdline); do
+set -f
+for arg in $cmdline; do
     case "$arg" in
     cove.share=*:/*:ro | cove.share=*:/*:rw)
         spec=${arg#cove.share=}
@@ -101,6 +102,7 @@ for arg in $(cat /proc/cmdline); do
         ;;
     esac
 done
+set +f
 
 # A shell on the serial console for `cove console`, kept running.
 if [ -c /dev/ttyS0 ]; then
