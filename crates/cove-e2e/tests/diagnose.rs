@@ -118,12 +118,16 @@ fn a_start_that_runs_out_of_memory_names_the_cause_at_once() {
     // `create` refuses 72M now (below the image's need)…
     let refused = cove.fails(&["create", "oom", "--image", "minimal", "--memory", "72M"]);
     assert!(refused.contains("at least 96M"), "{refused}");
-    // …so QEMU is given 72M behind cove's back (the last `-m` wins).
+    // …so QEMU is given 72M behind cove's back: the last `-m` wins, and a RAM backend of that
+    // size replaces cove's memory file (the last `memory-backend=` wins; sizes must match).
     cove.ok(&["create", "oom", "--image", "minimal", "--memory", "96M"]);
     let out = cove
         .command()
         .args(["start", "oom", "--timeout", "300"])
-        .env("COVE_QEMU_EXTRA_ARGS", "-m 72M")
+        .env(
+            "COVE_QEMU_EXTRA_ARGS",
+            "-m 72M -object memory-backend-ram,id=mem72,size=72M -machine memory-backend=mem72",
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
