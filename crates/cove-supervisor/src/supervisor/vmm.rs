@@ -276,16 +276,21 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
         )),
         console_tail: tail.clone(),
     };
-    // The cause `cove why` names, by the same rules.
-    let diagnosis = super::judge::diagnose(shared, status);
-    let cause = diagnosis.primary().map(|f| f.summary.clone());
     if let Some(message) = shared.boot_failure.lock().await.clone() {
+        // The boot failed and the supervisor killed the VMM itself: its SIGKILL is not evidence,
+        // so the rules judge the console alone, and the boot's own failure is the fallback.
+        let cause = super::judge::diagnose(shared, None)
+            .primary()
+            .map(|f| f.summary.clone());
         return Outcome {
             state: VmState::Crashed,
             failure: Some(failure(cause.unwrap_or(message))),
             detail: String::new(),
         };
     }
+    // The cause `cove why` names, by the same rules.
+    let diagnosis = super::judge::diagnose(shared, status);
+    let cause = diagnosis.primary().map(|f| f.summary.clone());
     let panic = diagnosis.panicked;
     // The kernel's last word when the guest powered itself off; the only
     // evidence there is for an adopted VMM, whose exit status is unknown.
