@@ -334,7 +334,7 @@ pub fn claim_start(
     // The lock is taken here and handed to the supervisor, so that from this
     // moment on the VM counts as having a live supervisor; two concurrent
     // starts cannot both get past this line.
-    let lock = liveness::try_lock(&vm.supervisor_lock())?
+    let lock = lock_after_winding_down(&vm.supervisor_lock())?
         .ok_or_else(|| LifecycleError::AlreadyRunning(name.to_owned(), VmState::Starting))?;
     if let Some((owner, tag)) = &origin {
         crate::snapshot::prepare_disks(paths, owner, tag, &record)?;
@@ -350,6 +350,24 @@ pub fn claim_start(
         r.supervisor_pid = None;
     })?;
     Ok((lock, restored))
+}
+
+/// The supervisor lock of a VM the store already sees as not running. Its VMM may have just
+/// died (kill -9, OOM) while its supervisor still records the exit and releases the lock: wait
+/// for that, briefly, instead of calling the VM "already starting". `None` when a supervisor
+/// still holds the lock after the wait (a concurrent start).
+fn lock_after_winding_down(path: &Path) -> Result<Option<std::fs::File>, LifecycleError> {
+    const WINDING_DOWN: Duration = Duration::from_secs(10);
+    let deadline = Instant::now() + WINDING_DOWN;
+    loop {
+        if let Some(lock) = liveness::try_lock(path)? {
+            return Ok(Some(lock));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// This program, to run as the supervisor. If it was replaced on disk while
