@@ -348,8 +348,11 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
 }
 
 /// The `-sandbox` QEMU runs under (`cove doctor` checks the host's QEMU
-/// accepts it).
-pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// accepts it). Spawning stays allowed: QEMU 7.2 has no `file:` migration
+/// URI, so a snapshot saves and restores device state through `exec:cat`
+/// (`crate::save`), which `spawn=deny` answers by killing QEMU. Passing the
+/// file as a descriptor (`getfd` + `fd:`) would let it be denied again.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
 
 #[cfg(test)]
 mod tests {
