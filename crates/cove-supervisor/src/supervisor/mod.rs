@@ -295,12 +295,22 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
     // A guest whose kernel panicked will never answer: fail the boot at once rather than after
     // the whole timeout. The outcome then names the cause by `cove why`'s rules.
     let mut panic = shared.console.panic_seen.subscribe();
+    let panicked = async { panic.wait_for(|p| *p).await.is_ok() };
     let ready = tokio::select! {
         r = wait_guest(&shared, timeout) => r,
-        Ok(_) = panic.wait_for(|p| *p) => Err("the guest kernel panicked while booting".into()),
+        true = panicked => Err("the guest kernel panicked while booting".to_owned()),
     };
+    if ready.is_err() && *shared.console.panic_seen.borrow() {
+        // The panic's first words arrive before its reason ("Attempted to kill init!
+        // exitcode=…", "Out of memory") and the lines after it, which `why` reads: let the
+        // guest finish saying it before the VMM is killed. A panicked kernel only prints.
+        tokio::time::sleep(PANIC_EVIDENCE_GRACE).await;
+    }
     finish_boot(shared, started, ready).await;
 }
+
+/// How long a kernel that panicked during boot may go on printing before its VMM is killed.
+const PANIC_EVIDENCE_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for the guest's agent (or its init's ready marker without an agent).
 async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), String> {
