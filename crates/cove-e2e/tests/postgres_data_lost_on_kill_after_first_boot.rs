@@ -81,6 +81,14 @@ fn rows_survive(kill: Kill, port: u16, vm: &str) {
                 std::time::Duration::from_secs(30),
                 || cove.state(vm) != "running",
             );
+            // The kernel closes a killed QEMU's forwarded connections on its own time (orphaned
+            // FIN_WAIT sockets hold the port for a while); `start` rightly refuses a port that
+            // is not free, so wait for the teardown, as a user would.
+            cove.wait_for(
+                "the killed VMM's forwarded port to be free",
+                std::time::Duration::from_secs(120),
+                || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            );
         }
     }
 
