@@ -52,6 +52,22 @@ pub(crate) fn add_busybox(a: &mut Archive, busybox: &[u8], applets: &[String]) {
 }
 
 /// Writes the initramfs to `out`; returns its size.
+/// Adds `modules` under `lib/modules/` and their load order (dependencies first) as `list`.
+fn add_modules(a: &mut Archive, list: &str, modules: &[Module]) -> Result<()> {
+    let mut order = String::new();
+    for m in modules {
+        a.file(
+            &format!("lib/modules/{}.ko", m.name),
+            0o644,
+            read_module(&m.path)?,
+        );
+        order.push_str(&m.name);
+        order.push('\n');
+    }
+    a.file(list, 0o644, order.into_bytes());
+    Ok(())
+}
+
 pub(crate) fn write_initramfs(
     out: &Path,
     busybox: &Path,
@@ -67,29 +83,9 @@ pub(crate) fn write_initramfs(
     a.char_device("dev/console", 0o600, 5, 1);
     let bb = std::fs::read(busybox).map_err(io_err("cannot read", busybox))?;
     add_busybox(&mut a, &bb, applets);
-    let mut order = String::new();
     a.dir("lib/modules", 0o755);
-    for m in modules {
-        a.file(
-            &format!("lib/modules/{}.ko", m.name),
-            0o644,
-            read_module(&m.path)?,
-        );
-        order.push_str(&m.name);
-        order.push('\n');
-    }
-    a.file("etc/cove/modules", 0o644, order.into_bytes());
-    let mut share_order = String::new();
-    for m in share_modules {
-        a.file(
-            &format!("lib/modules/{}.ko", m.name),
-            0o644,
-            read_module(&m.path)?,
-        );
-        share_order.push_str(&m.name);
-        share_order.push('\n');
-    }
-    a.file("etc/cove/modules.share", 0o644, share_order.into_bytes());
+    add_modules(&mut a, "etc/cove/modules", modules)?;
+    add_modules(&mut a, "etc/cove/modules.share", share_modules)?;
     a.file("init", 0o755, init_script().into_bytes());
     let file = std::fs::File::create(out).map_err(io_err("cannot create", out))?;
     let w = a
