@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod complete;
 mod context;
+mod full_disk;
 mod image_check;
 mod output;
 mod serve;
@@ -40,6 +41,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             output::print_error(&err);
+            if let Some(hint) = full_disk::hint(&err) {
+                eprintln!("  hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

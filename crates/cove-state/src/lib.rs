@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod paths;
+pub mod space;
 pub mod store;
 pub mod vm;
 

@@ -268,6 +268,9 @@ pub struct Started {
 /// Starts a VM's supervisor, detached from this process, and waits until
 /// the guest is ready or the boot failed.
 pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, LifecycleError> {
+    if let Some(joined) = join_start_in_progress(paths, name, opts)? {
+        return Ok(joined);
+    }
     let (lock, restored) = claim_start(paths, name, opts.from.as_deref())?;
     let mut store = Store::open(paths)?;
     let opts = StartOptions {
@@ -287,6 +290,27 @@ pub fn start(paths: &Paths, name: &str, opts: &StartOptions) -> Result<Started, 
         boot_ms,
         restored,
     })
+}
+
+/// A boot already under way (the CLI that began it was killed, or another CLI began it) is
+/// waited for, not refused: as `systemctl start` joins a unit that is activating. A start that
+/// names a snapshot still refuses, since it asks for something else than the boot in progress.
+fn join_start_in_progress(
+    paths: &Paths,
+    name: &str,
+    opts: &StartOptions,
+) -> Result<Option<Started>, LifecycleError> {
+    let mut store = Store::open(paths)?;
+    let record = reconcile(&mut store, paths, name)?;
+    if record.state != VmState::Starting || opts.from.is_some() {
+        return Ok(None);
+    }
+    let boot_ms = wait_ready(paths, name, opts.boot_timeout)?;
+    Ok(Some(Started {
+        record: reconcile(&mut store, paths, name)?,
+        boot_ms,
+        restored: record.restored_from,
+    }))
 }
 
 /// What every start does before a supervisor runs: refuse what cannot
