@@ -133,3 +133,52 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
     cove.ok(&["snapshot", "rm", "src", "base"]);
     cove.ok(&["delete", "--force", "src"]);
 }
+
+#[test]
+#[ignore = "boots VMs"]
+fn test_fresh_runs_the_checks_on_a_throwaway_clone_and_leaves_the_vm_untouched() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    // A guest service on a forwarded port, and a check that leaves a trace where it runs.
+    cove.ok(&["create", "keep", "--image", "minimal", "-p", "25451:8080"]);
+    cove.ok(&["start", "keep"]);
+    cove.ok(&[
+        "exec",
+        "keep",
+        "--",
+        "sh",
+        "-c",
+        "setsid nc -ll -p 8080 -e echo hi </dev/null >/dev/null 2>&1 &",
+    ]);
+    // No snapshot yet: the error says how to take one.
+    let err = cove.fails(&["test", "--fresh", "keep"]);
+    assert!(err.contains("cove snapshot keep"), "{err}");
+    cove.ok(&["snapshot", "keep", "ready"]);
+    // The checks file `cove up` would write for `keep`. Clones read the owner's declaration as
+    // it is when they are made.
+    let checks = r#"[{"name": "leaves a trace", "command": "touch /root/touched-by-test"},
+                     {"name": "service answers", "tcp": 8080, "wait": "20s"}]"#;
+    std::fs::write(cove.vm_dir("keep").join("checks.json"), checks).unwrap();
+    let out = cove.run(&["test", "--fresh", "keep"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("a fresh clone of keep@ready"), "{stderr}");
+    assert!(stdout.contains("service answers"), "{stdout}");
+    // The VM itself has no trace of the checks, and the clone is gone.
+    let trace = cove.run(&["exec", "keep", "--", "test", "-e", "/root/touched-by-test"]);
+    assert!(!trace.status.success(), "the checks ran in the kept VM");
+    let list = cove.json(&["list"]).to_string();
+    assert!(
+        !list.contains("fresh"),
+        "the throwaway clone is left: {list}"
+    );
+    assert!(
+        cove.processes().len() <= 2,
+        "only keep's supervisor and QEMU run"
+    );
+    cove.ok(&["snapshot", "rm", "keep", "ready"]);
+    cove.ok(&["delete", "--force", "keep"]);
+}

@@ -452,13 +452,23 @@ pub fn take(paths: &Paths, name: &str, tag: &str, resume: bool) -> Result<String
     )
 }
 
-/// Creates VM `name` from snapshot `origin` (`OWNER@TAG`): the owner's settings, a root disk
-/// backed by the snapshot's, and no forwarded ports (two VMs cannot hold one host port). Its
-/// first `start` restores the snapshot.
+/// Creates VM `name` from snapshot `origin` (`OWNER@TAG`): the owner's settings and declared
+/// checks, a root disk backed by the snapshot's, and no forwarded ports (two VMs cannot hold
+/// one host port). Its first `start` restores the snapshot.
 pub fn create_clone(
     paths: &Paths,
     origin: &str,
     name: &cove_state::VmName,
+) -> Result<VmRecord, LifecycleError> {
+    create_clone_with_ports(paths, origin, name, Vec::new())
+}
+
+/// [`create_clone`] with host forwards of its own (host ports the owner does not hold).
+pub fn create_clone_with_ports(
+    paths: &Paths,
+    origin: &str,
+    name: &cove_state::VmName,
+    ports: Vec<cove_state::PortForward>,
 ) -> Result<VmRecord, LifecycleError> {
     let (owner, tag) = origin.split_once('@').ok_or_else(|| {
         LifecycleError::BadResources(format!(
@@ -481,10 +491,12 @@ pub fn create_clone(
     let vm = paths.vm(name.as_str());
     vm.check_socket_paths()?;
     let staging = crate::lifecycle::tempfile_dir(&paths.vm_staging(), name.as_str())?;
-    if let Err(e) = overlay_of(
+    let prepared = overlay_of(
         &paths.vm(owner).snapshot(tag).join(ROOT),
         &staging.join(ROOT),
-    ) {
+    )
+    .and_then(|()| copy_checks(&paths.vm(owner).checks_file(), &staging));
+    if let Err(e) = prepared {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
@@ -494,7 +506,7 @@ pub fn create_clone(
         supervisor_pid: None,
         vmm_pid: None,
         accel: None,
-        ports: Vec::new(),
+        ports,
         last_exit: None,
         agent_answered: false,
         last_error: None,
@@ -515,6 +527,23 @@ pub fn create_clone(
     }
     result?;
     Ok(record)
+}
+
+/// A clone runs the checks its owner declared (`cove up` wrote them beside the owner's disks).
+fn copy_checks(owner_checks: &Path, clone_dir: &Path) -> Result<(), LifecycleError> {
+    let Some(file) = owner_checks.file_name() else {
+        return Ok(());
+    };
+    match std::fs::read(owner_checks) {
+        Ok(text) => {
+            let target = clone_dir.join(file);
+            std::fs::write(&target, text)?;
+            cove_state::files::make_private(&target)?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub struct Args {
     /// virtiofs; host changes are seen in the guest at once. Repeatable.
     #[arg(long = "mount", value_parser = parse_mount)]
     pub mounts: Vec<cove_state::HostMount>,
+    /// Create it from a snapshot (`NAME@TAG`) instead of an image: a clone with the snapshot's
+    /// settings, restored rather than booted at its first start (as `cove clone --no-start`).
+    #[arg(
+        long,
+        value_name = "NAME@TAG",
+        conflicts_with_all = ["image", "machine", "disks", "mounts", "cpus", "memory"]
+    )]
+    pub from: Option<String>,
 }
 
 fn parse_mount(text: &str) -> Result<cove_state::HostMount, String> {
@@ -71,6 +79,20 @@ pub struct Resources {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
+    if let Some(origin) = &args.from {
+        let record = cove_supervisor::snapshot::create_clone_with_ports(
+            &ctx.paths, origin, &args.name, args.ports,
+        )?;
+        if ctx.json {
+            output::print_json(&record)?;
+        } else {
+            println!(
+                "created {} from {origin}; `cove start {}` restores it",
+                record.name, record.name
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let record = lifecycle::create(
         &ctx.paths,
         &CreateOptions {

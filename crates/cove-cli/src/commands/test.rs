@@ -4,6 +4,7 @@
 //! checks could not be run at all (no such VM, unreadable checks file).
 
 use super::agent_client;
+mod fresh;
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context as _, Result};
@@ -31,6 +32,13 @@ pub struct Args {
     /// Also write the results as JUnit XML to this file (for CI).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Run the checks on a throwaway clone of the VM's newest snapshot (or `--snapshot TAG`),
+    /// removed afterwards; the VM itself is not touched.
+    #[arg(long)]
+    pub fresh: bool,
+    /// With `--fresh`: the snapshot to clone.
+    #[arg(long, requires = "fresh", value_name = "TAG")]
+    pub snapshot: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
@@ -44,7 +52,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
 }
 
 fn test(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
-    let name = &args.name;
+    let throwaway = match args.fresh {
+        true => Some(fresh::Throwaway::start(
+            ctx,
+            &args.name,
+            args.snapshot.as_deref(),
+        )?),
+        false => None,
+    };
+    let name = throwaway.as_ref().map_or(&args.name, |t| &t.name);
     let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
     let checks_file = ctx.paths.vm(name).checks_file();
     let declared = cove_check::load(&checks_file)?;

@@ -56,6 +56,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             super::test::Args {
                 name: vm.name.to_string(),
                 junit,
+                fresh: false,
+                snapshot: None,
             },
         )?;
         all_passed &= code == ExitCode::SUCCESS;
