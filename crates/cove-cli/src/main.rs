@@ -19,7 +19,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // The KVM probe runs in a child copy of this binary, so a vCPU that
     // never returns can be killed; it must not go through argument parsing.
-    cove_qemu::accel::run_probe_child_if_asked();
+    cove_backend::host::run_probe_child_if_asked();
     // `cove list | head` must end quietly like any Unix tool, not panic on
     // a closed pipe.
     // SAFETY: restoring the default disposition of SIGPIPE before any other

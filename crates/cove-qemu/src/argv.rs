@@ -38,7 +38,7 @@ pub struct Qemu {
     /// The host's TSC frequency, passed to microvm guests as `tsc_early_khz`:
     /// microvm has neither HPET nor PM timer, so the kernel's calibration
     /// against the PIT fails under TCG and about 1 boot in 5 hangs. `None`
-    /// leaves the guest to calibrate (and risk the hang). See [`crate::tsc`].
+    /// leaves the guest to calibrate (and risk the hang). See [`cove_backend::host::tsc`].
     pub tsc_khz: Option<u64>,
 }
 

@@ -98,7 +98,7 @@ pub struct QmpClient {
 
 impl QmpClient {
     /// Connects to the QMP socket at `path` and negotiates capabilities.
-    /// The socket must exist; see [`crate::sockets::connect_when_ready`] to
+    /// The socket must exist; see `cove_backend::sockets::connect_when_ready` to
     /// wait for a VMM that is still starting.
     pub async fn connect(path: &Path) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path)

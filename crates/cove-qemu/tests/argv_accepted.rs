@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cove_backend::{Accel, Backend, DataDisk, Machine, PortForward, VmSpec};
-use cove_qemu::{Qemu, QmpClient, RunState, process, sockets};
+use cove_backend::{process, sockets};
+use cove_qemu::{Qemu, QmpClient, RunState};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

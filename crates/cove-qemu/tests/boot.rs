@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cove_backend::host::{accel, tsc};
 use cove_backend::{Backend, DataDisk, Machine, PortForward, VmSpec};
-use cove_qemu::{Qemu, QmpClient, RunState, accel, sockets, tsc};
+use cove_backend::{process, sockets};
+use cove_qemu::{Qemu, QmpClient, RunState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use common::guest::{self, AGENT_HELLO, INIT_STARTED, READY};
@@ -90,7 +92,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
             guest_port: 22,
         }],
         machine,
-        accel: accel::probe(&paths).accel,
+        accel: accel::probe(&paths.cache).accel,
         qmp_socket: d.join("qmp.sock"),
         console_socket: d.join("console.sock"),
         agent_socket: d.join("agent.sock"),
@@ -98,9 +100,9 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         incoming: false,
         shares: vec![],
     };
-    let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths)).unwrap();
+    let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths.cache)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();
-    cove_qemu::process::supervise(&mut cmd);
+    process::supervise(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("qemu.stderr")).unwrap());

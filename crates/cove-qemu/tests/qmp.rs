@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cove_qemu::{Qemu, QmpClient, QmpError, RunState, process, sockets};
+use cove_backend::{process, sockets};
+use cove_qemu::{Qemu, QmpClient, QmpError, RunState};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

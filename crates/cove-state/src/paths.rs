@@ -124,11 +124,6 @@ impl Paths {
     pub fn data_disks(&self) -> PathBuf {
         self.data.join("disks")
     }
-
-    /// A small file remembering whether KVM really runs vCPUs on this boot of the host.
-    pub fn accel_probe_cache(&self) -> PathBuf {
-        self.cache.join("accel-probe.json")
-    }
 }
 
 /// Creates the runtime directory 0700 if it is missing, then refuses it

@@ -53,6 +53,38 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_by_name ON images(name, created_at);
 "#;
 
+/// The layout of the rows this code writes, kept in SQLite's `user_version`.
+/// 1 (or 0, a store from before versions): `machine` and `accel` free text
+/// (`accel` could be `""`), no `backend`. 2: typed values and a backend.
+const SCHEMA_VERSION: i64 = 2;
+
+/// A version-1 VM record as version 2: the backend is QEMU (the only one
+/// there was), an accelerator that is not a known value is forgotten (it is
+/// re-chosen at the next start) and so is an unknown machine (the default).
+fn upgrade_v1_record(json: &str) -> Result<String, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("{e} in {json}"));
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(corrupt)?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(StoreError::Corrupt(format!("not a JSON object: {json}")));
+    };
+    fields
+        .entry("backend")
+        .or_insert_with(|| cove_backend::BackendKind::Qemu.as_str().into());
+    let known = |key: &str, ok: &dyn Fn(&str) -> bool| {
+        fields.get(key).and_then(|v| v.as_str()).is_some_and(ok)
+    };
+    let accel_ok = known("accel", &|s| s.parse::<cove_backend::Accel>().is_ok());
+    let machine_ok = known("machine", &|s| s.parse::<cove_backend::Machine>().is_ok());
+    if !accel_ok {
+        fields.insert("accel".into(), serde_json::Value::Null);
+    }
+    if !machine_ok {
+        let default = cove_backend::Machine::default().as_str();
+        fields.insert("machine".into(), default.into());
+    }
+    serde_json::to_string(&value).map_err(corrupt)
+}
+
 /// One image row: its content id, its tag, and the builder's manifest (JSON).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRow {
@@ -93,7 +125,44 @@ impl Store {
         // extra fsync costs nothing a user sees.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings the rows of an older store up to [`SCHEMA_VERSION`], once, in
+    /// one transaction (a concurrent command waits, then finds it done).
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        // The common case, a current store, costs one read and no write lock.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version < 2 {
+            let rows: Vec<(String, String)> = tx
+                .prepare("SELECT name, record FROM vms")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (name, json) in rows {
+                let upgraded = upgrade_v1_record(&json)?;
+                tx.execute(
+                    "UPDATE vms SET record = ?2 WHERE name = ?1",
+                    params![name, upgraded],
+                )?;
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Inserts a new VM atomically. `finish` runs inside the write
@@ -279,8 +348,9 @@ mod tests {
             state: VmState::Created,
             supervisor_pid: None,
             vmm_pid: None,
+            backend: Default::default(),
             accel: None,
-            machine: "microvm".into(),
+            machine: Default::default(),
             ports: vec![],
             data_disks: vec![],
             disk_mounts: Default::default(),
@@ -335,6 +405,51 @@ mod tests {
         assert_eq!(r.state, VmState::Running);
         assert_eq!(r.memory_mib, 256);
         assert!(matches!(store.get_vm("zz"), Err(StoreError::NoSuchVm(_))));
+    }
+
+    /// A store written before records were typed: `accel` was free text
+    /// (even `""` after an adoption), there was no backend.
+    #[test]
+    fn an_old_store_is_migrated_to_typed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        std::fs::create_dir_all(&paths.state).unwrap();
+        {
+            let conn = Connection::open(paths.database()).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            let mut old = serde_json::to_value(record("old")).unwrap();
+            let fields = old.as_object_mut().unwrap();
+            fields.remove("backend");
+            fields.insert("accel".into(), "".into());
+            fields.insert("machine".into(), "q35".into());
+            let mut kvm = old.clone();
+            kvm["name"] = "kvm".into();
+            kvm["accel"] = "kvm".into();
+            for r in [old, kvm] {
+                conn.execute(
+                    "INSERT INTO vms (name, record) VALUES (?1, ?2)",
+                    params![r["name"].as_str().unwrap(), r.to_string()],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&paths).unwrap();
+        let old = store.get_vm("old").unwrap();
+        assert_eq!(old.backend, cove_backend::BackendKind::Qemu);
+        assert_eq!(old.accel, None);
+        assert_eq!(old.machine, cove_backend::Machine::Q35);
+        assert_eq!(
+            store.get_vm("kvm").unwrap().accel,
+            Some(cove_backend::Accel::Kvm)
+        );
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Opening again changes nothing.
+        drop(store);
+        assert_eq!(Store::open(&paths).unwrap().get_vm("old").unwrap(), old);
     }
 
     #[test]

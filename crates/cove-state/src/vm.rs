@@ -1,5 +1,7 @@
 //! The typed VM record and its lifecycle state.
 
+pub use cove_backend::PortForward;
+use cove_backend::{Accel, BackendKind, Machine};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -148,14 +150,6 @@ impl fmt::Display for VmName {
     }
 }
 
-/// A host port forwarded to a guest port over user-mode networking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortForward {
-    pub host_addr: String,
-    pub host_port: u16,
-    pub guest_port: u16,
-}
-
 /// A host directory shared into the guest (`--mount HOST:GUEST[:ro|rw]`), through virtiofs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostMount {
@@ -250,9 +244,13 @@ pub struct VmRecord {
     pub supervisor_pid: Option<u32>,
     /// The VMM's pid while one runs.
     pub vmm_pid: Option<u32>,
-    /// `kvm` or `tcg`, as chosen at the last start.
-    pub accel: Option<String>,
-    pub machine: String,
+    /// The VMM that runs this VM (records from before backends were
+    /// recorded are QEMU's).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// The accelerator chosen at the last start.
+    pub accel: Option<Accel>,
+    pub machine: Machine,
     pub ports: Vec<PortForward>,
     /// Names of persistent data disks attached in order after the root disk.
     pub data_disks: Vec<String>,

@@ -67,8 +67,9 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         state: VmState::Created,
         supervisor_pid: None,
         vmm_pid: None,
+        backend: cove_backend::BackendKind::Qemu,
         accel: None,
-        machine: opts.machine.as_str().to_owned(),
+        machine: opts.machine,
         ports: opts.ports.clone(),
         data_disks: opts.disks.iter().map(|d| d.name.clone()).collect(),
         disk_mounts: opts

@@ -151,7 +151,7 @@ pub fn manifest_for(dir: &Path, record: &VmRecord, tag: &str) -> std::io::Result
         image_id: record.image_id.clone(),
         cpus: record.cpus,
         memory_mib: record.memory_mib,
-        machine: record.machine.clone(),
+        machine: record.machine.to_string(),
         data_disks: record.data_disks.clone(),
         disk_mounts: record.disk_mounts.clone(),
         cove_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -214,7 +214,7 @@ pub fn check(
             m.memory_mib, record.memory_mib
         ));
     }
-    if m.machine != record.machine {
+    if m.machine != record.machine.as_str() {
         differs.push(format!(
             "machine changed ({} then, {} now)",
             m.machine, record.machine

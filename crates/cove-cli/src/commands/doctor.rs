@@ -15,13 +15,13 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    // The probe runs a vCPU in a child process (cove-qemu); doctor only reports it.
+    // The probe runs a vCPU in a child process (cove-backend); doctor only reports it.
     let choice = if args.cached {
-        cove_qemu::accel::probe(&ctx.paths)
+        cove_backend::host::accel::probe(&ctx.paths.cache)
     } else {
         match std::env::current_exe() {
-            Ok(exe) => cove_qemu::accel::probe_uncached(&exe),
-            Err(_) => cove_qemu::accel::probe(&ctx.paths),
+            Ok(exe) => cove_backend::host::accel::probe_uncached(&exe),
+            Err(_) => cove_backend::host::accel::probe(&ctx.paths.cache),
         }
     };
     let facts = HostFacts {

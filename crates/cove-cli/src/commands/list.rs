@@ -29,7 +29,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode> {
                 r.cpus.to_string(),
                 output::mib(r.memory_mib),
                 r.image_name.clone(),
-                r.accel.clone().unwrap_or_else(|| "-".into()),
+                r.accel.map_or_else(|| "-".into(), |a| a.to_string()),
                 super::show::ports_text(&r.ports),
             ]
         })

@@ -65,8 +65,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     field("cpus", r.cpus.to_string());
     field("memory", output::mib(r.memory_mib));
-    field("machine", r.machine.clone());
-    field("accel", r.accel.clone().unwrap_or_else(|| "-".into()));
+    field("machine", r.machine.to_string());
+    field(
+        "accel",
+        r.accel.map_or_else(|| "-".into(), |a| a.to_string()),
+    );
     field(
         "pid",
         r.vmm_pid

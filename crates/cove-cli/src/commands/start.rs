@@ -67,7 +67,7 @@ pub fn report(ctx: &Ctx, started: &lifecycle::Started) -> Result<ExitCode> {
             "{} is {} ({how}; {}, {}, ready in {:.2}s)",
             r.name,
             r.state,
-            r.accel.as_deref().unwrap_or("?"),
+            r.accel.map_or("?", |a| a.as_str()),
             r.machine,
             started.boot_ms as f64 / 1000.0
         );

@@ -223,7 +223,7 @@ fn needs_recreate(
         Some("its disks changed")
     } else if have.host_mounts != want.mounts {
         Some("its shared folders changed")
-    } else if have.machine != want.machine.as_str() {
+    } else if have.machine != want.machine {
         Some("its machine changed")
     } else {
         None

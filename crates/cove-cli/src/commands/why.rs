@@ -96,7 +96,7 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
         kernel_config,
         initramfs_modules: manifest.as_ref().map(|m| m.modules.clone()),
         state: Some(record.state.as_str().to_string()),
-        machine: Some(record.machine.clone()),
+        machine: Some(record.machine.to_string()),
         cmdline: std::fs::read_to_string(vm.qemu_cmdline()).ok(),
     };
     Ok((text, facts))

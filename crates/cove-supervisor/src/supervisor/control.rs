@@ -132,8 +132,8 @@ fn status(shared: &Shared) -> Status {
             Phase::Exited { .. } => cove_api::Phase::Exited,
         },
         vmm_pid: Some(shared.vmm_pid),
-        accel: shared.accel.clone(),
-        machine: shared.machine.clone(),
+        accel: shared.accel.map(|a| a.to_string()).unwrap_or_default(),
+        machine: shared.machine.to_string(),
         agent_version: shared
             .agent
             .as_ref()

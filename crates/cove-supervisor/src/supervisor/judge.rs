@@ -32,7 +32,7 @@ pub fn diagnose(shared: &Shared, status: Option<&ExitStatus>) -> Diagnosis {
             stderr_tail: None,
         }),
         agent_answered: !matches!(*shared.phase.borrow(), Phase::Booting),
-        machine: Some(shared.machine.clone()),
+        machine: Some(shared.machine.to_string()),
         cmdline: std::fs::read_to_string(vm.qemu_cmdline()).ok(),
         ..VmFacts::default()
     };

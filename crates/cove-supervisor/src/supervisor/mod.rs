@@ -84,8 +84,9 @@ pub struct Shared {
     pub paths: Paths,
     pub name: String,
     pub image: BootImage,
-    pub accel: String,
-    pub machine: String,
+    /// `None` for an adopted VMM whose record lost it.
+    pub accel: Option<cove_backend::Accel>,
+    pub machine: cove_backend::Machine,
     pub phase: watch::Sender<Phase>,
     pub console: Arc<console::ConsoleHub>,
     pub qmp: cove_qemu::QmpClient,
@@ -161,7 +162,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             .vmm_pid
             .filter(|p| crate::lifecycle::vmm_is_ours(paths, &opts.name, *p))
             .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
-        let accel = record.accel.clone().unwrap_or_default();
+        let accel = record.accel;
         (VmmProcess::Adopted { pid }, pid, accel)
     } else {
         let start = match &restore_dir {
@@ -169,7 +170,11 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             None => vmm::Start::Boot,
         };
         let launch = vmm::launch(paths, &record, &image, start).await?;
-        (VmmProcess::Child(launch.child), launch.pid, launch.accel)
+        (
+            VmmProcess::Child(launch.child),
+            launch.pid,
+            Some(launch.accel),
+        )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
     let log = if opts.adopt {
@@ -185,7 +190,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     store.update_vm(&opts.name, |r| {
         r.supervisor_pid = Some(std::process::id());
         r.vmm_pid = Some(pid);
-        r.accel = Some(accel.clone());
+        r.accel = accel;
         if !opts.adopt {
             r.started_at = Some(now());
         }
@@ -251,7 +256,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         paths: paths.clone(),
         name: opts.name.clone(),
         accel,
-        machine: record.machine.clone(),
+        machine: record.machine,
         image,
         phase,
         console: hub,

@@ -4,7 +4,7 @@ use super::{Phase, Shared, StopKind, SuperviseError};
 use crate::boot_image::BootImage;
 use crate::console_log::tail_lines;
 use cove_api::Failure;
-use cove_backend::{Backend, DataDisk, Machine, Memory, VmSpec};
+use cove_backend::{Backend, DataDisk, Memory, VmSpec};
 use cove_state::{Paths, VmPaths, VmRecord, VmState};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -23,7 +23,7 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 pub struct Launch {
     pub child: tokio::process::Child,
     pub pid: u32,
-    pub accel: String,
+    pub accel: cove_backend::Accel,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -43,15 +43,19 @@ pub async fn launch(
     for socket in [vm.qmp_socket(), vm.console_socket(), vm.agent_socket()] {
         let _ = std::fs::remove_file(socket);
     }
-    let choice = cove_qemu::accel::probe(paths);
-    let machine: Machine = record.machine.parse()?;
+    let choice = cove_backend::host::accel::probe(&paths.cache);
+    let qemu = cove_qemu::Qemu::find(cove_backend::host::tsc::host_tsc_khz_cached(&paths.cache))?;
     let (shares, daemons) = super::shares::start(&vm, record)?;
     let spec = VmSpec {
         name: record.name.to_string(),
         cpus: record.cpus,
         memory_mib: record.memory_mib,
         kernel: image.kernel.clone(),
-        vmlinux: image.vmlinux.clone(),
+        // Asked, not assumed: a backend without PVH boots the bzImage.
+        vmlinux: image
+            .vmlinux
+            .clone()
+            .filter(|_| qemu.capabilities().pvh_boot),
         initrd: image.initrd.clone(),
         cmdline_extra: cmdline_extra(image, record),
         root_disk: vm.root_disk(),
@@ -64,7 +68,7 @@ pub async fn launch(
             })
             .collect(),
         ports: record.ports.clone(),
-        machine,
+        machine: record.machine,
         accel: choice.accel,
         qmp_socket: vm.qmp_socket(),
         console_socket: vm.console_socket(),
@@ -78,7 +82,6 @@ pub async fn launch(
         incoming: matches!(start, Start::Restore { .. }),
         shares,
     };
-    let qemu = cove_qemu::Qemu::find(cove_qemu::tsc::host_tsc_khz_cached(paths))?;
     let mut cmd = qemu.command(&spec)?;
     // An escape hatch for experiments and benchmarks (e.g. a second
     // virtio-serial port for qemu-guest-agent): extra QEMU arguments,
@@ -117,7 +120,7 @@ pub async fn launch(
     Ok(Launch {
         child,
         pid,
-        accel: choice.accel.to_string(),
+        accel: choice.accel,
     })
 }
 
@@ -169,14 +172,14 @@ pub async fn connect(
 ) -> Result<(cove_qemu::QmpClient, tokio::net::UnixStream), String> {
     let alive = || crate::liveness::process_running(pid);
     let qmp_stream =
-        cove_qemu::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
+        cove_backend::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
             .await
             .map_err(|e| format!("QEMU's QMP socket: {e}"))?;
     let qmp = cove_qemu::QmpClient::from_stream(qmp_stream, &vm.qmp_socket())
         .await
         .map_err(|e| e.to_string())?;
     let console =
-        cove_qemu::sockets::connect_when_ready(&vm.console_socket(), SOCKET_TIMEOUT, alive)
+        cove_backend::sockets::connect_when_ready(&vm.console_socket(), SOCKET_TIMEOUT, alive)
             .await
             .map_err(|e| format!("QEMU's console socket: {e}"))?;
     Ok((qmp, console))
@@ -253,7 +256,7 @@ async fn wait_exited(shared: &Shared, timeout: Duration) -> bool {
 
 /// SIGKILL to the VMM's process group; its exit is then seen by `wait`.
 pub fn kill(shared: &Shared) {
-    let _ = cove_qemu::process::kill_group(shared.vmm_pid, libc::SIGKILL);
+    let _ = cove_backend::process::kill_group(shared.vmm_pid, libc::SIGKILL);
 }
 
 pub struct Outcome {

@@ -48,7 +48,7 @@ impl VmmProcess {
                 let _ = child.start_kill();
             }
             VmmProcess::Adopted { pid } => {
-                let _ = cove_qemu::process::kill_group(*pid, libc::SIGKILL);
+                let _ = cove_backend::process::kill_group(*pid, libc::SIGKILL);
             }
         }
     }

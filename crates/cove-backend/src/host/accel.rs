@@ -23,8 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use cove_backend::Accel;
-use cove_state::Paths;
+use crate::Accel;
 use serde::{Deserialize, Serialize};
 
 /// The hidden first argument that turns the program into the probe child.
@@ -59,15 +58,18 @@ impl AccelChoice {
     }
 }
 
+/// The file under the cache directory that remembers the probe's verdict.
+pub const CACHE_FILE: &str = "accel-probe.json";
+
 /// The accelerator to use: `$COVE_ACCEL` if set, else the probe's result for
-/// this boot of the host (cached in [`Paths::accel_probe_cache`]), else a
+/// this boot of the host (cached in [`CACHE_FILE`] under `cache_dir`), else a
 /// fresh probe run with this executable as the child.
-pub fn probe(paths: &Paths) -> AccelChoice {
+pub fn probe(cache_dir: &Path) -> AccelChoice {
     if let Some(choice) = env_override() {
         return choice;
     }
-    let cache = paths.accel_probe_cache();
-    if let Some(choice) = crate::cache::load::<AccelChoice>(&cache) {
+    let cache = cache_dir.join(CACHE_FILE);
+    if let Some(choice) = super::cache::load::<AccelChoice>(&cache) {
         return choice;
     }
     let choice = match std::env::current_exe() {
@@ -76,7 +78,7 @@ pub fn probe(paths: &Paths) -> AccelChoice {
             "cannot find this program to run the KVM probe ({e}); using TCG"
         )),
     };
-    crate::cache::store(&cache, &choice);
+    super::cache::store(&cache, &choice);
     choice
 }
 

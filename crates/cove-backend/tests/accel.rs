@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cove_backend::Accel;
-use cove_qemu::accel::{self, AccelChoice};
+use cove_backend::host::accel::{self, AccelChoice};
 
 const PROBE_BIN: &str = env!("CARGO_BIN_EXE_cove-kvm-probe");
 const NO_PROGRESS: &str = "KVM opens but its vCPUs make no progress; using TCG";
@@ -59,7 +59,7 @@ fn probe_picks_what_really_runs() {
 fn result_is_cached_per_host_boot() {
     let dir = tempfile::tempdir().unwrap();
     let (first, _) = run_bin(&[dir.path()], None);
-    let cache = cove_state::Paths::under(dir.path()).accel_probe_cache();
+    let cache = dir.path().join(accel::CACHE_FILE);
     let text = std::fs::read_to_string(&cache).unwrap();
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert!(text.contains(boot_id.trim()), "{text}");
@@ -89,9 +89,5 @@ fn env_override_wins_over_the_probe() {
     let (choice, _) = run_bin(&[dir.path()], Some("tcg"));
     assert_eq!(choice.accel, Accel::Tcg);
     // Nothing was probed, so nothing was cached.
-    assert!(
-        !cove_state::Paths::under(dir.path())
-            .accel_probe_cache()
-            .exists()
-    );
+    assert!(!dir.path().join(accel::CACHE_FILE).exists());
 }

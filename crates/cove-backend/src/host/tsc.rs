@@ -2,23 +2,19 @@
 //!
 //! Under TCG a guest's TSC ticks at the host's rate (QEMU reads the host TSC),
 //! and under KVM it does too unless scaled, so this is what a microvm guest
-//! gets as `tsc_early_khz=` (see [`crate::argv::Qemu::tsc_khz`]).
+//! gets as `tsc_early_khz=` (see [`super::HostProbe::tsc_khz`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use cove_state::Paths;
 
 const SYSFS_TSC_KHZ: &str = "/sys/devices/system/cpu/cpu0/tsc_freq_khz";
 /// Long enough that clock reading jitter (a few µs) is far below 1 kHz of error
 /// at GHz rates, short enough to go unnoticed on a start.
 const MEASURE_FOR: Duration = Duration::from_millis(30);
 
-/// Where the measured value is cached.
-///
-/// Not in `cove_state::Paths` yet; lives beside the accelerator probe's cache.
-pub fn cache_path(paths: &Paths) -> PathBuf {
-    paths.cache.join("host-tsc-khz.json")
+/// Where the measured value is cached, beside the accelerator probe's verdict.
+pub fn cache_path(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("host-tsc-khz.json")
 }
 
 /// The host TSC frequency, from the kernel if it publishes it, else measured.
@@ -28,13 +24,13 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 /// Like [`host_tsc_khz`], cached for this boot of the host.
-pub fn host_tsc_khz_cached(paths: &Paths) -> Option<u64> {
-    let path = cache_path(paths);
-    if let Some(khz) = crate::cache::load::<u64>(&path) {
+pub fn host_tsc_khz_cached(cache_dir: &Path) -> Option<u64> {
+    let path = cache_path(cache_dir);
+    if let Some(khz) = super::cache::load::<u64>(&path) {
         return Some(khz);
     }
     let khz = host_tsc_khz()?;
-    crate::cache::store(&path, khz);
+    super::cache::store(&path, khz);
     Some(khz)
 }
 
@@ -107,9 +103,8 @@ mod tests {
     #[test]
     fn cached_value_is_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::under(dir.path());
-        let first = host_tsc_khz_cached(&paths).unwrap();
-        assert!(cache_path(&paths).exists());
-        assert_eq!(host_tsc_khz_cached(&paths), Some(first));
+        let first = host_tsc_khz_cached(dir.path()).unwrap();
+        assert!(cache_path(dir.path()).exists());
+        assert_eq!(host_tsc_khz_cached(dir.path()), Some(first));
     }
 }

@@ -1,0 +1,204 @@
+//! The typed values a VM record stores and a launch needs: which backend,
+//! which machine, which accelerator, and the [`VmSpec`] of one launch.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BackendError;
+
+/// Which virtual machine monitor runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// QEMU (`qemu-system-x86_64`): KVM or TCG, microvm or q35.
+    #[default]
+    Qemu,
+    /// Firecracker: KVM only, its own minimal machine, an HTTP API socket.
+    Firecracker,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Qemu, BackendKind::Firecracker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qemu" => Ok(BackendKind::Qemu),
+            "firecracker" => Ok(BackendKind::Firecracker),
+            other => Err(BackendError::UnknownBackend(other.to_owned())),
+        }
+    }
+}
+
+/// The machine model the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// A minimal machine: no PCI, virtio over MMIO, ISA serial. Boots fastest.
+    #[default]
+    Microvm,
+    /// A modern PC (PCI Express); for guests that need PCI.
+    Q35,
+}
+
+impl Machine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Machine {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "microvm" => Ok(Machine::Microvm),
+            "q35" => Ok(Machine::Q35),
+            other => Err(BackendError::UnknownMachine(other.to_owned())),
+        }
+    }
+}
+
+/// How vCPUs execute guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// Software emulation (QEMU's TCG); works everywhere, much slower.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Accel {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(BackendError::UnknownAccel(other.to_owned())),
+        }
+    }
+}
+
+/// A host port forwarded to a guest port over user-mode networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+/// A disk besides the root disk, e.g. a persistent data disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDisk {
+    /// A qcow2 image.
+    pub path: PathBuf,
+    /// Visible in the guest as `/sys/block/vdX/serial`; guests find data disks
+    /// by it, so it must be unique within a VM (at most 20 bytes for virtio-blk).
+    pub serial: String,
+}
+
+/// Where guest RAM lives. File-backed RAM is what makes snapshots and clones cheap: a VM that
+/// may be snapshotted keeps its RAM in a file shared with the VMM, and a VM restored from a
+/// snapshot maps the snapshot's memory file privately (copy-on-write), so clones share it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Memory {
+    /// Anonymous memory of the VMM process.
+    #[default]
+    Anonymous,
+    /// A file the VMM maps shared: the guest's RAM is the file's content.
+    SharedFile(PathBuf),
+    /// A saved memory file mapped privately: reads come from the file (one page-cache copy for
+    /// every VM mapping it), writes stay in the VM.
+    PrivateFile(PathBuf),
+}
+
+/// A host folder shared into the guest through a vhost-user-fs daemon (virtiofsd) that already
+/// listens on `socket`; the guest mounts it by `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedDir {
+    pub socket: PathBuf,
+    /// At most 36 bytes, letters, digits, `-` and `_` (virtio-fs limits the tag).
+    pub tag: String,
+}
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// The compressed kernel (bzImage).
+    pub kernel: PathBuf,
+    /// The uncompressed ELF kernel; booted through its PVH entry point instead
+    /// of `kernel` when present and the machine supports it (faster).
+    pub vmlinux: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// The image's own kernel arguments, appended after the backend's.
+    pub cmdline_extra: String,
+    /// The VM's copy-on-write qcow2 overlay of its image.
+    pub root_disk: PathBuf,
+    /// Attached after the root disk, in this order.
+    pub data_disks: Vec<DataDisk>,
+    /// Host ports forwarded to guest ports over user-mode networking.
+    pub ports: Vec<PortForward>,
+    pub machine: Machine,
+    pub accel: Accel,
+    /// The VMM's control socket (QMP for QEMU); the VMM listens on it.
+    pub qmp_socket: PathBuf,
+    /// The guest's serial console; the VMM listens on it.
+    pub console_socket: PathBuf,
+    /// The guest agent's virtio-serial port; the VMM listens on it.
+    pub agent_socket: PathBuf,
+    /// Where guest RAM lives.
+    #[serde(default)]
+    pub memory: Memory,
+    /// Start waiting for a saved device state instead of booting (the memory file is then the
+    /// snapshot's, [`Memory::PrivateFile`]).
+    #[serde(default)]
+    pub incoming: bool,
+    /// Host folders (virtio-fs); guest memory becomes shareable when there is one.
+    #[serde(default)]
+    pub shares: Vec<SharedDir>,
+}
