@@ -85,3 +85,36 @@ pub struct ApiError {
     /// What happened, with every cause.
     pub error: String,
 }
+
+/// What to run for `POST /v1/vms/{name}/exec` (the options of `cove exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecOptions {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` environment variables, as `cove exec -e`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Guest user (name or uid, optionally `:group`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// End the command after this many seconds (1..=86400); none by default.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// How an exec ended: the JSON of the exec stream's last (system) frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecEnd {
+    /// The shell's convention, as `cove exec` exits: the code, or 128 + signal.
+    pub exit_code: Option<i32>,
+    /// The command's exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Why there is no status (the agent failed, the deadline passed), with every cause.
+    pub error: Option<String>,
+}

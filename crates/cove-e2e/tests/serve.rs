@@ -133,3 +133,209 @@ fn start_show_stop_over_the_api_answer_what_the_cli_prints() {
     assert_eq!(stopped["state"], "stopped");
     assert_eq!(cove.state("api"), "stopped");
 }
+
+/// An HTTP/1.1 request over the API socket with hyper's client: the answer's
+/// status and, after a 101, the upgraded connection.
+async fn upgrade(
+    socket: &Path,
+    path: &str,
+    protocol: Option<&str>,
+    body: &str,
+) -> (
+    u16,
+    Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, String>,
+) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let mut req = hyper::Request::post(format!("http://cove{path}"))
+        .header("Host", "cove")
+        .header("Content-Type", "application/json");
+    if let Some(protocol) = protocol {
+        req = req
+            .header("Connection", "Upgrade")
+            .header("Upgrade", protocol);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let mut resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    if status != 101 {
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        return (status, Err(String::from_utf8_lossy(&body).into_owned()));
+    }
+    assert_eq!(resp.headers()["upgrade"], protocol.unwrap());
+    let conn = hyper::upgrade::on(&mut resp).await.unwrap();
+    (status, Ok(hyper_util::rt::TokioIo::new(conn)))
+}
+
+/// Splits a Docker stdcopy stream into (stream, payload) frames, checking
+/// each header as Docker's own `stdcopy` does.
+fn stdcopy_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 8, "a truncated header: {bytes:?}");
+        assert!(matches!(bytes[0], 1..=3), "stream byte {}", bytes[0]);
+        assert_eq!(bytes[1..4], [0, 0, 0]);
+        let len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        assert!(bytes.len() >= 8 + len, "a truncated payload");
+        frames.push((bytes[0], bytes[8..8 + len].to_vec()));
+        bytes = &bytes[8 + len..];
+    }
+    frames
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Reads until the peer closes, within a deadline.
+async fn read_to_end(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), conn.read_to_end(&mut all))
+        .await
+        .expect("the stream ended within 2 minutes")
+        .unwrap();
+    all
+}
+
+#[test]
+#[ignore = "boots VMs"]
+fn exec_and_console_stream_over_an_http_upgrade() {
+    use tokio::io::AsyncWriteExt;
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "streams", "--image", "minimal"]);
+    let server = Server::start(&cove);
+    let rt = runtime();
+    let exec = r#"{"argv":["sh","-c","cat; echo oops >&2; printf 'HTTP/1.1 200 OK\r\n\r\n'; head -c 600000 /dev/zero; exit 3"]}"#;
+
+    rt.block_on(async {
+        // Before the upgrade, failures are ordinary JSON errors.
+        let (status, body) = upgrade(
+            &server.socket,
+            "/v1/vms/streams/exec",
+            Some("cove-exec"),
+            exec,
+        )
+        .await;
+        assert_eq!(status, 409, "a stopped VM: {body:?}");
+        assert!(body.unwrap_err().contains("cove start streams"));
+        let (status, body) = upgrade(
+            &server.socket,
+            "/v1/vms/nosuch/exec",
+            Some("cove-exec"),
+            exec,
+        )
+        .await;
+        assert_eq!(status, 404, "{body:?}");
+        let (status, body) = upgrade(&server.socket, "/v1/vms/streams/exec", None, exec).await;
+        assert_eq!(status, 426, "{body:?}");
+        assert!(body.unwrap_err().contains("Upgrade: cove-exec"));
+    });
+
+    cove.ok(&["start", "streams"]);
+    rt.block_on(async {
+        let (status, body) = upgrade(
+            &server.socket,
+            "/v1/vms/streams/exec",
+            Some("cove-exec"),
+            r#"{"argv":[]}"#,
+        )
+        .await;
+        assert_eq!(status, 400, "{body:?}");
+
+        // stdin until the client half-closes; stdout and stderr apart; the
+        // guest's HTTP-looking bytes stay payload; the exit status last.
+        let (status, conn) = upgrade(
+            &server.socket,
+            "/v1/vms/streams/exec",
+            Some("cove-exec"),
+            exec,
+        )
+        .await;
+        assert_eq!(status, 101);
+        let mut conn = conn.unwrap();
+        conn.write_all(b"from stdin\n").await.unwrap();
+        conn.shutdown().await.unwrap();
+        let frames = stdcopy_frames(&read_to_end(&mut conn).await);
+        let joined = |stream| {
+            frames
+                .iter()
+                .filter(|(s, _)| *s == stream)
+                .flat_map(|(_, b)| b.clone())
+                .collect::<Vec<u8>>()
+        };
+        let stdout = joined(1);
+        assert!(
+            stdout.starts_with(b"from stdin\nHTTP/1.1 200 OK\r\n\r\n"),
+            "{:?}",
+            &stdout[..40.min(stdout.len())]
+        );
+        assert_eq!(stdout.len(), 11 + 19 + 600_000);
+        assert_eq!(joined(2), b"oops\n");
+        let (last_stream, last) = frames.last().unwrap();
+        assert_eq!(*last_stream, 3, "the last frame is the system frame");
+        let end: Value = serde_json::from_slice(last).unwrap();
+        assert_eq!(end["exit_code"], 3, "{end}");
+        assert_eq!(end["code"], 3, "{end}");
+
+        // A command that outlives its deadline ends with an error, not a hang.
+        let (_, conn) = upgrade(
+            &server.socket,
+            "/v1/vms/streams/exec",
+            Some("cove-exec"),
+            r#"{"argv":["sleep","600"],"timeout_secs":2}"#,
+        )
+        .await;
+        let frames = stdcopy_frames(&read_to_end(&mut conn.unwrap()).await);
+        let end: Value = serde_json::from_slice(&frames.last().unwrap().1).unwrap();
+        assert!(
+            end["error"].as_str().unwrap().contains("within 2 s"),
+            "{end}"
+        );
+
+        // The console both ways: a line typed goes to the serial shell, its
+        // answer comes back.
+        let (status, conn) = upgrade(
+            &server.socket,
+            "/v1/vms/streams/console?replay=0",
+            Some("cove-console"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 101);
+        let mut conn = conn.unwrap();
+        conn.write_all(b"\necho api-console-$((6*7))\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("api-console-42") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the console closed early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "console showed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    });
+    cove.ok(&["stop", "streams"]);
+}

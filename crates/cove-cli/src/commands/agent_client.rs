@@ -16,20 +16,33 @@ use tokio::net::UnixStream;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks the VM is running and returns an opener for streams to its agent.
-pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener> {
+pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener + use<>> {
     let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
-    match record.state {
-        VmState::Running => {}
-        VmState::Starting => {
-            bail!("`{name}` is still starting; wait for `cove start {name}` to return")
-        }
-        state => bail!(
+    if let Some(why) = not_running(name, record.state) {
+        bail!("{why}");
+    }
+    Ok(socket_opener(ctx.paths.vm(name).control_socket()))
+}
+
+/// Why a VM in `state` has no agent to reach, with the next step; `None`
+/// when it is running. `cove exec` and the API's exec say the same.
+pub fn not_running(name: &str, state: VmState) -> Option<String> {
+    match state {
+        VmState::Running => None,
+        VmState::Starting => Some(format!(
+            "`{name}` is still starting; wait for `cove start {name}` to return"
+        )),
+        state => Some(format!(
             "`{name}` is {state}, so there is nothing to run commands in; start it with \
              `cove start {name}` (a stopped VM's files can be read with `cove disk cat {name}:/path`)"
-        ),
+        )),
     }
-    let socket = ctx.paths.vm(name).control_socket();
-    Ok(FnOpener(move |req: OpenRequest| open(socket.clone(), req)))
+}
+
+/// Streams to the agent through the supervisor listening on `socket`: the
+/// one way the CLI and `cove serve` reach a guest's agent.
+pub fn socket_opener(socket: PathBuf) -> impl StreamOpener + Send + 'static {
+    FnOpener(move |req: OpenRequest| open(socket.clone(), req))
 }
 
 async fn open(socket: PathBuf, req: OpenRequest) -> Result<Stream, LinkError> {

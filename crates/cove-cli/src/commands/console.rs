@@ -8,9 +8,41 @@ use anyhow::{Context, Result, bail};
 use cove_api::{Request, Response, read_message, write_message};
 use cove_state::VmState;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+/// Why a VM in `state` has no live console, with the next step; `None`
+/// when it has one. `cove console` and the API's console say the same.
+pub fn no_console(name: &str, state: VmState) -> Option<String> {
+    (!state.is_active() || state == VmState::Stopping).then(|| {
+        format!("`{name}` is {state}; its console log is still readable with `cove logs {name}`")
+    })
+}
+
+/// Asks the supervisor listening on `socket` for the console, with
+/// `replay` bytes of history first. The connection then carries the serial
+/// console both ways; bytes already read with the answer are in its buffer.
+/// `cove console` and the API's console attach through this one way.
+pub async fn connect(socket: &Path, replay: u64) -> Result<BufReader<UnixStream>> {
+    let conn = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to the supervisor at {}", socket.display()))?;
+    let mut conn = BufReader::new(conn);
+    write_message(
+        conn.get_mut(),
+        &Request::Console {
+            replay_bytes: replay,
+        },
+    )
+    .await?;
+    match read_message::<Response>(&mut conn).await? {
+        Response::Streaming => Ok(conn),
+        Response::Failed(f) => bail!("{}", f.message),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
 
 /// Ctrl-], as in telnet and `virsh console`.
 const DETACH_BYTE: u8 = 0x1d;
@@ -26,35 +58,17 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let record = cove_supervisor::lifecycle::show(&ctx.paths, &args.name)?;
-    if !record.state.is_active() || record.state == VmState::Stopping {
-        bail!(
-            "`{}` is {}; its console log is still readable with `cove logs {}`",
-            args.name,
-            record.state,
-            args.name
-        );
+    if let Some(why) = no_console(&args.name, record.state) {
+        bail!("{why}");
     }
     let socket = ctx.paths.vm(&args.name).control_socket();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let conn = UnixStream::connect(&socket)
+        let conn = connect(&socket, args.replay)
             .await
-            .with_context(|| format!("connecting to the supervisor of `{}`", args.name))?;
-        let mut conn = BufReader::new(conn);
-        write_message(
-            conn.get_mut(),
-            &Request::Console {
-                replay_bytes: args.replay,
-            },
-        )
-        .await?;
-        match read_message::<Response>(&mut conn).await? {
-            Response::Streaming => {}
-            Response::Failed(f) => bail!("{}", f.message),
-            other => bail!("unexpected answer from the supervisor: {other:?}"),
-        }
+            .with_context(|| format!("attaching to the console of `{}`", args.name))?;
         eprint!(
             "attached to {}'s console; detach with Ctrl-]\r\n",
             args.name

@@ -31,7 +31,7 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-pub(super) fn parse_env(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("`{text}` is not KEY=VALUE")),

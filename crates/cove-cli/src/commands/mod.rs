@@ -1,6 +1,6 @@
 //! One module per verb: its `Args` and its `run`.
 
-mod agent_client;
+pub(crate) mod agent_client;
 pub mod bench;
 pub mod clone;
 pub mod completions;

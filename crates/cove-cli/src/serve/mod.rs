@@ -4,6 +4,7 @@
 //! blocking threads, so the API and the CLI behave alike.
 
 mod routes;
+mod streams;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -34,7 +35,12 @@ pub async fn serve(paths: cove_state::Paths, socket: &Path) -> Result<()> {
                 async move { Ok::<_, std::convert::Infallible>(route(paths, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                // A client that never finishes its headers is dropped.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                // exec and console switch the connection to their own protocol.
+                .with_upgrades()
                 .await;
         });
     }
@@ -79,6 +85,14 @@ async fn route(paths: cove_state::Paths, req: Request<hyper::body::Incoming>) ->
         }
         (&Method::POST, ["v1", "vms", name, "kill"]) => {
             routes::kill_vm(paths, name.to_string()).await
+        }
+        (&Method::POST, ["v1", "vms", name, "exec"]) => {
+            let name = name.to_string();
+            streams::exec(paths, name, req).await
+        }
+        (&Method::POST, ["v1", "vms", name, "console"]) => {
+            let name = name.to_string();
+            streams::console(paths, name, req).await
         }
         _ => routes::error(
             StatusCode::NOT_FOUND,

@@ -2,7 +2,7 @@
 //! blocking thread and answers with the `--json` types of `views.rs`.
 
 use super::{Reply, respond};
-use crate::views::{ApiError, PortView, VmView};
+use crate::views::{ApiError, ExecEnd, ExecOptions, PortView, VmView};
 use cove_state::StoreError;
 use cove_supervisor::LifecycleError;
 use cove_supervisor::lifecycle::{self, StartOptions};
@@ -17,8 +17,16 @@ use utoipa::OpenApi;
         description = "cove's VM verbs over HTTP+JSON on a unix socket (`cove serve --socket PATH`). \
                        The bodies are the shapes `cove --json` prints."
     ),
-    paths(list_vms, show_vm, start_vm, stop_vm, kill_vm),
-    components(schemas(VmView, PortView, ApiError))
+    paths(
+        list_vms,
+        show_vm,
+        start_vm,
+        stop_vm,
+        kill_vm,
+        super::streams::exec,
+        super::streams::console
+    ),
+    components(schemas(VmView, PortView, ApiError, ExecOptions, ExecEnd))
 )]
 pub struct ApiDoc;
 
@@ -113,9 +121,14 @@ async fn blocking<T: serde::Serialize + Send + 'static>(
             Ok(body) => respond(StatusCode::OK, body),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        Ok(Err(e)) => error(status_of(&e), chain(&e)),
+        Ok(Err(e)) => lifecycle_error(&e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// A lifecycle failure as a reply: its status says its kind.
+pub fn lifecycle_error(e: &LifecycleError) -> Reply {
+    error(status_of(e), chain(e))
 }
 
 fn status_of(e: &LifecycleError) -> StatusCode {
@@ -130,7 +143,7 @@ fn status_of(e: &LifecycleError) -> StatusCode {
 }
 
 /// The error and every cause, as the CLI prints them.
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
