@@ -118,3 +118,110 @@ pub struct ExecEnd {
     /// Why there is no status (the agent failed, the deadline passed), with every cause.
     pub error: Option<String>,
 }
+
+/// One step of an image build: the lines `POST /v1/images/build` streams
+/// (newline-delimited JSON) and `cove image build --json` writes to stderr.
+/// A build ends with exactly one `built` or `failed`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// A named stage (e.g. `download kernel`) began.
+    StageStarted { stage: String },
+    /// The stage finished after `seconds`.
+    StageFinished { stage: String, seconds: f64 },
+    /// Bytes processed within a stage (`total` when known). Sent at most
+    /// as fast as the reader takes them: some may be left out.
+    Bytes {
+        stage: String,
+        done: u64,
+        total: Option<u64>,
+    },
+    /// A line of detail (a command run, a cache hit).
+    Message { line: String },
+    /// The image: the manifest `cove image build --json` prints on stdout.
+    Built {
+        #[schema(value_type = Object)]
+        image: Box<cove_image::ImageManifest>,
+        /// Found in the cache rather than built.
+        cached: bool,
+        seconds: f64,
+    },
+    /// The build failed; `kind` says what to fix.
+    Failed { kind: BuildFailure, error: String },
+}
+
+/// What kind of thing stopped an image build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildFailure {
+    /// The request or the image spec is wrong.
+    Spec,
+    /// A package could not be downloaded.
+    Download,
+    /// A build tool failed or is missing.
+    Tool,
+    /// The kernel, its modules or the initramfs.
+    Kernel,
+    /// The agent binary is not usable in a guest.
+    Agent,
+    /// The built kernel cannot boot this image or serve its agent.
+    KernelCheck,
+    /// Anything else (files, the state store).
+    Other,
+}
+
+impl BuildFailure {
+    /// The kind of the first image error in `e`'s chain.
+    pub fn of(e: &anyhow::Error) -> Self {
+        use cove_image::ImageError as E;
+        if e.downcast_ref::<crate::commands::image::KernelCheckFailed>()
+            .is_some()
+        {
+            return BuildFailure::KernelCheck;
+        }
+        let Some(image) = e.chain().find_map(|c| c.downcast_ref::<E>()) else {
+            return BuildFailure::Other;
+        };
+        match image {
+            E::Spec { .. }
+            | E::UnknownFragment(_)
+            | E::KernelSourceConflict
+            | E::TooSmall { .. } => BuildFailure::Spec,
+            E::AptDownload { .. } | E::AptUnknown { .. } => BuildFailure::Download,
+            E::Step { .. } | E::DebootstrapNeedsRoot => BuildFailure::Tool,
+            E::KernelBuild(_)
+            | E::NoKernelSource(_)
+            | E::NoKernelInPackage { .. }
+            | E::ModuleMissing { .. }
+            | E::BadModule { .. }
+            | E::ModuleCycle(_) => BuildFailure::Kernel,
+            E::AgentNotStatic(_) | E::AgentNotElf { .. } => BuildFailure::Agent,
+            _ => BuildFailure::Other,
+        }
+    }
+}
+
+/// What to build for `POST /v1/images/build` (the options of `cove image build`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildOptions {
+    /// `minimal`, or the path of an image spec (TOML) on the server's host.
+    pub what: String,
+    /// Tag for the image (default: `minimal`, or the spec's `name`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Kernel: an apt package name, a `.deb`, or a bzImage path.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Root filesystem size, e.g. `512M` (default: content plus headroom).
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Extra kernel modules; `-NAME` leaves out a default.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    #[serde(default)]
+    pub skip_kernel_check: bool,
+    /// Build without the agent.
+    #[serde(default)]
+    pub no_agent: bool,
+}

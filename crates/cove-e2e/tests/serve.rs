@@ -339,3 +339,121 @@ fn exec_and_console_stream_over_an_http_upgrade() {
     });
     cove.ok(&["stop", "streams"]);
 }
+
+/// The events of one `POST /v1/images/build`, read with curl as they stream.
+fn build_events(socket: &Path, body: &str) -> (u16, Vec<Value>) {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--no-buffer",
+            "--max-time",
+            "1800",
+        ])
+        .arg("--unix-socket")
+        .arg(socket)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+        ])
+        .args(["-w", "\n%{http_code}", "http://cove/v1/images/build"])
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", text.trim_end()));
+    let code: u16 = code.parse().unwrap();
+    if code != 200 {
+        return (code, vec![serde_json::json!({ "body": body })]);
+    }
+    let events = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (code, events)
+}
+
+fn stage_names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "stage_started")
+        .map(|e| e["stage"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+#[ignore = "builds images"]
+fn image_builds_stream_their_stages_and_end_with_the_image_or_a_typed_error() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    let server = Server::start(&cove);
+
+    let (status, events) = build_events(&server.socket, r#"{"what":"minimal"}"#);
+    assert_eq!(status, 200, "{events:?}");
+    let last = events.last().expect("at least the last event");
+    assert_eq!(last["event"], "built", "{last}");
+    let stages = stage_names(&events);
+    assert!(!stages.is_empty(), "no stages reported: {events:?}");
+    for stage in &stages {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "stage_finished" && e["stage"] == *stage),
+            "stage {stage} never finished"
+        );
+    }
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e["event"] != "built" && e["event"] != "failed")
+    );
+
+    // The CLI's --json prints the same manifest and writes the same events.
+    let out = cove
+        .command()
+        .args(["--json", "image", "build", "minimal"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        last["image"], manifest,
+        "the API and `image build --json` agree"
+    );
+    let cli_events: Vec<Value> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(stage_names(&cli_events), stages);
+
+    // A spec that does not parse ends the stream with a typed failure.
+    let bad = cove.root().join("bad.toml");
+    std::fs::write(&bad, "this is [not toml").unwrap();
+    let (status, events) = build_events(
+        &server.socket,
+        &serde_json::json!({ "what": bad }).to_string(),
+    );
+    assert_eq!(status, 200);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "failed", "{last}");
+    assert_eq!(last["kind"], "spec", "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("bad.toml"),
+        "{last}"
+    );
+    // One that does not exist is refused before anything streams.
+    let (status, events) = build_events(&server.socket, r#"{"what":"/no/such.toml"}"#);
+    assert_eq!(status, 400, "{events:?}");
+}

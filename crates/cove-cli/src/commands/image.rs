@@ -2,6 +2,7 @@
 
 use crate::context::Ctx;
 use crate::output;
+use crate::views::BuildEvent;
 use anyhow::{Context, Result, bail};
 use cove_image::{ImageManifest, MinimalOptions, Progress};
 use cove_state::Store;
@@ -69,7 +70,73 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
 }
 
 fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
-    let mut store = Store::open(&ctx.paths)?;
+    let built = if ctx.json {
+        // The same events `POST /v1/images/build` streams, one JSON line each.
+        let events = EventProgress(|event: BuildEvent| {
+            if let Ok(line) = serde_json::to_string(&event) {
+                eprintln!("{line}");
+            }
+        });
+        run_build(&ctx.paths, args, &events)?
+    } else {
+        let progress = BuildProgress::new(false);
+        let built = run_build(&ctx.paths, args, &progress);
+        progress.finish();
+        built?
+    };
+    let Built {
+        manifest,
+        cached,
+        seconds,
+    } = built;
+    if ctx.json {
+        output::print_json(&manifest)?;
+    } else {
+        println!(
+            "image {} ({}) {} {:.1}s: kernel {}, {} modules, agent {}",
+            manifest.name,
+            &manifest.id[..12],
+            if cached {
+                "unchanged, found in the cache in"
+            } else {
+                "built in"
+            },
+            seconds,
+            manifest.kernel_version,
+            manifest.modules.len(),
+            if manifest.agent { "included" } else { "absent" },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A finished image build.
+pub struct Built {
+    pub manifest: ImageManifest,
+    /// Found in the cache rather than built.
+    pub cached: bool,
+    pub seconds: f64,
+}
+
+/// The kernel check of a built image failed (a typed context, so callers
+/// can tell this failure from the build's own).
+#[derive(Debug)]
+pub struct KernelCheckFailed;
+
+impl std::fmt::Display for KernelCheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the image was built, but its kernel cannot boot it as asked")
+    }
+}
+
+/// Builds an image as `cove image build` does, reporting to `progress`:
+/// the one build path of the CLI and the API.
+pub fn run_build(
+    paths: &cove_state::Paths,
+    args: BuildArgs,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    let mut store = Store::open(paths)?;
     let agent = if args.no_agent {
         None
     } else {
@@ -78,7 +145,6 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
             None => locate_agent()?,
         })
     };
-    let progress = BuildProgress::new(ctx.json);
     let began = std::time::Instant::now();
     let mut kernel_requires = Vec::new();
     let manifest = if args.what == "minimal" {
@@ -94,7 +160,7 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
         if let Some(kernel) = &args.kernel {
             opts.kernel = cove_image::kernel_source_from_arg(kernel);
         }
-        cove_image::build_minimal(&ctx.paths, &mut store, &opts, &progress)
+        cove_image::build_minimal(paths, &mut store, &opts, progress)
     } else {
         let path = Path::new(&args.what);
         if !path.exists() {
@@ -104,52 +170,38 @@ fn build(ctx: &Ctx, args: BuildArgs) -> Result<ExitCode> {
             );
         }
         build_spec(
-            ctx,
+            paths,
             &mut store,
             path,
             args.name,
             agent,
-            &progress,
+            progress,
             &mut kernel_requires,
         )
     };
-    progress.finish();
-    let took = began.elapsed().as_secs_f64();
+    let seconds = began.elapsed().as_secs_f64();
     let manifest = manifest?;
     if !args.skip_kernel_check {
-        crate::image_check::verify(&ctx.paths, &mut store, &manifest, &kernel_requires)?;
+        crate::image_check::verify(paths, &mut store, &manifest, &kernel_requires)
+            .context(KernelCheckFailed)?;
     }
-    if ctx.json {
-        output::print_json(&manifest)?;
-    } else {
-        // A build that found its result in the cache says so: the manifest's
-        // build time is that of the original build.
-        let cached = took < manifest.build_seconds / 2.0;
-        println!(
-            "image {} ({}) {} {:.1}s: kernel {}, {} modules, agent {}",
-            manifest.name,
-            &manifest.id[..12],
-            if cached {
-                "unchanged, found in the cache in"
-            } else {
-                "built in"
-            },
-            took,
-            manifest.kernel_version,
-            manifest.modules.len(),
-            if manifest.agent { "included" } else { "absent" },
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    // A build that found its result in the cache says so: the manifest's
+    // build time is that of the original build.
+    let cached = seconds < manifest.build_seconds / 2.0;
+    Ok(Built {
+        manifest,
+        cached,
+        seconds,
+    })
 }
 
 fn build_spec(
-    ctx: &Ctx,
+    paths: &cove_state::Paths,
     store: &mut Store,
     path: &Path,
     name: Option<String>,
     agent: Option<PathBuf>,
-    progress: &BuildProgress,
+    progress: &dyn Progress,
     kernel_requires: &mut Vec<String>,
 ) -> cove_image::Result<ImageManifest> {
     let mut spec = cove_image::ImageSpec::load(path)?;
@@ -161,7 +213,7 @@ fn build_spec(
         agent,
         ..cove_image::BuildOptions::default()
     };
-    cove_image::build_image(&ctx.paths, store, &spec, &opts, progress)
+    cove_image::build_image(paths, store, &spec, &opts, progress)
 }
 
 /// The static agent built by `scripts/build`, found relative to this binary
@@ -305,5 +357,35 @@ impl Progress for BuildProgress {
         if let Some(bar) = &self.bar {
             bar.set_message(line.to_owned());
         }
+    }
+}
+
+/// Reports a build as [`BuildEvent`]s to a sink: the `--json` lines and the
+/// API's event stream.
+pub struct EventProgress<F: Fn(BuildEvent) + Sync>(pub F);
+
+impl<F: Fn(BuildEvent) + Sync> Progress for EventProgress<F> {
+    fn stage_started(&self, stage: &str) {
+        (self.0)(BuildEvent::StageStarted {
+            stage: stage.to_owned(),
+        });
+    }
+    fn stage_finished(&self, stage: &str, elapsed: Duration) {
+        (self.0)(BuildEvent::StageFinished {
+            stage: stage.to_owned(),
+            seconds: elapsed.as_secs_f64(),
+        });
+    }
+    fn bytes(&self, stage: &str, done: u64, total: Option<u64>) {
+        (self.0)(BuildEvent::Bytes {
+            stage: stage.to_owned(),
+            done,
+            total,
+        });
+    }
+    fn message(&self, line: &str) {
+        (self.0)(BuildEvent::Message {
+            line: line.to_owned(),
+        });
     }
 }

@@ -3,12 +3,14 @@
 //! in `routes.rs`. Verbs run the same `lifecycle` calls as the CLI, on
 //! blocking threads, so the API and the CLI behave alike.
 
+mod build;
 mod routes;
 mod streams;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use std::path::Path;
 use utoipa::OpenApi;
@@ -66,7 +68,8 @@ fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener> {
     bound.with_context(|| format!("listening on {}", socket.display()))
 }
 
-type Reply = Response<Full<Bytes>>;
+/// A reply: a whole JSON body, or a stream (image build events).
+type Reply = Response<BoxBody<Bytes, std::convert::Infallible>>;
 
 async fn route(paths: cove_state::Paths, req: Request<hyper::body::Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
@@ -86,6 +89,7 @@ async fn route(paths: cove_state::Paths, req: Request<hyper::body::Incoming>) ->
         (&Method::POST, ["v1", "vms", name, "kill"]) => {
             routes::kill_vm(paths, name.to_string()).await
         }
+        (&Method::POST, ["v1", "images", "build"]) => build::build_image(paths, req).await,
         (&Method::POST, ["v1", "vms", name, "exec"]) => {
             let name = name.to_string();
             streams::exec(paths, name, req).await
@@ -102,7 +106,7 @@ async fn route(paths: cove_state::Paths, req: Request<hyper::body::Incoming>) ->
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    let mut reply = Response::new(Full::new(Bytes::from(body)).boxed());
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

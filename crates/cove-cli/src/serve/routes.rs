@@ -2,7 +2,9 @@
 //! blocking thread and answers with the `--json` types of `views.rs`.
 
 use super::{Reply, respond};
-use crate::views::{ApiError, ExecEnd, ExecOptions, PortView, VmView};
+use crate::views::{
+    ApiError, BuildEvent, BuildFailure, BuildOptions, ExecEnd, ExecOptions, PortView, VmView,
+};
 use cove_state::StoreError;
 use cove_supervisor::LifecycleError;
 use cove_supervisor::lifecycle::{self, StartOptions};
@@ -24,9 +26,19 @@ use utoipa::OpenApi;
         stop_vm,
         kill_vm,
         super::streams::exec,
-        super::streams::console
+        super::streams::console,
+        super::build::build_image
     ),
-    components(schemas(VmView, PortView, ApiError, ExecOptions, ExecEnd))
+    components(schemas(
+        VmView,
+        PortView,
+        ApiError,
+        ExecOptions,
+        ExecEnd,
+        BuildOptions,
+        BuildEvent,
+        BuildFailure
+    ))
 )]
 pub struct ApiDoc;
 

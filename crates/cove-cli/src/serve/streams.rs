@@ -207,7 +207,7 @@ fn protocol_value(protocol: &str) -> &'static str {
 }
 
 fn switching(protocol: &str, content_type: &'static str) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::new()));
+    let mut reply = Response::new(Full::new(Bytes::new()).boxed());
     *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = reply.headers_mut();
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -237,7 +237,7 @@ async fn vm_state(paths: &cove_state::Paths, name: &str) -> Result<VmState, Repl
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, String> {
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, String> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
         .await
