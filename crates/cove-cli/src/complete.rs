@@ -130,3 +130,98 @@ pub fn vm_path() -> ArgValueCompleter {
         out
     })
 }
+
+/// The words on the command line before the one being completed
+/// (`cove start web --from <Tab>` → `cove start web --from`): the engine
+/// passes the whole line after `--`, and bash the current word's index.
+fn words_before() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == "--") else {
+        return Vec::new();
+    };
+    let mut words = args[at + 1..].to_vec();
+    match std::env::var("_CLAP_COMPLETE_INDEX")
+        .ok()
+        .and_then(|i| i.parse::<usize>().ok())
+    {
+        Some(index) => words.truncate(index),
+        None => {
+            words.pop();
+        }
+    }
+    words
+}
+
+/// Every snapshot as (VM, tag), read from the VMs' snapshot directories.
+fn snapshots() -> Vec<(String, String)> {
+    let Some((paths, store)) = store() else {
+        return Vec::new();
+    };
+    let vms = store.list_vms().unwrap_or_default();
+    vms.into_iter()
+        .flat_map(|vm| {
+            let name = vm.name.to_string();
+            cove_supervisor::snapshot::list(&paths, &name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |s| (name.clone(), s.tag))
+        })
+        .collect()
+}
+
+/// Completes `cove start NAME --from TAG`: the tags of the VM named on the
+/// line, then every `OWNER@TAG` (a clone restores from its origin's).
+pub fn snapshot_tag() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        let words = words_before();
+        let all = snapshots();
+        let own = all
+            .iter()
+            .filter(|(vm, _)| words.contains(vm))
+            .map(|(_, tag)| CompletionCandidate::new(tag));
+        let owned = all
+            .iter()
+            .map(|(vm, tag)| CompletionCandidate::new(format!("{vm}@{tag}")));
+        own.chain(owned).collect()
+    })
+}
+
+/// Completes `cove clone NAME@TAG`.
+pub fn snapshot_origin() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        snapshots()
+            .into_iter()
+            .map(|(vm, tag)| CompletionCandidate::new(format!("{vm}@{tag}")))
+            .collect()
+    })
+}
+
+/// Completes the words of `cove snapshot`: `ls`, `rm` or a VM first; a VM
+/// after `ls`/`rm`; the VM's tags after `rm NAME`.
+pub fn snapshot_words() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        let words = words_before();
+        let after: Vec<&str> = words
+            .iter()
+            .skip_while(|w| *w != "snapshot")
+            .skip(1)
+            .map(String::as_str)
+            .filter(|w| !w.starts_with('-'))
+            .collect();
+        let vms = || vm_names().into_iter().map(CompletionCandidate::new);
+        match after.as_slice() {
+            [] => ["ls", "rm"]
+                .into_iter()
+                .map(CompletionCandidate::new)
+                .chain(vms())
+                .collect(),
+            ["ls" | "rm"] => vms().collect(),
+            ["rm", vm] => snapshots()
+                .into_iter()
+                .filter(|(owner, _)| owner == vm)
+                .map(|(_, tag)| CompletionCandidate::new(tag))
+                .collect(),
+            _ => Vec::new(),
+        }
+    })
+}

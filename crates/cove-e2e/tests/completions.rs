@@ -193,3 +193,70 @@ fn man_writes_a_page_per_verb() {
         "the page documents options: {start}"
     );
 }
+
+fn sorted(mut words: Vec<String>) -> Vec<String> {
+    words.sort();
+    words
+}
+
+/// Snapshot tags come from the VMs' snapshots as they are: `start --from`,
+/// `snapshot rm NAME`, `clone NAME@TAG`.
+#[test]
+#[ignore = "boots VMs"]
+fn snapshot_names_complete_from_the_state_store() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "snap", "--image", "minimal"]);
+    cove.ok(&["create", "other", "--image", "minimal"]);
+    cove.ok(&["start", "snap"]);
+    cove.ok(&["snapshot", "snap", "base"]);
+    cove.ok(&["snapshot", "snap", "later", "--stop"]);
+    let fish = script(&cove, "fish");
+    let bash = script(&cove, "bash");
+    // Values only: clap offers the verb's flags beside them on an empty word.
+    let complete = |words: &[&str]| {
+        let all = bash_complete(&cove, &bash, words);
+        sorted(all.into_iter().filter(|w| !w.starts_with('-')).collect())
+    };
+
+    assert_eq!(
+        complete(&["cove", "start", "snap", "--from", ""]),
+        ["base", "later", "snap@base", "snap@later"]
+    );
+    assert_eq!(
+        complete(&["cove", "start", "snap", "--from", "l"]),
+        ["later"]
+    );
+    // Another VM has no tags of its own; a clone may restore from snap's.
+    assert_eq!(
+        complete(&["cove", "start", "other", "--from", ""]),
+        ["snap@base", "snap@later"]
+    );
+    assert_eq!(
+        complete(&["cove", "snapshot", "rm", "snap", ""]),
+        ["base", "later"]
+    );
+    assert!(complete(&["cove", "snapshot", "rm", "other", ""]).is_empty());
+    assert_eq!(complete(&["cove", "snapshot", "rm", "o"]), ["other"]);
+    assert_eq!(
+        complete(&["cove", "snapshot", ""]),
+        ["ls", "other", "rm", "snap"]
+    );
+    assert_eq!(
+        complete(&["cove", "clone", "s"]),
+        ["snap@base", "snap@later"]
+    );
+
+    // fish asks the same engine.
+    let program = format!(
+        "source '{}'; complete --do-complete 'cove snapshot rm snap '",
+        fish.display()
+    );
+    let out = shell(&cove, "fish", &["-c", &program]);
+    let tags = out.lines().filter(|l| !l.starts_with('-'));
+    assert_eq!(sorted(tags.map(str::to_owned).collect()), ["base", "later"]);
+
+    // A removed snapshot is no longer offered.
+    cove.ok(&["snapshot", "rm", "snap", "base"]);
+    assert_eq!(complete(&["cove", "snapshot", "rm", "snap", ""]), ["later"]);
+}

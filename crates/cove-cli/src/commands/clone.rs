@@ -10,6 +10,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The snapshot, `NAME@TAG`.
+    #[arg(add = crate::complete::snapshot_origin())]
     pub origin: String,
     /// Names of the new VMs.
     #[arg(required = true)]

@@ -18,7 +18,7 @@ pub const DEFAULT_TAG: &str = "base";
 )]
 pub struct Args {
     /// NAME [TAG], or `ls NAME`, or `rm NAME TAG`.
-    #[arg(required = true, num_args = 1..=3)]
+    #[arg(required = true, num_args = 1..=3, add = crate::complete::snapshot_words())]
     pub words: Vec<String>,
     /// End the VM after saving instead of resuming it.
     #[arg(long)]

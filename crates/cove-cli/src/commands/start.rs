@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(add = crate::complete::vm())]
     pub name: String,
     /// Restore this snapshot (`TAG`, or `OWNER@TAG` for a clone) instead of booting.
-    #[arg(long)]
+    #[arg(long, add = crate::complete::snapshot_tag())]
     pub from: Option<String>,
     #[command(flatten)]
     pub boot: BootArgs,
