@@ -12,6 +12,7 @@ mod machine;
 mod memory;
 mod qga;
 mod report;
+mod shares;
 mod stats;
 mod trace;
 
@@ -20,14 +21,14 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 6] = ["boot", "create", "memory", "exec", "cp", "trace"];
+const ALL: [&str; 7] = ["boot", "create", "memory", "exec", "cp", "trace", "shares"];
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
 )]
 struct Args {
-    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace (default: all).
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per slow measurement (boots, creates, new ssh connections); fast
@@ -105,7 +106,7 @@ fn main() -> Result<()> {
             eprintln!("{title}: failed: {e:#}");
             s.error = Some(format!("{e:#}"));
         }
-        cove.delete_all_except(&[guest::NAME]);
+        cove.delete_all_except(&[guest::NAME, shares::NAME]);
         println!("\n{}", s.markdown());
         sections.push(s);
     };
@@ -132,7 +133,32 @@ fn main() -> Result<()> {
         memory::run(&cove, 20, s)
     });
 
-    if want("exec") || want("cp") || want("trace") {
+    if want("trace") || want("shares") {
+        eprintln!("== booting the minimal VM with a shared folder for trace and shares");
+        let booted = cove
+            .build_image("minimal", &[], None)
+            .and_then(|()| shares::boot(&cove))
+            .map_err(|e| format!("setting up the minimal VM: {e:#}"));
+        bench(
+            "trace",
+            "7. `cove trace` overhead on a small command",
+            &mut |s| match &booted {
+                Ok(()) => trace::run(&cove, runs * 2, s),
+                Err(e) => bail!("{e}"),
+            },
+        );
+        bench(
+            "shares",
+            "8. Shared folder (virtiofs) vs `cove cp`",
+            &mut |s| match &booted {
+                Ok(()) => shares::run(&cove, (runs / 2).max(3), s),
+                Err(e) => bail!("{e}"),
+            },
+        );
+        let _ = cove.delete(shares::NAME);
+    }
+
+    if want("exec") || want("cp") {
         eprintln!("== booting the Debian guest for exec and cp");
         let g = guest::Guest::boot(&cove);
         let g_err = g
@@ -151,14 +177,6 @@ fn main() -> Result<()> {
             Ok(g) => copy::run(&cove, g, (runs / 2).max(3), s),
             Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
         });
-        bench(
-            "trace",
-            "6. `cove trace` overhead on a small command",
-            &mut |s| match &g {
-                Ok(_) => trace::run(&cove, runs * 2, s),
-                Err(_) => bail!("{}", g_err.clone().unwrap_or_default()),
-            },
-        );
         let _ = cove.delete(guest::NAME);
     }
 

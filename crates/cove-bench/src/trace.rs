@@ -1,20 +1,25 @@
-//! Benchmark 6: what `cove trace` costs on a small command, against the same command run plainly
-//! with `cove exec`, both in the Debian guest.
+//! Benchmark 7: what `cove trace` costs on a small command, against the same command run plainly
+//! with `cove exec`, both in the minimal VM of §8 (busybox; no Debian image needed).
 
 use crate::cove::Cove;
-use crate::guest::NAME;
 use crate::report::Section;
+use crate::shares::NAME;
 use crate::stats::{Samples, ms, ratio};
 use anyhow::Result;
 
-/// A small command that opens files, reads a directory and starts a child process.
-const SCRIPT: &str = "ls / >/dev/null; cat /etc/os-release >/dev/null; getent passwd root";
+/// A small command that opens files, reads a directory, fails to open one
+/// and starts child processes.
+const SCRIPT: &str = "ls / >/dev/null; cat /etc/passwd >/dev/null; cat /no/such 2>/dev/null; true";
 
 pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     s.method = vec![
-        "The Debian guest of §4. **plain**: wall time of `cove exec deb -- sh -c SCRIPT`; **traced**: `cove trace deb -- sh -c SCRIPT` (the agent's ptrace tracer stops every system call of the shell and its children at entry and exit, reads path arguments, and streams each failed call to the CLI).".into(),
+        format!(
+            "The minimal VM of §8 (busybox, TCG). **plain**: wall time of `cove exec {NAME} -- sh -c SCRIPT`; **traced**: `cove trace {NAME} -- sh -c SCRIPT` (the agent's ptrace tracer stops every system call of the shell and its children at entry and exit, reads path arguments, and streams each failed call to the CLI)."
+        ),
         format!("SCRIPT: `{SCRIPT}`."),
-        format!("One untimed warm-up of each, then {runs} runs of each, alternating which goes first."),
+        format!(
+            "One untimed warm-up of each, then {runs} runs of each, alternating which goes first."
+        ),
     ];
     let sh = ["sh", "-c", SCRIPT];
     let plain: Vec<&str> = ["exec", NAME, "--"].iter().chain(&sh).copied().collect();
