@@ -101,13 +101,7 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
                 .arg(&raw),
             "mkfs.ext4",
         )?;
-        run(
-            Command::new("qemu-img")
-                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                .arg(&raw)
-                .arg(&qcow),
-            "qemu-img",
-        )?;
+        disk_backend()?.import_data_disk(&raw, &qcow)?;
         // Private, and on disk under its real name before any VM uses it.
         files::make_private(&qcow)?;
         files::durable_rename(&qcow, &target)?;
@@ -132,13 +126,15 @@ pub fn resize(paths: &Paths, name: &str, size_bytes: u64) -> Result<(), Lifecycl
             "no data disk named `{name}`; `cove volume ls` shows them"
         )));
     }
-    run(
-        Command::new("qemu-img")
-            .args(["resize", "-q", "-f", "qcow2"])
-            .arg(&target)
-            .arg(size_bytes.to_string()),
-        "qemu-img",
-    )
+    Ok(disk_backend()?.grow_disk(&target, size_bytes)?)
+}
+
+/// Data disks outlive VMs and any VM may attach one, so they are kept in
+/// one format: the default backend's (QEMU's qcow2).
+fn disk_backend() -> Result<Box<dyn cove_backend::Backend>, LifecycleError> {
+    Ok(crate::backends::for_kind(
+        cove_backend::BackendKind::default(),
+    )?)
 }
 
 pub fn remove(paths: &Paths, name: &str) -> Result<(), LifecycleError> {
@@ -169,15 +165,12 @@ pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
 }
 
 fn run(cmd: &mut Command, _tool: &'static str) -> Result<(), LifecycleError> {
-    cove_util::tool::run(
-        cmd,
-        "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
-    )
-    .map(drop)
-    .map_err(|tool| LifecycleError::Tool {
-        tool,
-        fix: "check free space in the data directory (`cove doctor`)",
-    })
+    cove_util::tool::run(cmd, "install e2fsprogs (`scripts/install-deps`)")
+        .map(drop)
+        .map_err(|tool| LifecycleError::Tool {
+            tool,
+            fix: "check free space in the data directory (`cove doctor`)",
+        })
 }
 
 #[cfg(test)]

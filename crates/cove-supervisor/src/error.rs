@@ -37,6 +37,8 @@ pub enum LifecycleError {
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
+    Backend(#[from] cove_backend::BackendError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

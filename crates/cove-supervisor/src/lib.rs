@@ -1,6 +1,7 @@
 //! A VM's life: the CLI-side operations ([`lifecycle`]) and the per-VM
 //! supervisor process they start ([`supervisor`]).
 
+pub mod backends;
 pub mod boot_image;
 pub mod console_log;
 pub mod data_disk;

@@ -54,7 +54,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     }
     let staging = tempfile_dir(&paths.vm_staging(), opts.name.as_str())?;
     let overlay = staging.join("root.qcow2");
-    if let Err(e) = create_overlay(&image.rootfs, &overlay) {
+    if let Err(e) = create_overlay(cove_backend::BackendKind::Qemu, &image.rootfs, &overlay) {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
@@ -130,22 +130,14 @@ pub(crate) fn tempfile_dir(
     Ok(dir)
 }
 
-/// A qcow2 overlay costs the same whatever the size of its backing image:
-/// only a header and empty tables are written.
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
-    let base = std::fs::canonicalize(base)?;
-    cove_util::tool::run(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(overlay),
-        "apt-get install qemu-utils",
-    )
-    .map(drop)
-    .map_err(|tool| LifecycleError::Tool {
-        tool,
-        fix: "check that the image file exists and is readable (`cove image list`)",
-    })?;
+/// The VM's own root disk over the image's root filesystem, made by the
+/// backend that will run it.
+fn create_overlay(
+    backend: cove_backend::BackendKind,
+    base: &Path,
+    overlay: &Path,
+) -> Result<(), LifecycleError> {
+    crate::backends::for_kind(backend)?.create_root_disk(base, overlay)?;
     // The overlay holds everything the guest writes: its owner's alone, and
     // on disk before the VM that uses it is recorded.
     files::make_private(overlay)?;
@@ -166,7 +158,7 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     if !supervisor_alive
         && record
             .vmm_pid
-            .is_some_and(|pid| vmm_is_ours(paths, name, pid))
+            .is_some_and(|pid| vmm_is_ours(paths, &record, pid))
     {
         return adopt(store, paths, name);
     }
@@ -205,14 +197,15 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     Ok(record)
 }
 
-/// True when `pid` is the QEMU of this VM (its command line names the VM's
-/// QMP socket), not a process that reused the pid.
-pub(crate) fn vmm_is_ours(paths: &Paths, name: &str, pid: u32) -> bool {
-    liveness::process_matches(pid, &paths.vm(name).qmp_socket().to_string_lossy())
+/// True when `pid` is the VMM of this VM (its backend tells), not a process
+/// that reused the pid.
+pub(crate) fn vmm_is_ours(paths: &Paths, record: &VmRecord, pid: u32) -> bool {
+    let transports = paths.vm(record.name.as_str()).transports();
+    crate::backends::for_kind(record.backend).is_ok_and(|b| b.is_ours(pid, &transports))
 }
 
 /// The supervisor died but its VM runs on: start a supervisor that takes
-/// it over (console, QMP, agent link), and wait until it answers.
+/// it over (console, VMM control, agent link), and wait until it answers.
 fn adopt(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
     let vm = paths.vm(name);
     if let Some(lock) = liveness::try_lock(&vm.supervisor_lock())? {

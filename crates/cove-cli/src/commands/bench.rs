@@ -1,7 +1,7 @@
 //! `cove bench boot IMAGE|VM`: one boot timed by phase, several times, p50 per phase.
 //!
 //! Every timestamp is taken on the host: the VMM's start from the supervisor's
-//! `qemu.cmdline` (written just before QEMU is spawned), the console phases from when each
+//! `vmm.cmdline` (written just before QEMU is spawned), the console phases from when each
 //! line reached `console.log` (polled every 2 ms), the agent's answer from `cove start`
 //! returning (it returns when the agent has answered). Guest clocks are not trusted: under
 //! TCG they drift, and `printk` times start at the kernel's own zero.
@@ -176,7 +176,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
     done.store(true, Ordering::Relaxed);
     let lines = watcher.join().unwrap_or_default();
     started?;
-    let vmm_ms = std::fs::metadata(vm.qemu_cmdline())
+    let vmm_ms = std::fs::metadata(vm.vmm_cmdline())
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(wall0).ok())
