@@ -80,12 +80,13 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
     files::private_dir_all(&paths.data_disks())?;
     // Build beside the target and rename, so a killed command never
     // leaves a half-made disk under the real name.
-    let raw = paths
-        .data_disks()
-        .join(format!(".{name}.raw.{}", std::process::id()));
-    let qcow = paths
-        .data_disks()
-        .join(format!(".{name}.qcow2.{}", std::process::id()));
+    // Unique per call, not just per process: two threads (or a retry) must
+    // never build in each other's files.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}.{call}", std::process::id());
+    let raw = paths.data_disks().join(format!(".{name}.raw.{tag}"));
+    let qcow = paths.data_disks().join(format!(".{name}.qcow2.{tag}"));
     let result = (|| {
         std::fs::File::create(&raw)?.set_len(size_bytes)?;
         run(
@@ -103,13 +104,15 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
         )?;
         disk_backend()?.import_data_disk(&raw, &qcow)?;
         // Private, and on disk under its real name before any VM uses it.
+        // Never over an existing disk: a concurrent `create` of the same
+        // name may have made it (and a VM may already be writing to it), so
+        // the loser keeps theirs and reports it existed.
         files::make_private(&qcow)?;
-        files::durable_rename(&qcow, &target)?;
-        Ok(())
+        Ok(files::durable_rename_new(&qcow, &target)?)
     })();
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&qcow);
-    result.map(|()| true)
+    result
 }
 
 /// ext4 labels are at most 16 bytes.

@@ -7,6 +7,8 @@ pub mod console_log;
 pub mod data_disk;
 mod error;
 pub mod lifecycle;
+#[cfg(test)]
+mod lifecycle_races;
 pub mod liveness;
 pub mod snapshot;
 pub mod supervisor;

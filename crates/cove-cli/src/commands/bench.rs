@@ -83,7 +83,7 @@ fn boot(ctx: &Ctx, a: BootArgs) -> Result<ExitCode> {
         let name = format!("bench-{}-{i}", std::process::id());
         let r = one_boot(ctx, &a, &image, &name);
         let _ = lifecycle::kill(&ctx.paths, &name);
-        let _ = lifecycle::delete(&ctx.paths, &name, true);
+        let _ = lifecycle::delete(&ctx.paths, &name, true, false);
         let r = r.with_context(|| format!("boot {} of {}", i + 1, a.runs))?;
         if !ctx.json {
             eprintln!("run {}: agent answered after {:.0} ms", i + 1, r.agent_ms);
@@ -148,6 +148,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
             cpus: a.cpus,
             memory_mib: a.memory,
             machine: cove_backend::Machine::Microvm,
+            backend: cove_backend::BackendKind::Qemu,
             ports: Vec::new(),
             disks: Vec::new(),
             mounts: Vec::new(),

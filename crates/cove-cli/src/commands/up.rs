@@ -151,7 +151,7 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
             );
         }
         lifecycle::stop(paths, name, stop_timeout)?;
-        lifecycle::delete(paths, name, false)?;
+        lifecycle::delete(paths, name, false, false)?;
         lifecycle::create(paths, &create_options(image, want))?;
         lifecycle::start(paths, name, &start)?;
         return Ok(format!("recreated ({why}) and started"));
@@ -207,6 +207,7 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         cpus: want.cpus,
         memory_mib: want.memory_mib,
         machine: want.machine,
+        backend: cove_backend::BackendKind::Qemu,
         ports: want.ports.clone(),
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),

@@ -161,7 +161,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel, spec) = if opts.adopt {
+    let (mut process, pid, accel, spec, gate) = if opts.adopt {
         if !backend.capabilities().adopt {
             return Err(SuperviseError::Boot(format!(
                 "the {} backend cannot take over a running VMM; `cove kill {}` ends it",
@@ -173,7 +173,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             .filter(|p| backend.is_ours(*p, &vm.transports()))
             .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
         let accel = record.accel;
-        (VmmProcess::Adopted { pid }, pid, accel, None)
+        (VmmProcess::Adopted { pid }, pid, accel, None, None)
     } else {
         let start = match &restore_dir {
             Some(dir) => vmm::Start::Restore { snapshot: dir },
@@ -185,6 +185,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             launch.pid,
             Some(launch.accel),
             Some(launch.spec),
+            Some(launch.gate),
         )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -206,6 +207,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             r.started_at = Some(now());
         }
     })?;
+    // The pid is on record: only now may the VMM run (see `process::gate`).
+    if let Some(gate) = gate {
+        gate.open()?;
+    }
     let connected = match vmm::connect(&*backend, &vm, pid, spec.as_ref()).await {
         Ok(c) => c,
         Err(e) => {

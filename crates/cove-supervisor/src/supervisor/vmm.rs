@@ -21,6 +21,9 @@ pub struct Launch {
     pub accel: cove_backend::Accel,
     /// What the VMM was launched with, for [`connect`].
     pub spec: VmSpec,
+    /// The VMM runs only once this opens: the caller records its pid first,
+    /// so a supervisor dying in between never leaves a VMM nobody knows of.
+    pub gate: cove_backend::process::Gate,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -89,7 +92,7 @@ pub async fn launch(
     };
     let launch = backend.launch(&spec, &host)?;
     std::fs::write(vm.vmm_cmdline(), &launch.description)?;
-    let mut cmd = launch.command;
+    let (mut cmd, gate) = cove_backend::process::gate(&launch.command)?;
     let vmm_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -124,6 +127,7 @@ pub async fn launch(
         pid,
         accel: host.accel.accel,
         spec,
+        gate,
     })
 }
 
