@@ -38,11 +38,12 @@ pub enum BackendError {
     /// a character the VMM's option syntax cannot carry).
     #[error("invalid VM spec: {0}")]
     InvalidSpec(String),
-    /// A disk tool (e.g. the backend's image tool) could not run or failed.
-    #[error("{tool} failed: {detail}; {fix}")]
+    /// A disk tool (e.g. the backend's image tool) could not run or failed;
+    /// the source names the command, its status and its output.
+    #[error("a disk tool failed ({fix})")]
     Tool {
-        tool: &'static str,
-        detail: String,
+        #[source]
+        source: Source,
         fix: &'static str,
     },
     /// The VMM's control channel refused or broke during `what`.

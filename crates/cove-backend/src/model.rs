@@ -154,6 +154,28 @@ pub enum Memory {
     PrivateFile(PathBuf),
 }
 
+/// Where a VMM's channels live: unix sockets the VMM listens on (or, for
+/// Firecracker's hybrid vsock, a socket it listens on and multiplexes).
+/// Each backend decides what goes over them; the supervisor only asks the
+/// backend to connect ([`crate::Backend::connect`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transports {
+    /// The VMM's own control socket (QEMU: QMP; Firecracker: its HTTP API).
+    pub vmm: PathBuf,
+    /// The guest's serial console.
+    pub console: PathBuf,
+    /// The guest agent's channel (QEMU: a virtio-serial port; Firecracker:
+    /// the host end of its vsock device).
+    pub agent: PathBuf,
+}
+
+impl Transports {
+    /// Every socket path, for length checks and clean-up before a launch.
+    pub fn sockets(&self) -> [&PathBuf; 3] {
+        [&self.vmm, &self.console, &self.agent]
+    }
+}
+
 /// A host folder shared into the guest through a vhost-user-fs daemon (virtiofsd) that already
 /// listens on `socket`; the guest mounts it by `tag`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,17 +207,13 @@ pub struct VmSpec {
     pub ports: Vec<PortForward>,
     pub machine: Machine,
     pub accel: Accel,
-    /// The VMM's control socket (QMP for QEMU); the VMM listens on it.
-    pub qmp_socket: PathBuf,
-    /// The guest's serial console; the VMM listens on it.
-    pub console_socket: PathBuf,
-    /// The guest agent's virtio-serial port; the VMM listens on it.
-    pub agent_socket: PathBuf,
+    /// The sockets the VMM listens on.
+    pub transports: Transports,
     /// Where guest RAM lives.
     #[serde(default)]
     pub memory: Memory,
     /// Start waiting for a saved device state instead of booting (the memory file is then the
-    /// snapshot's, [`Memory::PrivateFile`]).
+    /// snapshot's, [`Memory::PrivateFile`]); [`crate::VmmControl::restore_state`] loads it.
     #[serde(default)]
     pub incoming: bool,
     /// Host folders (virtio-fs); guest memory becomes shareable when there is one.

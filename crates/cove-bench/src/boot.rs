@@ -19,7 +19,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     s.method = vec![
         format!("Image `{IMAGE}` (`cove image build minimal --size 64M`: Debian's cloud kernel booted as the uncompressed `vmlinux`, cove's initramfs, a busybox root with cove-agent), 256 MiB, 1 vCPU, microvm."),
         "**cove**: wall time of `cove start NAME` on a freshly created VM, i.e. CLI start, supervisor spawn, QEMU start, boot, and the guest agent's handshake answered.".into(),
-        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `qemu.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
+        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `vmm.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
         format!("One untimed warm-up of each, then {runs} runs of each, alternating which goes first. Each run starts from a new VM / new overlay; VMs are deleted between runs."),
     ];
     // Learn cove's argv and its root disk's backing file from a real VM.
@@ -93,7 +93,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     }
     for (what, x) in [
         (
-            "inside `cove start`: QEMU spawned (`qemu.cmdline` written)",
+            "inside `cove start`: QEMU spawned (`vmm.cmdline` written)",
             &cs,
         ),
         (
@@ -146,13 +146,13 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cove start NAME`, returning its wall time, when `qemu.cmdline`
+/// Runs `cove start NAME`, returning its wall time, when `vmm.cmdline`
 /// appeared (QEMU spawned) and when the ready line appeared in the VM's
 /// console.log (both polled every 2 ms), which splits cove's overhead into
 /// before QEMU, during the boot, and after it (the agent handshake).
 fn cove_start(cove: &Cove, name: &str) -> Result<Started> {
     let log = cove.vm_dir(name).join("console.log");
-    let cmdline = cove.vm_dir(name).join("qemu.cmdline");
+    let cmdline = cove.vm_dir(name).join("vmm.cmdline");
     let mut cmd = cove.command(&["start", name]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
@@ -195,7 +195,7 @@ fn cove_start(cove: &Cove, name: &str) -> Result<Started> {
 
 struct Started {
     total: Duration,
-    /// When the supervisor had written `qemu.cmdline`, i.e. spawned QEMU.
+    /// When the supervisor had written `vmm.cmdline`, i.e. spawned QEMU.
     spawned: Option<Duration>,
     ready: Option<Duration>,
 }

@@ -42,7 +42,7 @@ impl Check {
     }
 }
 
-/// The KVM probe's verdict, as the caller got it from `cove_qemu::accel::probe`.
+/// The KVM probe's verdict, as the caller got it from `cove_backend::host::accel::probe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KvmFact {
     /// A vCPU ran real code at hardware speed.
@@ -62,6 +62,8 @@ pub struct HostFacts {
     pub cache_dir: PathBuf,
     /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::SANDBOX`).
     pub qemu_sandbox: String,
+    /// Each VMM backend and why it cannot boot VMs here (`None`: it can).
+    pub backends: Vec<(String, Option<String>)>,
 }
 
 /// All checks.
@@ -112,6 +114,18 @@ impl fmt::Display for DoctorReport {
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
     let mut checks = vec![qemu(), kvm(facts.kvm.as_ref())];
     checks.extend(protections(&facts.qemu_sandbox));
+    for (name, cannot_boot) in &facts.backends {
+        let check = format!("backend {name}");
+        checks.push(match cannot_boot {
+            None => Check::new(&check, Level::Ok, "can boot VMs here", None),
+            Some(why) => Check::new(
+                &check,
+                Level::Warn,
+                format!("cannot boot VMs here: {why}"),
+                Some("use another backend (`cove create --backend qemu`, the default)"),
+            ),
+        });
+    }
     checks.push(device(
         "vhost-vsock",
         Path::new("/dev/vhost-vsock"),
@@ -481,6 +495,7 @@ mod tests {
             state_dir: dir.path().join("state"),
             cache_dir: dir.path().join("cache"),
             qemu_sandbox: "on".into(),
+            backends: vec![],
         });
         assert!(report.checks.len() >= 12);
         let json = serde_json::to_value(&report).unwrap();

@@ -153,7 +153,7 @@ impl Cove {
             return;
         };
         for entry in entries.flatten() {
-            for file in ["console.log", "supervisor.log", "qemu.log"] {
+            for file in ["console.log", "supervisor.log", "vmm.log"] {
                 let text = std::fs::read_to_string(entry.path().join(file)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!(

@@ -41,8 +41,8 @@ fn a_vms_files_are_private_and_qemu_is_sandboxed() {
         vm.join("root.qcow2"),
         vm.join("console.log"),
         vm.join("supervisor.log"),
-        vm.join("qemu.log"),
-        vm.join("qemu.cmdline"),
+        vm.join("vmm.log"),
+        vm.join("vmm.cmdline"),
     ] {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }

@@ -9,7 +9,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cove_backend::{Accel, Backend, BackendError, Capabilities, Machine, Memory, VmSpec};
+use cove_backend::{Accel, BackendError, Machine, Memory, VmSpec};
 
 /// The virtio-serial port name the guest agent looks for in
 /// `/sys/class/virtio-ports/*/name`.
@@ -60,27 +60,10 @@ impl Qemu {
     }
 }
 
-impl Backend for Qemu {
-    fn name(&self) -> &'static str {
-        "qemu"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            graceful_shutdown: true,
-            // QMP `migrate` of device state to a file, RAM in a memory file
-            // (`crate::save`).
-            snapshots: true,
-            // QEMU can, but the devices are not in the argv yet and these hosts
-            // have no /dev/vhost-vsock; the agent uses virtio-serial.
-            vsock: false,
-            pvh_boot: true,
-            hotplug: false,
-            start_paused: true,
-        }
-    }
-
-    fn command(&self, spec: &VmSpec) -> Result<Command, BackendError> {
+impl Qemu {
+    /// The command that launches QEMU for `spec`, with its vCPUs paused.
+    /// The caller adds stdio and process hygiene and spawns it.
+    pub fn command(&self, spec: &VmSpec) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(spec)?);
         Ok(cmd)
@@ -281,7 +264,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     a.push("-chardev".into());
     a.push(opt_path(
         "socket,id=console,server=on,wait=off,path=",
-        &spec.console_socket,
+        &spec.transports.console,
     ));
     a.push("-serial".into());
     a.push("chardev:console".into());
@@ -290,7 +273,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     a.push("-chardev".into());
     a.push(opt_path(
         "socket,id=qmp,server=on,wait=off,path=",
-        &spec.qmp_socket,
+        &spec.transports.vmm,
     ));
     a.push("-mon".into());
     a.push("chardev=qmp,mode=control".into());
@@ -299,7 +282,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     a.push("-chardev".into());
     a.push(opt_path(
         "socket,id=agent,server=on,wait=off,path=",
-        &spec.agent_socket,
+        &spec.transports.agent,
     ));
     a.push("-device".into());
     a.push(format!("virtio-serial-{bus},id=vser0").into());
@@ -357,6 +340,7 @@ pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cove_backend::Transports;
     use cove_backend::{DataDisk, PortForward};
     use std::ffi::OsStr;
 
@@ -374,9 +358,11 @@ mod tests {
             ports: vec![],
             machine,
             accel,
-            qmp_socket: "/run/cove/web/qmp.sock".into(),
-            console_socket: "/run/cove/web/console.sock".into(),
-            agent_socket: "/run/cove/web/agent.sock".into(),
+            transports: Transports {
+                vmm: "/run/cove/web/qmp.sock".into(),
+                console: "/run/cove/web/console.sock".into(),
+                agent: "/run/cove/web/agent.sock".into(),
+            },
             memory: Memory::Anonymous,
             incoming: false,
             shares: vec![],

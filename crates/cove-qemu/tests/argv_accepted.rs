@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cove_backend::{Accel, Backend, DataDisk, Machine, PortForward, VmSpec};
+use cove_backend::{Accel, DataDisk, Machine, PortForward, VmSpec};
 use cove_backend::{process, sockets};
 use cove_qemu::{Qemu, QmpClient, RunState};
 
@@ -66,9 +66,11 @@ async fn starts_paused(machine: Machine) {
         }],
         machine,
         accel: Accel::Tcg,
-        qmp_socket: d.join("qmp.sock"),
-        console_socket: d.join("console.sock"),
-        agent_socket: d.join("agent.sock"),
+        transports: cove_backend::Transports {
+            vmm: d.join("qmp.sock"),
+            console: d.join("console.sock"),
+            agent: d.join("agent.sock"),
+        },
         memory: Default::default(),
         incoming: false,
         shares: vec![],
@@ -90,18 +92,18 @@ async fn starts_paused(machine: Machine) {
         let stderr = std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
         panic!("QEMU refused the {machine} argv: {e}\n{stderr}")
     };
-    let stream = sockets::connect_when_ready(&spec.qmp_socket, TIMEOUT, alive)
+    let stream = sockets::connect_when_ready(&spec.transports.vmm, TIMEOUT, alive)
         .await
         .unwrap_or_else(|e| refused(&e));
     // QEMU opens its sockets before it creates the devices, so a refused
     // option shows as the connection dropping here.
-    let qmp = QmpClient::from_stream(stream, &spec.qmp_socket)
+    let qmp = QmpClient::from_stream(stream, &spec.transports.vmm)
         .await
         .unwrap_or_else(|e| refused(&e));
     let status = qmp.query_status().await.unwrap_or_else(|e| refused(&e));
     assert_eq!(status, RunState::Prelaunch);
     // The other two sockets listen too.
-    for sock in [&spec.console_socket, &spec.agent_socket] {
+    for sock in [&spec.transports.console, &spec.transports.agent] {
         tokio::net::UnixStream::connect(sock).await.unwrap();
     }
     qmp.quit().await.unwrap();

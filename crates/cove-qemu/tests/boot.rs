@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cove_backend::host::{accel, tsc};
-use cove_backend::{Backend, DataDisk, Machine, PortForward, VmSpec};
+use cove_backend::{DataDisk, Machine, PortForward, VmSpec};
 use cove_backend::{process, sockets};
 use cove_qemu::{Qemu, QmpClient, RunState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -93,9 +93,11 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         }],
         machine,
         accel: accel::probe(&paths.cache).accel,
-        qmp_socket: d.join("qmp.sock"),
-        console_socket: d.join("console.sock"),
-        agent_socket: d.join("agent.sock"),
+        transports: cove_backend::Transports {
+            vmm: d.join("qmp.sock"),
+            console: d.join("console.sock"),
+            agent: d.join("agent.sock"),
+        },
         memory: Default::default(),
         incoming: false,
         shares: vec![],
@@ -117,16 +119,16 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
     };
     let stderr = || std::fs::read_to_string(d.join("qemu.stderr")).unwrap_or_default();
 
-    let qmp_stream = sockets::connect_when_ready(&spec.qmp_socket, SOCKET_TIMEOUT, alive)
+    let qmp_stream = sockets::connect_when_ready(&spec.transports.vmm, SOCKET_TIMEOUT, alive)
         .await
         .unwrap_or_else(|e| panic!("QMP socket: {e}\n{}", stderr()));
-    let qmp = QmpClient::from_stream(qmp_stream, &spec.qmp_socket)
+    let qmp = QmpClient::from_stream(qmp_stream, &spec.transports.vmm)
         .await
         .unwrap();
-    let console = sockets::connect_when_ready(&spec.console_socket, SOCKET_TIMEOUT, alive)
+    let console = sockets::connect_when_ready(&spec.transports.console, SOCKET_TIMEOUT, alive)
         .await
         .unwrap();
-    let mut agent = sockets::connect_when_ready(&spec.agent_socket, SOCKET_TIMEOUT, alive)
+    let mut agent = sockets::connect_when_ready(&spec.transports.agent, SOCKET_TIMEOUT, alive)
         .await
         .unwrap();
     assert_eq!(qmp.query_status().await.unwrap(), RunState::Prelaunch);

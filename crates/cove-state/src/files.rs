@@ -57,9 +57,48 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Like [`durable_rename`], but never replaces an existing `to`: returns
+/// `Ok(false)` and leaves both files as they were when `to` exists (another
+/// command made it first, and it may hold data). A hard link is the atomic
+/// "create only if absent" for a whole file; `from` is removed once linked.
+pub fn durable_rename_new(from: &Path, to: &Path) -> io::Result<bool> {
+    File::open(from)?.sync_all()?;
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_file(from)?;
+    match to.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+        _ => sync_dir(Path::new("."))?,
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_name_is_published_and_an_existing_one_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, target) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("t"),
+        );
+        std::fs::write(&a, b"first").unwrap();
+        std::fs::write(&b, b"second").unwrap();
+        assert!(durable_rename_new(&a, &target).unwrap());
+        assert!(!a.exists());
+        assert!(!durable_rename_new(&b, &target).unwrap());
+        assert_eq!(std::fs::read(&target).unwrap(), b"first");
+        assert!(
+            b.exists(),
+            "the loser's file is left for its maker to remove"
+        );
+    }
 
     #[test]
     fn private_dirs_are_0700_even_when_they_existed() {

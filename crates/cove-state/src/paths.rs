@@ -197,9 +197,9 @@ impl VmPaths {
     pub fn previous_console_log(&self) -> PathBuf {
         self.dir.join("console.log.1")
     }
-    /// What QEMU itself printed (its errors, e.g. a port already in use).
+    /// What the VMM itself printed (its errors, e.g. a port already in use).
     pub fn vmm_log(&self) -> PathBuf {
-        self.dir.join("qemu.log")
+        self.dir.join("vmm.log")
     }
     /// Held (flock) by the VM's supervisor for its whole life: the one
     /// liveness test that survives pid reuse and needs no socket.
@@ -210,9 +210,9 @@ impl VmPaths {
     pub fn checks_file(&self) -> PathBuf {
         self.dir.join("checks.json")
     }
-    /// The QEMU command line the supervisor ran, for `why` and for humans.
-    pub fn qemu_cmdline(&self) -> PathBuf {
-        self.dir.join("qemu.cmdline")
+    /// The VMM command line the supervisor ran, for `why` and for humans.
+    pub fn vmm_cmdline(&self) -> PathBuf {
+        self.dir.join("vmm.cmdline")
     }
     /// Guest RAM of a cold-booted VM, shared with QEMU so a snapshot can copy it (runtime dir:
     /// tmpfs where `XDG_RUNTIME_DIR` is, as it should be).
@@ -229,14 +229,14 @@ impl VmPaths {
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("control.sock")
     }
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.run.join("qmp.sock")
-    }
-    pub fn console_socket(&self) -> PathBuf {
-        self.run.join("console.sock")
-    }
-    pub fn agent_socket(&self) -> PathBuf {
-        self.run.join("agent.sock")
+    /// The sockets the VMM listens on; what goes over them is the backend's
+    /// business.
+    pub fn transports(&self) -> cove_backend::Transports {
+        cove_backend::Transports {
+            vmm: self.run.join("vmm.sock"),
+            console: self.run.join("console.sock"),
+            agent: self.run.join("agent.sock"),
+        }
     }
     /// virtiofsd's vhost-user socket for shared folder `index`.
     pub fn share_socket(&self, index: usize) -> PathBuf {
@@ -249,12 +249,9 @@ impl VmPaths {
 
     /// Checks that every socket path of this VM fits in `sun_path`.
     pub fn check_socket_paths(&self) -> Result<(), PathError> {
-        for path in [
-            self.control_socket(),
-            self.qmp_socket(),
-            self.console_socket(),
-            self.agent_socket(),
-        ] {
+        let transports = self.transports();
+        let sockets = transports.sockets().map(|p| p.clone());
+        for path in std::iter::once(self.control_socket()).chain(sockets) {
             let len = path.as_os_str().len();
             if len > MAX_SOCKET_PATH {
                 return Err(PathError::SocketPathTooLong { path, len });

@@ -80,12 +80,13 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
     files::private_dir_all(&paths.data_disks())?;
     // Build beside the target and rename, so a killed command never
     // leaves a half-made disk under the real name.
-    let raw = paths
-        .data_disks()
-        .join(format!(".{name}.raw.{}", std::process::id()));
-    let qcow = paths
-        .data_disks()
-        .join(format!(".{name}.qcow2.{}", std::process::id()));
+    // Unique per call, not just per process: two threads (or a retry) must
+    // never build in each other's files.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}.{call}", std::process::id());
+    let raw = paths.data_disks().join(format!(".{name}.raw.{tag}"));
+    let qcow = paths.data_disks().join(format!(".{name}.qcow2.{tag}"));
     let result = (|| {
         std::fs::File::create(&raw)?.set_len(size_bytes)?;
         run(
@@ -101,21 +102,17 @@ pub fn ensure(paths: &Paths, name: &str, size_bytes: u64) -> Result<bool, Lifecy
                 .arg(&raw),
             "mkfs.ext4",
         )?;
-        run(
-            Command::new("qemu-img")
-                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                .arg(&raw)
-                .arg(&qcow),
-            "qemu-img",
-        )?;
+        disk_backend()?.import_data_disk(&raw, &qcow)?;
         // Private, and on disk under its real name before any VM uses it.
+        // Never over an existing disk: a concurrent `create` of the same
+        // name may have made it (and a VM may already be writing to it), so
+        // the loser keeps theirs and reports it existed.
         files::make_private(&qcow)?;
-        files::durable_rename(&qcow, &target)?;
-        Ok(())
+        Ok(files::durable_rename_new(&qcow, &target)?)
     })();
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&qcow);
-    result.map(|()| true)
+    result
 }
 
 /// ext4 labels are at most 16 bytes.
@@ -132,13 +129,15 @@ pub fn resize(paths: &Paths, name: &str, size_bytes: u64) -> Result<(), Lifecycl
             "no data disk named `{name}`; `cove volume ls` shows them"
         )));
     }
-    run(
-        Command::new("qemu-img")
-            .args(["resize", "-q", "-f", "qcow2"])
-            .arg(&target)
-            .arg(size_bytes.to_string()),
-        "qemu-img",
-    )
+    Ok(disk_backend()?.grow_disk(&target, size_bytes)?)
+}
+
+/// Data disks outlive VMs and any VM may attach one, so they are kept in
+/// one format: the default backend's (QEMU's qcow2).
+fn disk_backend() -> Result<Box<dyn cove_backend::Backend>, LifecycleError> {
+    Ok(crate::backends::for_kind(
+        cove_backend::BackendKind::default(),
+    )?)
 }
 
 pub fn remove(paths: &Paths, name: &str) -> Result<(), LifecycleError> {
@@ -169,15 +168,12 @@ pub fn list(paths: &Paths) -> Result<Vec<(String, PathBuf)>, LifecycleError> {
 }
 
 fn run(cmd: &mut Command, _tool: &'static str) -> Result<(), LifecycleError> {
-    cove_util::tool::run(
-        cmd,
-        "install e2fsprogs and qemu-utils (`scripts/install-deps`)",
-    )
-    .map(drop)
-    .map_err(|tool| LifecycleError::Tool {
-        tool,
-        fix: "check free space in the data directory (`cove doctor`)",
-    })
+    cove_util::tool::run(cmd, "install e2fsprogs (`scripts/install-deps`)")
+        .map(drop)
+        .map_err(|tool| LifecycleError::Tool {
+            tool,
+            fix: "check free space in the data directory (`cove doctor`)",
+        })
 }
 
 #[cfg(test)]

@@ -37,6 +37,18 @@ pub enum LifecycleError {
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
+    Backend(#[from] cove_backend::BackendError),
+    #[error(
+        "data disk `{disk}` of `{vm}` is also used by {}; nothing was deleted (delete those VMs \
+         first, or delete `{vm}` without --purge to keep the disk)",
+        users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+    )]
+    DiskInUse {
+        disk: String,
+        vm: String,
+        users: Vec<String>,
+    },
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

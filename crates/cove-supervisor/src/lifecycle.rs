@@ -26,6 +26,8 @@ pub struct CreateOptions {
     pub cpus: u32,
     pub memory_mib: u64,
     pub machine: Machine,
+    /// The VMM that will run it.
+    pub backend: cove_backend::BackendKind,
     pub ports: Vec<PortForward>,
     pub disks: Vec<data_disk::DiskRequest>,
     /// Host folders shared into the guest.
@@ -43,6 +45,12 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     if store.find_vm(opts.name.as_str())?.is_some() {
         return Err(cove_state::StoreError::AlreadyExists(opts.name.clone()).into());
     }
+    // A VM its backend cannot boot here is refused, with the reason, before
+    // anything is made (Firecracker without a KVM that runs vCPUs).
+    let backend = crate::backends::for_kind(opts.backend)?;
+    backend
+        .probe_host(&paths.cache, false)
+        .require_bootable(opts.backend.as_str())?;
     let image = boot_image::resolve(&store, &opts.image)?;
     for disk in &opts.disks {
         if let Some(mount) = disk.mount.as_deref() {
@@ -54,7 +62,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     }
     let staging = tempfile_dir(&paths.vm_staging(), opts.name.as_str())?;
     let overlay = staging.join("root.qcow2");
-    if let Err(e) = create_overlay(&image.rootfs, &overlay) {
+    if let Err(e) = create_overlay(opts.backend, &image.rootfs, &overlay) {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
@@ -67,7 +75,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         state: VmState::Created,
         supervisor_pid: None,
         vmm_pid: None,
-        backend: cove_backend::BackendKind::Qemu,
+        backend: opts.backend,
         accel: None,
         machine: opts.machine,
         ports: opts.ports.clone(),
@@ -130,22 +138,14 @@ pub(crate) fn tempfile_dir(
     Ok(dir)
 }
 
-/// A qcow2 overlay costs the same whatever the size of its backing image:
-/// only a header and empty tables are written.
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
-    let base = std::fs::canonicalize(base)?;
-    cove_util::tool::run(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(overlay),
-        "apt-get install qemu-utils",
-    )
-    .map(drop)
-    .map_err(|tool| LifecycleError::Tool {
-        tool,
-        fix: "check that the image file exists and is readable (`cove image list`)",
-    })?;
+/// The VM's own root disk over the image's root filesystem, made by the
+/// backend that will run it.
+fn create_overlay(
+    backend: cove_backend::BackendKind,
+    base: &Path,
+    overlay: &Path,
+) -> Result<(), LifecycleError> {
+    crate::backends::for_kind(backend)?.create_root_disk(base, overlay)?;
     // The overlay holds everything the guest writes: its owner's alone, and
     // on disk before the VM that uses it is recorded.
     files::make_private(overlay)?;
@@ -166,7 +166,7 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     if !supervisor_alive
         && record
             .vmm_pid
-            .is_some_and(|pid| vmm_is_ours(paths, name, pid))
+            .is_some_and(|pid| vmm_is_ours(paths, &record, pid))
     {
         return adopt(store, paths, name);
     }
@@ -205,14 +205,15 @@ pub fn reconcile(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecor
     Ok(record)
 }
 
-/// True when `pid` is the QEMU of this VM (its command line names the VM's
-/// QMP socket), not a process that reused the pid.
-pub(crate) fn vmm_is_ours(paths: &Paths, name: &str, pid: u32) -> bool {
-    liveness::process_matches(pid, &paths.vm(name).qmp_socket().to_string_lossy())
+/// True when `pid` is the VMM of this VM (its backend tells), not a process
+/// that reused the pid.
+pub(crate) fn vmm_is_ours(paths: &Paths, record: &VmRecord, pid: u32) -> bool {
+    let transports = paths.vm(record.name.as_str()).transports();
+    crate::backends::for_kind(record.backend).is_ok_and(|b| b.is_ours(pid, &transports))
 }
 
 /// The supervisor died but its VM runs on: start a supervisor that takes
-/// it over (console, QMP, agent link), and wait until it answers.
+/// it over (console, VMM control, agent link), and wait until it answers.
 fn adopt(store: &mut Store, paths: &Paths, name: &str) -> Result<VmRecord, LifecycleError> {
     let vm = paths.vm(name);
     if let Some(lock) = liveness::try_lock(&vm.supervisor_lock())? {
@@ -547,15 +548,20 @@ pub fn kill(paths: &Paths, name: &str) -> Result<StopOutcome, LifecycleError> {
         return Ok(StopOutcome::AlreadyStopped);
     }
     if control_call(paths, name, &Request::Kill).is_err() {
-        // A supervisor that cannot answer must not keep a VM alive.
-        if let Some(pid) = record.vmm_pid.filter(|p| liveness::process_running(*p)) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        // A supervisor that cannot answer must not keep a VM alive; but the
+        // recorded pid is signalled only if it is still this VM's VMM (a
+        // pid the kernel reused belongs to somebody else).
+        if let Some(pid) = record.vmm_pid.filter(|p| vmm_is_ours(paths, &record, *p))
+            && let Ok(backend) = crate::backends::for_kind(record.backend)
+        {
+            let _ = backend.kill(pid);
         }
     }
-    wait_inactive(&mut store, paths, name, Duration::from_secs(10))?;
+    let after = wait_inactive(&mut store, paths, name, Duration::from_secs(10))?;
+    if after.state.is_active() {
+        // Never report a kill that did not happen.
+        return Err(LifecycleError::SupervisorUnreachable(name.to_owned()));
+    }
     wait_supervisor_gone(paths, name);
     Ok(StopOutcome::Stopped)
 }
@@ -604,8 +610,10 @@ fn wait_inactive(
     }
 }
 
-/// Removes a VM and every file of it. A running VM is refused unless `force`.
-pub fn delete(paths: &Paths, name: &str, force: bool) -> Result<(), LifecycleError> {
+/// Removes a VM and every file of it. A running VM is refused unless
+/// `force`. With `purge`, its data disks go too, unless another VM uses one
+/// (then nothing at all is deleted).
+pub fn delete(paths: &Paths, name: &str, force: bool, purge: bool) -> Result<(), LifecycleError> {
     let mut store = Store::open(paths)?;
     let record = reconcile(&mut store, paths, name)?;
     if record.state.is_active() {
@@ -613,10 +621,6 @@ pub fn delete(paths: &Paths, name: &str, force: bool) -> Result<(), LifecycleErr
             return Err(LifecycleError::Running(name.to_owned(), record.state));
         }
         kill(paths, name)?;
-        let record = reconcile(&mut store, paths, name)?;
-        if record.state.is_active() {
-            return Err(LifecycleError::Running(name.to_owned(), record.state));
-        }
     }
     // Clones' disks are backed by this VM's snapshots: deleting it would break them.
     let clones = crate::snapshot::all_clones_of(&store.list_vms()?, name);
@@ -626,17 +630,81 @@ pub fn delete(paths: &Paths, name: &str, force: bool) -> Result<(), LifecycleErr
             clones.join(", ")
         )));
     }
+    let purged = if purge {
+        disks_to_purge(&store, &record)?
+    } else {
+        Vec::new()
+    };
     let vm = paths.vm(name);
-    // Files first, record last: an interrupted delete leaves a record whose
-    // next delete finishes the job.
+    // A `start` holds this lock from before its supervisor exists until that
+    // supervisor exits; holding it here means no supervisor can be spawned
+    // (and no VMM launched) for this VM while its files and record go: a
+    // start racing a delete left an orphan VMM. A VM directory already gone
+    // (an interrupted delete) has no lock to take.
+    let _lock = match liveness::try_lock(&vm.supervisor_lock()) {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return Err(LifecycleError::Running(name.to_owned(), VmState::Starting)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    // Under the lock the record is what it is: a start that won the race
+    // made it active.
+    let record = store.get_vm(name)?;
+    if record.state.is_active() {
+        return Err(LifecycleError::Running(name.to_owned(), record.state));
+    }
+    // Record first: once it is gone no command can start the VM, and a
+    // directory an interrupted delete leaves behind is replaced by the next
+    // `create` of the name.
+    store.delete_vm(name)?;
     for dir in [&vm.run, &vm.dir] {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
     }
-    store.delete_vm(name)?;
+    for disk in purged {
+        data_disk::remove(paths, &disk)?;
+    }
     Ok(())
+}
+
+/// Removes a data disk no VM uses; refuses one that a VM still lists.
+pub fn remove_unused_disk(paths: &Paths, disk: &str) -> Result<(), LifecycleError> {
+    let users: Vec<String> = Store::open(paths)?
+        .list_vms()?
+        .into_iter()
+        .filter(|vm| vm.data_disks.iter().any(|d| d == disk))
+        .map(|vm| vm.name.to_string())
+        .collect();
+    if let Some(vm) = users.first() {
+        return Err(LifecycleError::DiskInUse {
+            disk: disk.to_owned(),
+            vm: vm.clone(),
+            users,
+        });
+    }
+    data_disk::remove(paths, disk)
+}
+
+/// The data disks of `record` no other VM uses; refuses if another does.
+fn disks_to_purge(store: &Store, record: &VmRecord) -> Result<Vec<String>, LifecycleError> {
+    let others = store.list_vms()?;
+    for disk in &record.data_disks {
+        let users: Vec<String> = others
+            .iter()
+            .filter(|o| o.name != record.name && o.data_disks.contains(disk))
+            .map(|o| o.name.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(LifecycleError::DiskInUse {
+                disk: disk.clone(),
+                vm: record.name.to_string(),
+                users,
+            });
+        }
+    }
+    Ok(record.data_disks.clone())
 }
 
 /// Changes a stopped VM's resources.

@@ -1,7 +1,7 @@
 //! Snapshots: a VM's device state, memory and every disk, saved together while it was paused,
 //! in `<vm dir>/snapshots/<tag>/` with a manifest that says what they fit.
 //!
-//! Files of a snapshot: `state` (device state, QMP migration stream without RAM), `memory`
+//! Files of a snapshot: `state` (device state as the VMM saved it, without RAM), `memory`
 //! (guest RAM, mapped privately by every VM restored from it), `root.qcow2` (the root overlay
 //! as it was, still backed by the image), `data-<name>.qcow2` per data disk, `manifest.json`.
 //! A restore checks the manifest against the VM and the files first: a snapshot that no longer
@@ -99,18 +99,9 @@ pub fn validate_tag(tag: &str) -> Result<(), SnapshotError> {
     }
 }
 
-/// The QEMU binary's identity (see [`Manifest::qemu`]).
-pub fn qemu_identity() -> String {
-    let Ok(qemu) = cove_qemu::Qemu::find(None) else {
-        return "absent".into();
-    };
-    match std::fs::metadata(&qemu.binary) {
-        Ok(m) => {
-            use std::os::unix::fs::MetadataExt;
-            format!("{}:{}:{}", qemu.binary.display(), m.size(), m.mtime())
-        }
-        Err(_) => "absent".into(),
-    }
+/// The VMM binary's identity (see [`Manifest::qemu`]), as its backend tells it.
+pub fn vmm_identity(backend: cove_backend::BackendKind) -> String {
+    crate::backends::for_kind(backend).map_or_else(|_| "absent".into(), |b| b.identity())
 }
 
 pub fn data_disk_file(name: &str) -> String {
@@ -155,7 +146,7 @@ pub fn manifest_for(dir: &Path, record: &VmRecord, tag: &str) -> std::io::Result
         data_disks: record.data_disks.clone(),
         disk_mounts: record.disk_mounts.clone(),
         cove_version: env!("CARGO_PKG_VERSION").to_owned(),
-        qemu: qemu_identity(),
+        qemu: vmm_identity(record.backend),
         files,
     })
 }
@@ -230,9 +221,9 @@ pub fn check(
             m.cove_version
         ));
     }
-    let qemu = qemu_identity();
-    if m.qemu != qemu {
-        differs.push(format!("QEMU changed ({} then, {qemu} now)", m.qemu));
+    let vmm = vmm_identity(record.backend);
+    if m.qemu != vmm {
+        differs.push(format!("the VMM changed ({} then, {vmm} now)", m.qemu));
     }
     for f in &m.files {
         let path = dir.join(&f.name);
@@ -386,20 +377,14 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), LifecycleError> {
     })
 }
 
-/// A qcow2 overlay of a snapshot's disk: the VM's disk as the snapshot had it, its writes its own.
-pub fn overlay_of(base: &Path, overlay: &Path) -> Result<(), LifecycleError> {
+/// A child of a snapshot's disk: the VM's disk as the snapshot had it, its writes its own.
+pub fn overlay_of(
+    backend: cove_backend::BackendKind,
+    base: &Path,
+    overlay: &Path,
+) -> Result<(), LifecycleError> {
     let tmp = overlay.with_extension("qcow2.new");
-    cove_util::tool::run(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(base)
-            .arg(&tmp),
-        "apt-get install qemu-utils",
-    )
-    .map_err(|tool| LifecycleError::Tool {
-        tool,
-        fix: "check that the snapshot's disk exists (`cove snapshot ls`)",
-    })?;
+    crate::backends::for_kind(backend)?.create_child_disk(base, &tmp)?;
     std::fs::rename(&tmp, overlay)?;
     Ok(())
 }
@@ -415,7 +400,7 @@ pub fn prepare_disks(
 ) -> Result<(), LifecycleError> {
     let snap = paths.vm(owner).snapshot(tag);
     let vm = paths.vm(record.name.as_str());
-    overlay_of(&snap.join(ROOT), &vm.root_disk())?;
+    overlay_of(record.backend, &snap.join(ROOT), &vm.root_disk())?;
     for disk in &record.data_disks {
         let target = crate::data_disk::path(paths, disk);
         let tmp: PathBuf = target.with_extension("qcow2.restoring");
@@ -492,6 +477,7 @@ pub fn create_clone_with_ports(
     vm.check_socket_paths()?;
     let staging = crate::lifecycle::tempfile_dir(&paths.vm_staging(), name.as_str())?;
     let prepared = overlay_of(
+        source.backend,
         &paths.vm(owner).snapshot(tag).join(ROOT),
         &staging.join(ROOT),
     )

@@ -1,7 +1,7 @@
 //! `cove bench boot IMAGE|VM`: one boot timed by phase, several times, p50 per phase.
 //!
 //! Every timestamp is taken on the host: the VMM's start from the supervisor's
-//! `qemu.cmdline` (written just before QEMU is spawned), the console phases from when each
+//! `vmm.cmdline` (written just before QEMU is spawned), the console phases from when each
 //! line reached `console.log` (polled every 2 ms), the agent's answer from `cove start`
 //! returning (it returns when the agent has answered). Guest clocks are not trusted: under
 //! TCG they drift, and `printk` times start at the kernel's own zero.
@@ -83,7 +83,7 @@ fn boot(ctx: &Ctx, a: BootArgs) -> Result<ExitCode> {
         let name = format!("bench-{}-{i}", std::process::id());
         let r = one_boot(ctx, &a, &image, &name);
         let _ = lifecycle::kill(&ctx.paths, &name);
-        let _ = lifecycle::delete(&ctx.paths, &name, true);
+        let _ = lifecycle::delete(&ctx.paths, &name, true, false);
         let r = r.with_context(|| format!("boot {} of {}", i + 1, a.runs))?;
         if !ctx.json {
             eprintln!("run {}: agent answered after {:.0} ms", i + 1, r.agent_ms);
@@ -148,6 +148,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
             cpus: a.cpus,
             memory_mib: a.memory,
             machine: cove_backend::Machine::Microvm,
+            backend: cove_backend::BackendKind::Qemu,
             ports: Vec::new(),
             disks: Vec::new(),
             mounts: Vec::new(),
@@ -176,7 +177,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
     done.store(true, Ordering::Relaxed);
     let lines = watcher.join().unwrap_or_default();
     started?;
-    let vmm_ms = std::fs::metadata(vm.qemu_cmdline())
+    let vmm_ms = std::fs::metadata(vm.vmm_cmdline())
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(wall0).ok())

@@ -21,6 +21,10 @@ pub struct Args {
     /// The machine model: `microvm` (fastest boot) or `q35` (PCI).
     #[arg(long, default_value = "microvm")]
     pub machine: cove_backend::Machine,
+    /// The VMM: `qemu` (KVM or software emulation) or `firecracker` (needs
+    /// a KVM that runs vCPUs; `cove doctor` says whether this host has one).
+    #[arg(long, default_value = "qemu")]
+    pub backend: cove_backend::BackendKind,
     /// Forward a host port to a guest port: `HOST:GUEST` or `ADDR:HOST:GUEST`
     /// (bound to 127.0.0.1 unless an address is given).
     #[arg(long = "publish", short = 'p', value_parser = parse_port)]
@@ -101,6 +105,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             cpus: args.resources.cpus,
             memory_mib: args.resources.memory,
             machine: args.machine,
+            backend: args.backend,
             ports: args.ports,
             disks: args.disks,
             mounts: args.mounts,

@@ -20,13 +20,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     for name in &args.names {
-        let disks = lifecycle::show(&ctx.paths, name)?.data_disks;
-        lifecycle::delete(&ctx.paths, name, args.force)?;
-        if args.purge {
-            for disk in &disks {
-                cove_supervisor::data_disk::remove(&ctx.paths, disk)?;
-            }
-        }
+        lifecycle::delete(&ctx.paths, name, args.force, args.purge)?;
         if ctx.json {
             output::print_json(&serde_json::json!({"name": name, "deleted": true}))?;
         } else {

@@ -32,6 +32,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         state_dir: ctx.paths.state.clone(),
         cache_dir: ctx.paths.cache.clone(),
         qemu_sandbox: cove_qemu::argv::SANDBOX.to_owned(),
+        backends: cove_supervisor::backends::all()
+            .map(|b| {
+                let verdict = b.probe_host(&ctx.paths.cache, false).cannot_boot;
+                (b.kind().to_string(), verdict)
+            })
+            .collect(),
     };
     let report = doctor::doctor(&facts);
     if ctx.json {

@@ -6,7 +6,7 @@ use crate::output;
 use crate::up_spec::UpSpec;
 use anyhow::Result;
 use cove_state::Store;
-use cove_supervisor::{data_disk, lifecycle};
+use cove_supervisor::lifecycle;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,15 +24,22 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     for vm in &spec.vms {
         let name = vm.name.as_str();
         let exists = Store::open(&ctx.paths)?.find_vm(name)?.is_some();
+        let mut purged = Vec::new();
         if exists {
             lifecycle::stop(&ctx.paths, name, Duration::from_secs(30))?;
-            lifecycle::delete(&ctx.paths, name, true)?;
+            let disks = lifecycle::show(&ctx.paths, name)?.data_disks;
+            // Purging refuses (and deletes nothing) while another VM uses a disk.
+            lifecycle::delete(&ctx.paths, name, true, args.purge)?;
+            if args.purge {
+                purged = disks;
+            }
         }
-        let mut purged = Vec::new();
         if args.purge {
             for disk in &vm.disks {
-                data_disk::remove(&ctx.paths, &disk.name)?;
-                purged.push(disk.name.clone());
+                if !purged.contains(&disk.name) {
+                    lifecycle::remove_unused_disk(&ctx.paths, &disk.name)?;
+                    purged.push(disk.name.clone());
+                }
             }
         }
         if ctx.json {

@@ -138,7 +138,9 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
         // Data disks are separate files: recreating the VM keeps them. Its
         // root disk is not: say so, and never drop changes silently.
         let overlay = paths.vm(name).root_disk();
-        let written = root_disk_written_bytes(&overlay)?;
+        let written = cove_supervisor::backends::for_kind(have.backend)?
+            .disk_written_bytes(&overlay)
+            .with_context(|| format!("reading what the guest wrote to {}", overlay.display()))?;
         if written > 0 && !force {
             bail!(
                 "VM `{name}` must be recreated because {why}, which would discard its root disk \
@@ -149,7 +151,7 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
             );
         }
         lifecycle::stop(paths, name, stop_timeout)?;
-        lifecycle::delete(paths, name, false)?;
+        lifecycle::delete(paths, name, false, false)?;
         lifecycle::create(paths, &create_options(image, want))?;
         lifecycle::start(paths, name, &start)?;
         return Ok(format!("recreated ({why}) and started"));
@@ -169,38 +171,6 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
     } else {
         did.join(" and ")
     })
-}
-
-/// How many bytes of a VM's root disk overlay hold the guest's own writes
-/// (clusters allocated in the overlay itself, not in its image): 0 for a
-/// VM that never wrote to its root disk.
-fn root_disk_written_bytes(overlay: &std::path::Path) -> Result<u64> {
-    #[derive(serde::Deserialize)]
-    struct Extent {
-        length: u64,
-        depth: u64,
-        data: bool,
-    }
-    // -U: a running QEMU holds the image's write lock; map only reads.
-    let out = std::process::Command::new("qemu-img")
-        .args(["map", "-U", "--output=json", "-f", "qcow2"])
-        .arg(overlay)
-        .output()
-        .context("running qemu-img (install qemu-utils: `scripts/install-deps`)")?;
-    if !out.status.success() {
-        bail!(
-            "qemu-img map {} failed: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let extents: Vec<Extent> =
-        serde_json::from_slice(&out.stdout).context("reading qemu-img map's JSON")?;
-    Ok(extents
-        .iter()
-        .filter(|e| e.depth == 0 && e.data)
-        .map(|e| e.length)
-        .sum())
 }
 
 /// What cannot change on an existing VM without recreating it.
@@ -237,41 +207,9 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         cpus: want.cpus,
         memory_mib: want.memory_mib,
         machine: want.machine,
+        backend: cove_backend::BackendKind::Qemu,
         ports: want.ports.clone(),
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::process::Command;
-
-    /// `up` refuses to recreate a VM whose root disk holds the guest's
-    /// writes: what tells it so must see them, and only them.
-    #[test]
-    fn root_disk_writes_are_counted_and_the_image_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.raw");
-        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
-        let overlay = dir.path().join("root.qcow2");
-        let created = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(&overlay)
-            .status()
-            .unwrap();
-        assert!(created.success());
-        assert_eq!(root_disk_written_bytes(&overlay).unwrap(), 0);
-        let wrote = Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", "write 0 64k"])
-            .arg(&overlay)
-            .output()
-            .unwrap();
-        assert!(wrote.status.success(), "{wrote:?}");
-        assert_eq!(root_disk_written_bytes(&overlay).unwrap(), 64 << 10);
-        let err = root_disk_written_bytes(&dir.path().join("missing.qcow2")).unwrap_err();
-        assert!(err.to_string().contains("qemu-img map"), "{err}");
     }
 }

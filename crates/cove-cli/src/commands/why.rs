@@ -97,7 +97,7 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
         initramfs_modules: manifest.as_ref().map(|m| m.modules.clone()),
         state: Some(record.state.as_str().to_string()),
         machine: Some(record.machine.to_string()),
-        cmdline: std::fs::read_to_string(vm.qemu_cmdline()).ok(),
+        cmdline: std::fs::read_to_string(vm.vmm_cmdline()).ok(),
     };
     Ok((text, facts))
 }

@@ -33,7 +33,7 @@ pub fn diagnose(shared: &Shared, status: Option<&ExitStatus>) -> Diagnosis {
         }),
         agent_answered: !matches!(*shared.phase.borrow(), Phase::Booting),
         machine: Some(shared.machine.to_string()),
-        cmdline: std::fs::read_to_string(vm.qemu_cmdline()).ok(),
+        cmdline: std::fs::read_to_string(vm.vmm_cmdline()).ok(),
         ..VmFacts::default()
     };
     why::analyze(&text, &facts)

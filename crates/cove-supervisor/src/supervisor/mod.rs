@@ -19,6 +19,7 @@ pub use console::READY_MARKER;
 use crate::boot_image::{self, BootImage};
 use crate::liveness;
 use cove_api::Failure;
+use cove_backend::Connected;
 use cove_state::store::now;
 use cove_state::{Paths, Store, VmState};
 use std::fs::File;
@@ -89,7 +90,9 @@ pub struct Shared {
     pub machine: cove_backend::Machine,
     pub phase: watch::Sender<Phase>,
     pub console: Arc<console::ConsoleHub>,
-    pub qmp: cove_qemu::QmpClient,
+    /// The VMM behind cove's boundary; nothing here knows which one.
+    pub backend: Box<dyn cove_backend::Backend>,
+    pub control: Box<dyn cove_backend::VmmControl>,
     /// The link to the guest's cove-agent, when the image has one.
     pub agent: Option<cove_agent_link::AgentLink>,
     pub vmm_pid: u32,
@@ -151,29 +154,38 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let mut store = Store::open(paths)?;
     let record = store.get_vm(&opts.name)?;
     let image = boot_image::load(&store, &record.image_id)?;
+    let backend = crate::backends::for_kind(record.backend)?;
     let listener = control::bind(&vm)?;
     let started = Instant::now();
     let restore_dir = opts.restore.as_deref().map(|origin| {
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel) = if opts.adopt {
+    let (mut process, pid, accel, spec, gate) = if opts.adopt {
+        if !backend.capabilities().adopt {
+            return Err(SuperviseError::Boot(format!(
+                "the {} backend cannot take over a running VMM; `cove kill {}` ends it",
+                record.backend, opts.name
+            )));
+        }
         let pid = record
             .vmm_pid
-            .filter(|p| crate::lifecycle::vmm_is_ours(paths, &opts.name, *p))
+            .filter(|p| backend.is_ours(*p, &vm.transports()))
             .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
         let accel = record.accel;
-        (VmmProcess::Adopted { pid }, pid, accel)
+        (VmmProcess::Adopted { pid }, pid, accel, None, None)
     } else {
         let start = match &restore_dir {
             Some(dir) => vmm::Start::Restore { snapshot: dir },
             None => vmm::Start::Boot,
         };
-        let launch = vmm::launch(paths, &record, &image, start).await?;
+        let launch = vmm::launch(&*backend, paths, &record, &image, start).await?;
         (
             VmmProcess::Child(launch.child),
             launch.pid,
             Some(launch.accel),
+            Some(launch.spec),
+            Some(launch.gate),
         )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -195,49 +207,70 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             r.started_at = Some(now());
         }
     })?;
-    let (qmp, console_stream) = match vmm::connect(&vm, pid).await {
+    // The pid is on record: only now may the VMM run (see `process::gate`).
+    if let Some(gate) = gate {
+        gate.open()?;
+    }
+    let connected = match vmm::connect(&*backend, &vm, pid, spec.as_ref()).await {
         Ok(c) => c,
         Err(e) => {
             process.start_kill();
             let status = process.wait().await.ok().flatten();
-            // QEMU says why it refused to run (a locked disk, a bad option)
-            // in its own log: that line is the cause, so quote it.
+            // The VMM says why it refused to run (a locked disk, a bad
+            // option) in its own log: that line is the cause, so quote it.
             let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
             return Err(SuperviseError::Boot(format!(
-                "{e}{}{}",
+                "{}{}{}",
+                error_chain(&e),
                 status
-                    .map(|s| format!(" (QEMU {})", vmm::describe_exit(&s)))
+                    .map(|s| format!(" (the VMM {})", vmm::describe_exit(&s)))
                     .unwrap_or_default(),
                 if said.is_empty() {
                     String::new()
                 } else {
-                    format!("; QEMU said: {said}")
+                    format!("; the VMM said: {said}")
                 }
             )));
         }
     };
+    let Connected {
+        control: vmm_control,
+        console: console_stream,
+    } = connected;
+    let Some(console_stream) = console_stream else {
+        process.start_kill();
+        let _ = process.wait().await;
+        return Err(SuperviseError::Boot(format!(
+            "the {} backend gives its console on stdio, which this supervisor does not \
+             wire yet",
+            record.backend
+        )));
+    };
     if let Some(dir) = &restore_dir {
         // Device state into the paused VMM before anything talks to the guest.
-        if let Err(e) = qmp.restore_state(&dir.join(crate::snapshot::STATE)).await {
+        if let Err(e) = vmm_control
+            .restore_state(&dir.join(crate::snapshot::STATE))
+            .await
+        {
             process.start_kill();
             let _ = process.wait().await;
             let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
             return Err(SuperviseError::Boot(format!(
-                "restoring {} failed: {e}{}",
+                "restoring {} failed: {}{}",
                 opts.restore.as_deref().unwrap_or_default(),
+                error_chain(&e),
                 if said.is_empty() {
                     String::new()
                 } else {
-                    format!("; QEMU said: {said}")
+                    format!("; the VMM said: {said}")
                 }
             )));
         }
     }
     let hub = console::start(console_stream, log)?;
-    // QEMU created every socket before QMP answered, so this connects at
-    // once; the handshake itself completes when the guest's agent starts.
+    // The handshake itself completes when the guest's agent starts.
     let agent = if image.agent {
-        let socket = tokio::net::UnixStream::connect(vm.agent_socket()).await?;
+        let socket = backend.connect_agent(&vm.transports()).await?;
         Some(cove_agent_link::AgentLink::from_stream(
             socket,
             cove_agent_link::LinkConfig::default(),
@@ -246,9 +279,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         None
     };
     if !opts.adopt {
-        qmp.cont()
-            .await
-            .map_err(|e| SuperviseError::Boot(e.to_string()))?;
+        vmm_control.resume().await?;
     }
 
     let (phase, _) = watch::channel(Phase::Booting);
@@ -260,7 +291,8 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         image,
         phase,
         console: hub,
-        qmp,
+        backend,
+        control: vmm_control,
         agent,
         vmm_pid: pid,
         stop: Mutex::new(None),
@@ -424,4 +456,20 @@ fn record_exit(
         }
         r.last_error = last_error.clone();
     });
+}
+
+/// An error and its causes on one line (the supervisor's failures reach the
+/// CLI as text until the control protocol carries typed failures).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -49,13 +49,19 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, String
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let result = async {
+        if !shared.backend.capabilities().snapshots {
+            return Err(format!(
+                "the {} backend cannot save a running VM",
+                shared.backend.kind()
+            ));
+        }
         shared
-            .qmp
+            .control
             .save_state(&tmp.join(STATE))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         let paused_ms = began.elapsed().as_millis();
-        // QEMU flushed and released the disks when the save completed; copy them while the
+        // The VMM flushed and released the disks when the save completed; copy them while the
         // vCPUs stay paused.
         let copy = |from: &std::path::Path, to: &str| {
             snapshot::copy_sparse(from, &tmp.join(to)).map_err(|e| e.to_string())
@@ -79,12 +85,16 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, String
         let _ = std::fs::remove_dir_all(&tmp);
     }
     let after = if resume {
-        // `cont` after a completed save re-activates the disks and runs the vCPUs.
-        shared.qmp.cont().await.map_err(|e| e.to_string())?;
+        // Resuming after a completed save re-activates the disks and runs the vCPUs.
+        shared
+            .control
+            .resume()
+            .await
+            .map_err(|e| super::error_chain(&e))?;
         "resumed"
     } else {
         *shared.stop.lock().await = Some((StopKind::Graceful, Instant::now()));
-        let _ = shared.qmp.quit().await;
+        let _ = shared.control.quit().await;
         "stopped"
     };
     let state_ms = result?;

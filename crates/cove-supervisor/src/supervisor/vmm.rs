@@ -4,17 +4,12 @@ use super::{Phase, Shared, StopKind, SuperviseError};
 use crate::boot_image::BootImage;
 use crate::console_log::tail_lines;
 use cove_api::Failure;
-use cove_backend::{Backend, DataDisk, Memory, VmSpec};
+use cove_backend::{Backend, ConnectMode, Connected, DataDisk, Memory, VmSpec};
 use cove_state::{Paths, VmPaths, VmRecord, VmState};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Environment variable with extra QEMU arguments, read by the supervisor.
-pub const EXTRA_ARGS_ENV: &str = "COVE_QEMU_EXTRA_ARGS";
-
-/// How long the VMM may take to open its sockets.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a restored guest's agent may take to apply the post-restore fixups.
 pub const FIXUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `quit` may take before the VMM is killed.
@@ -24,6 +19,11 @@ pub struct Launch {
     pub child: tokio::process::Child,
     pub pid: u32,
     pub accel: cove_backend::Accel,
+    /// What the VMM was launched with, for [`connect`].
+    pub spec: VmSpec,
+    /// The VMM runs only once this opens: the caller records its pid first,
+    /// so a supervisor dying in between never leaves a VMM nobody knows of.
+    pub gate: cove_backend::process::Gate,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -34,17 +34,28 @@ pub enum Start<'a> {
 }
 
 pub async fn launch(
+    backend: &dyn Backend,
     paths: &Paths,
     record: &VmRecord,
     image: &BootImage,
     start: Start<'_>,
 ) -> Result<Launch, SuperviseError> {
     let vm = paths.vm(record.name.as_str());
-    for socket in [vm.qmp_socket(), vm.console_socket(), vm.agent_socket()] {
+    let transports = vm.transports();
+    for socket in transports.sockets() {
         let _ = std::fs::remove_file(socket);
     }
-    let choice = cove_backend::host::accel::probe(&paths.cache);
-    let qemu = cove_qemu::Qemu::find(cove_backend::host::tsc::host_tsc_khz_cached(&paths.cache))?;
+    let host = backend.probe_host(&paths.cache, false);
+    host.require_bootable(backend.kind().as_str())?;
+    let caps = backend.capabilities();
+    if matches!(start, Start::Restore { .. }) && !caps.snapshots {
+        return Err(cove_backend::BackendError::Unsupported {
+            backend: backend.kind().as_str(),
+            what: "restore snapshots".into(),
+            hint: "start the VM cold (without --from)".into(),
+        }
+        .into());
+    }
     let (shares, daemons) = super::shares::start(&vm, record)?;
     let spec = VmSpec {
         name: record.name.to_string(),
@@ -52,10 +63,7 @@ pub async fn launch(
         memory_mib: record.memory_mib,
         kernel: image.kernel.clone(),
         // Asked, not assumed: a backend without PVH boots the bzImage.
-        vmlinux: image
-            .vmlinux
-            .clone()
-            .filter(|_| qemu.capabilities().pvh_boot),
+        vmlinux: image.vmlinux.clone().filter(|_| caps.pvh_boot),
         initrd: image.initrd.clone(),
         cmdline_extra: cmdline_extra(image, record),
         root_disk: vm.root_disk(),
@@ -69,12 +77,12 @@ pub async fn launch(
             .collect(),
         ports: record.ports.clone(),
         machine: record.machine,
-        accel: choice.accel,
-        qmp_socket: vm.qmp_socket(),
-        console_socket: vm.console_socket(),
-        agent_socket: vm.agent_socket(),
+        accel: host.accel.accel,
+        transports,
         memory: match start {
-            Start::Boot => Memory::SharedFile(vm.memory_file()),
+            // Shared file RAM is what a snapshot copies; without snapshots it buys nothing.
+            Start::Boot if caps.snapshots => Memory::SharedFile(vm.memory_file()),
+            Start::Boot => Memory::Anonymous,
             Start::Restore { snapshot } => {
                 Memory::PrivateFile(snapshot.join(crate::snapshot::MEMORY))
             }
@@ -82,14 +90,9 @@ pub async fn launch(
         incoming: matches!(start, Start::Restore { .. }),
         shares,
     };
-    let mut cmd = qemu.command(&spec)?;
-    // An escape hatch for experiments and benchmarks (e.g. a second
-    // virtio-serial port for qemu-guest-agent): extra QEMU arguments,
-    // whitespace-separated. Recorded in qemu.cmdline like everything else.
-    if let Ok(extra) = std::env::var(EXTRA_ARGS_ENV) {
-        cmd.args(extra.split_whitespace());
-    }
-    std::fs::write(vm.qemu_cmdline(), render_cmdline(&cmd))?;
+    let launch = backend.launch(&spec, &host)?;
+    std::fs::write(vm.vmm_cmdline(), &launch.description)?;
+    let (mut cmd, gate) = cove_backend::process::gate(&launch.command)?;
     let vmm_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -102,25 +105,29 @@ pub async fn launch(
         .stdin(Stdio::null())
         .stdout(vmm_log.try_clone()?)
         .stderr(vmm_log);
+    let program = cmd.get_program().to_owned();
     let child = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => {
             daemons.detach();
             c
         }
-        Err(e) => {
+        Err(source) => {
             daemons.kill();
-            return Err(SuperviseError::Boot(format!(
-                "cannot start {}: {e}",
-                qemu.binary.display()
-            )));
+            return Err(cove_backend::BackendError::Spawn {
+                binary: program.into(),
+                source,
+            }
+            .into());
         }
     };
     let pid = child.id().unwrap_or_default();
-    tracing::info!(pid, accel = %choice.accel, reason = %choice.reason, "VMM started");
+    tracing::info!(pid, accel = %host.accel.accel, reason = %host.accel.reason, "VMM started");
     Ok(Launch {
         child,
         pid,
-        accel: choice.accel,
+        accel: host.accel.accel,
+        spec,
+        gate,
     })
 }
 
@@ -141,48 +148,22 @@ fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
     args.join(" ")
 }
 
-/// The command line as a shell would take it back: each argument quoted
-/// where needed, so `sh qemu.cmdline` reruns the VMM exactly.
-fn render_cmdline(cmd: &std::process::Command) -> String {
-    let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
-    let mut line = args
-        .map(|a| shell_quote(&a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    line.push('\n');
-    line
-}
-
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./:,=+-@%".contains(c));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-/// Connects QMP and the console; the agent link connects on its own.
+/// Connects the VMM's control channel and the console; the agent link
+/// connects on its own. `launched` is the spec of a VMM this supervisor just
+/// started, `None` for one it adopts.
 pub async fn connect(
+    backend: &dyn Backend,
     vm: &VmPaths,
     pid: u32,
-) -> Result<(cove_qemu::QmpClient, tokio::net::UnixStream), String> {
-    let alive = || crate::liveness::process_running(pid);
-    let qmp_stream =
-        cove_backend::sockets::connect_when_ready(&vm.qmp_socket(), SOCKET_TIMEOUT, alive)
-            .await
-            .map_err(|e| format!("QEMU's QMP socket: {e}"))?;
-    let qmp = cove_qemu::QmpClient::from_stream(qmp_stream, &vm.qmp_socket())
-        .await
-        .map_err(|e| e.to_string())?;
-    let console =
-        cove_backend::sockets::connect_when_ready(&vm.console_socket(), SOCKET_TIMEOUT, alive)
-            .await
-            .map_err(|e| format!("QEMU's console socket: {e}"))?;
-    Ok((qmp, console))
+    launched: Option<&VmSpec>,
+) -> Result<Connected, cove_backend::BackendError> {
+    let alive = move || crate::liveness::process_running(pid);
+    let transports = vm.transports();
+    let mode = match launched {
+        Some(spec) => ConnectMode::Launched(spec),
+        None => ConnectMode::Adopted,
+    };
+    backend.connect(&transports, mode, &alive).await
 }
 
 /// Graceful stop: ask the guest, wait up to `timeout`, then `quit`, then kill.
@@ -220,8 +201,9 @@ pub async fn stop(shared: &Shared, timeout: Duration) -> String {
         }
         _ => false,
     };
-    if !asked_agent {
-        let _ = shared.qmp.system_powerdown().await;
+    // Asked, not assumed: without a power button, the agent or quit.
+    if !asked_agent && shared.backend.capabilities().graceful_shutdown {
+        let _ = shared.control.power_off().await;
     }
     if wait_exited(shared, timeout).await {
         return format!(
@@ -229,17 +211,17 @@ pub async fn stop(shared: &Shared, timeout: Duration) -> String {
             began.elapsed().as_secs_f64()
         );
     }
-    let _ = tokio::time::timeout(QUIT_GRACE, shared.qmp.quit()).await;
+    let _ = tokio::time::timeout(QUIT_GRACE, shared.control.quit()).await;
     if wait_exited(shared, QUIT_GRACE).await {
         return format!(
-            "the guest did not shut down within {}s; QEMU was told to quit",
+            "the guest did not shut down within {}s; the VMM was told to quit",
             timeout.as_secs()
         );
     }
     kill(shared);
     wait_exited(shared, QUIT_GRACE).await;
     format!(
-        "the guest did not shut down within {}s and QEMU did not quit; it was killed",
+        "the guest did not shut down within {}s and the VMM did not quit; it was killed",
         timeout.as_secs()
     )
 }
@@ -256,7 +238,7 @@ async fn wait_exited(shared: &Shared, timeout: Duration) -> bool {
 
 /// SIGKILL to the VMM's process group; its exit is then seen by `wait`.
 pub fn kill(shared: &Shared) {
-    let _ = cove_backend::process::kill_group(shared.vmm_pid, libc::SIGKILL);
+    let _ = shared.backend.kill(shared.vmm_pid);
 }
 
 pub struct Outcome {
@@ -320,8 +302,8 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
             state: VmState::Crashed,
             failure: Some(failure(match (cause, status) {
                 (Some(cause), _) => cause,
-                (None, Some(status)) => format!("QEMU {} unexpectedly", describe_exit(status)),
-                (None, None) => "QEMU exited unexpectedly".to_owned(),
+                (None, Some(status)) => format!("the VMM {} unexpectedly", describe_exit(status)),
+                (None, None) => "the VMM exited unexpectedly".to_owned(),
             })),
             detail: String::new(),
         },
@@ -339,25 +321,5 @@ pub fn describe_exit(status: &ExitStatus) -> String {
             format!("was killed by signal {sig} ({name})")
         }
         _ => "ended".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_quote;
-
-    #[test]
-    fn arguments_are_quoted_only_where_a_shell_needs_it() {
-        assert_eq!(shell_quote("-m"), "-m");
-        assert_eq!(
-            shell_quote("file=/a/b.qcow2,if=none"),
-            "file=/a/b.qcow2,if=none"
-        );
-        assert_eq!(
-            shell_quote("console=ttyS0 panic=-1"),
-            "'console=ttyS0 panic=-1'"
-        );
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }

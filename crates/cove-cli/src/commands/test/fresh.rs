@@ -51,7 +51,7 @@ impl Throwaway {
 
 impl Drop for Throwaway {
     fn drop(&mut self) {
-        if let Err(e) = lifecycle::delete(&self.paths, &self.name, true) {
+        if let Err(e) = lifecycle::delete(&self.paths, &self.name, true, false) {
             eprintln!(
                 "warning: the throwaway clone {} was not deleted: {e}; `cove delete --force {}`",
                 self.name, self.name
