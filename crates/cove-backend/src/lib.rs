@@ -28,6 +28,7 @@ pub mod sockets;
 
 use std::process::Command;
 
+pub use cove_guest::Arch;
 use serde::{Deserialize, Serialize};
 
 pub use error::BackendError;

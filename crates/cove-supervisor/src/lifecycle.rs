@@ -44,6 +44,8 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         return Err(cove_state::StoreError::AlreadyExists(opts.name.clone()).into());
     }
     let image = boot_image::resolve(&store, &opts.image)?;
+    let machine = Machine::for_arch(image.arch, opts.machine)
+        .map_err(|e| LifecycleError::BadResources(format!("image `{}`: {e}", image.name)))?;
     for disk in &opts.disks {
         if let Some(mount) = disk.mount.as_deref() {
             data_disk::validate_mount(mount).map_err(|e| {
@@ -62,6 +64,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         name: opts.name.clone(),
         image_id: image.id.clone(),
         image_name: image.name.clone(),
+        arch: image.arch,
         cpus: opts.cpus,
         memory_mib: opts.memory_mib,
         state: VmState::Created,
@@ -69,7 +72,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         vmm_pid: None,
         backend: cove_backend::BackendKind::Qemu,
         accel: None,
-        machine: opts.machine,
+        machine,
         ports: opts.ports.clone(),
         data_disks: opts.disks.iter().map(|d| d.name.clone()).collect(),
         disk_mounts: opts

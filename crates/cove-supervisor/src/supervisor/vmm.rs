@@ -44,7 +44,10 @@ pub async fn launch(
         let _ = std::fs::remove_file(socket);
     }
     let choice = cove_backend::host::accel::probe(&paths.cache);
-    let qemu = cove_qemu::Qemu::find(cove_backend::host::tsc::host_tsc_khz_cached(&paths.cache))?;
+    let qemu = cove_qemu::Qemu::find_for(
+        record.machine,
+        cove_backend::host::tsc::host_tsc_khz_cached(&paths.cache),
+    )?;
     let (shares, daemons) = super::shares::start(&vm, record)?;
     let spec = VmSpec {
         name: record.name.to_string(),
