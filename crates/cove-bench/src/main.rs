@@ -215,7 +215,14 @@ fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md"));
     let doc = match std::fs::read_to_string(&out) {
-        Ok(old) if !args.only.is_empty() => report::splice(&old, &cmdline, &when, &sections),
+        Ok(old) if !args.only.is_empty() => {
+            // The machine table is not rewritten: the section carries its own load figures.
+            let when = format!(
+                "{when} (load average {} at the start, {} at the end)",
+                m.load_start, m.load_end
+            );
+            report::splice(&old, &cmdline, &when, &sections)
+        }
         _ => report::document(&m, &cmdline, &when, &sections),
     };
     if !args.no_write {
