@@ -190,12 +190,14 @@ pub(crate) fn command(
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some((uid, gid, groups)) = &ids
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            // No let-chains: the agent builds with Debian's Rust 1.85 for arm64.
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0)
-            {
-                return Err(std::io::Error::last_os_error());
+                    || libc::setuid(*uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::chdir(cwd_c.as_ptr()) < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -278,8 +280,8 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     let stdin_thread = io_thread("stdin", move || {
         let mut w = stdin;
         for (bytes, c) in in_rx {
-            if let Some(pipe) = w.as_mut()
-                && pipe.write_all(&bytes).is_err()
+            if w.as_mut()
+                .is_some_and(|pipe| pipe.write_all(&bytes).is_err())
             {
                 w = None; // child closed stdin; keep draining to return credit
             }

@@ -187,9 +187,7 @@ impl Resolver {
                         .map(|d| join(d, name))
                         .find(|p| self.matches(p, obj.kind))
                 };
-                if let Some(p) = &found
-                    && let Ok(lib) = self.read_elf(p)
-                {
+                if let Some((p, Ok(lib))) = found.as_ref().map(|p| (p, self.read_elf(p))) {
                     queue.push_back((p.clone(), lib));
                 }
                 report.libraries.push(LddEntry {

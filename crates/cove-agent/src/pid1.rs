@@ -106,10 +106,10 @@ pub fn ensure_pty_support() {
                 ));
             }
         }
-        if !ptmx.exists()
-            && let Err(e) = std::os::unix::fs::symlink("pts/ptmx", ptmx)
-        {
-            log(&format!("cannot create /dev/ptmx: {e}"));
+        if !ptmx.exists() {
+            if let Err(e) = std::os::unix::fs::symlink("pts/ptmx", ptmx) {
+                log(&format!("cannot create /dev/ptmx: {e}"));
+            }
         }
     });
 }

@@ -15,7 +15,7 @@ pub enum BackendError {
     },
     #[error("unknown backend {0:?}; use `qemu` or `firecracker`")]
     UnknownBackend(String),
-    #[error("unknown machine type {0:?}; use `microvm` or `q35`")]
+    #[error("unknown machine type {0:?}; use `microvm` or `q35` (amd64), `virt` (arm64)")]
     UnknownMachine(String),
     #[error("unknown accelerator {0:?}; use `kvm` or `tcg`")]
     UnknownAccel(String),

@@ -21,6 +21,8 @@ pub mod process;
 pub mod sockets;
 mod vmm;
 
+pub use cove_guest::Arch;
+
 pub use error::BackendError;
 pub use host::{AccelChoice, HostProbe};
 pub use model::{

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use cove_guest::Arch;
 use serde::{Deserialize, Serialize};
 
 use crate::BackendError;
@@ -57,6 +58,9 @@ pub enum Machine {
     Microvm,
     /// A modern PC (PCI Express); for guests that need PCI.
     Q35,
+    /// QEMU's arm64 `virt` machine (PCI Express, PL011 console): the one machine of arm64
+    /// guests (`qemu-system-aarch64`).
+    Virt,
 }
 
 impl Machine {
@@ -64,6 +68,33 @@ impl Machine {
         match self {
             Machine::Microvm => "microvm",
             Machine::Q35 => "q35",
+            Machine::Virt => "virt",
+        }
+    }
+
+    /// The guest architecture this machine emulates.
+    pub fn arch(self) -> Arch {
+        match self {
+            Machine::Microvm | Machine::Q35 => Arch::Amd64,
+            Machine::Virt => Arch::Arm64,
+        }
+    }
+
+    /// The machine for a guest of `arch` when `asked` was requested (the default when
+    /// nobody asked: `microvm`). An arm64 guest always gets `virt`; `virt` for an amd64 guest
+    /// is refused.
+    pub fn for_arch(arch: Arch, asked: Machine) -> Result<Machine, BackendError> {
+        match (arch, asked) {
+            (Arch::Arm64, Machine::Virt | Machine::Microvm) => Ok(Machine::Virt),
+            (Arch::Amd64, Machine::Microvm | Machine::Q35) => Ok(asked),
+            _ => Err(BackendError::InvalidSpec(format!(
+                "machine `{asked}` cannot run an {arch} guest; {arch} guests run on `{}`",
+                if arch == Arch::Arm64 {
+                    "virt"
+                } else {
+                    "microvm` or `q35"
+                }
+            ))),
         }
     }
 }
@@ -80,6 +111,7 @@ impl FromStr for Machine {
         match s {
             "microvm" => Ok(Machine::Microvm),
             "q35" => Ok(Machine::Q35),
+            "virt" => Ok(Machine::Virt),
             other => Err(BackendError::UnknownMachine(other.to_owned())),
         }
     }

@@ -158,3 +158,57 @@ pub fn document(machine: &Machine, command: &str, when: &str, sections: &[Sectio
     }
     s
 }
+
+/// `old` (a BENCHMARKS.md) with `sections` put in place of the sections of the same title
+/// (appended when new), each marked with when and how it was measured: a run of some
+/// benchmarks (`--only`) keeps the figures of the others.
+pub fn splice(old: &str, command: &str, when: &str, sections: &[Section]) -> String {
+    let mut doc = old.to_owned();
+    for sec in sections {
+        let body = sec.markdown();
+        let (head, rest) = body.split_once("\n\n").unwrap_or((&body, ""));
+        let body = format!(
+            "{head}\n\n*Measured {when} by `{command}`, apart from the rest of this file.*\n\n{rest}"
+        );
+        let heading = format!("## {}\n", sec.title);
+        match doc.find(&heading) {
+            Some(start) => {
+                let end = doc[start + heading.len()..]
+                    .find("\n## ")
+                    .map_or(doc.len(), |i| start + heading.len() + i + 1);
+                doc.replace_range(start..end, &body);
+            }
+            None => {
+                if !doc.ends_with("\n\n") {
+                    doc.push('\n');
+                }
+                doc.push_str(&body);
+            }
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_section_replaces_its_old_text_and_a_new_one_is_appended() {
+        let old = "# cove benchmarks\n\n## 1. Boot\n\nold boot\n\n## 2. Create\n\nold create\n";
+        let mut boot = Section::new("1. Boot");
+        boot.notes.push("new boot".into());
+        let arch = Section::new("7. Arch");
+        let doc = splice(old, "cove-bench --only boot", "today", &[boot, arch]);
+        assert!(
+            !doc.contains("old boot") && doc.contains("new boot"),
+            "{doc}"
+        );
+        assert!(doc.contains("## 2. Create\n\nold create\n"), "{doc}");
+        assert!(
+            doc.contains("*Measured today by `cove-bench --only boot`"),
+            "{doc}"
+        );
+        assert!(doc.find("## 2. Create").unwrap() < doc.find("## 7. Arch").unwrap());
+    }
+}

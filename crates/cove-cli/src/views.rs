@@ -23,6 +23,8 @@ pub struct VmView {
     /// The image tag the VM was created from.
     pub image: String,
     pub image_id: String,
+    /// The guest architecture: `amd64` or `arm64`.
+    pub arch: String,
     /// `kvm` or `tcg`, as chosen at the last start.
     pub accel: Option<String>,
     pub machine: String,
@@ -67,6 +69,7 @@ impl From<&VmRecord> for VmView {
             memory_mib: r.memory_mib,
             image: r.image_name.clone(),
             image_id: r.image_id.clone(),
+            arch: r.arch.to_string(),
             accel: r.accel.map(|a| a.to_string()),
             machine: r.machine.to_string(),
             ports: r.ports.iter().map(PortView::from).collect(),

@@ -112,7 +112,7 @@ impl fmt::Display for DoctorReport {
 
 /// Run every host check.
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
-    let mut checks = vec![qemu(), kvm(facts.kvm.as_ref())];
+    let mut checks = vec![qemu(), qemu_aarch64(), apt_arm64(), kvm(facts.kvm.as_ref())];
     checks.extend(protections(&facts.qemu_sandbox));
     for (name, cannot_boot) in &facts.backends {
         let check = format!("backend {name}");
@@ -203,10 +203,57 @@ pub fn tool(name: &str, candidates: &[&str], missing: Level, fix: &str) -> Check
 
 /// QEMU: present, its version and the accelerators it was built with.
 pub fn qemu() -> Check {
-    let name = "qemu-system-x86_64";
-    let fix = Some("sudo apt-get install qemu-system-x86");
+    qemu_named(
+        "qemu-system-x86_64",
+        Level::Fail,
+        "sudo apt-get install qemu-system-x86",
+    )
+}
+
+/// The QEMU of arm64 guests (`-M virt`, booted straight into the kernel: no firmware is
+/// needed); a host without it still runs amd64 guests.
+pub fn qemu_aarch64() -> Check {
+    qemu_named(
+        "qemu-system-aarch64",
+        Level::Warn,
+        "sudo apt-get install qemu-system-arm (for arm64 guests)",
+    )
+}
+
+/// Whether apt can download arm64 packages (the kernel and busybox of an arm64 image).
+pub fn apt_arm64() -> Check {
+    let name = "apt arm64 packages";
+    let fix = Some("sudo dpkg --add-architecture arm64 && sudo apt-get update (for arm64 images)");
+    match Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+    {
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "arm64") =>
+        {
+            Check::new(
+                name,
+                Level::Ok,
+                "arm64 is a foreign dpkg architecture",
+                None,
+            )
+        }
+        Ok(_) => Check::new(
+            name,
+            Level::Warn,
+            "arm64 is not a dpkg architecture here",
+            fix,
+        ),
+        Err(e) => Check::new(name, Level::Warn, format!("cannot run dpkg: {e}"), fix),
+    }
+}
+
+fn qemu_named(name: &str, missing: Level, fix: &str) -> Check {
+    let fix = Some(fix);
     let Some(bin) = find_executable(name) else {
-        return Check::new(name, Level::Fail, "not found in PATH", fix);
+        return Check::new(name, missing, "not found in PATH", fix);
     };
     let version = Command::new(&bin).arg("--version").output();
     let version = match version {
@@ -246,7 +293,7 @@ pub fn qemu() -> Check {
     if accels.iter().any(|a| a == "tcg" || a == "kvm") {
         Check::new(name, Level::Ok, detail, None)
     } else {
-        Check::new(name, Level::Fail, detail, fix)
+        Check::new(name, missing, detail, fix)
     }
 }
 
@@ -426,6 +473,15 @@ mod tests {
         assert_eq!(c.status, Level::Ok, "{c:?}");
         assert!(c.detail.contains("version "), "{}", c.detail);
         assert!(c.detail.contains("tcg"), "{}", c.detail);
+    }
+
+    #[test]
+    fn qemu_aarch64_and_arm64_packages_are_checked() {
+        // qemu-system-arm and arm64 as a dpkg architecture come with scripts/install-deps.
+        let c = qemu_aarch64();
+        assert_eq!(c.status, Level::Ok, "{c:?}");
+        assert!(c.detail.contains("qemu-system-aarch64") && c.detail.contains("tcg"));
+        assert_eq!(apt_arm64().status, Level::Ok);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! into images are written with `@NAME@` placeholders that [`render_script`] fills from these
 //! constants, so a script cannot drift from the code that reads its output.
 
+mod arch;
+pub use arch::{Arch, UnknownArch};
+
 /// Name of the virtio-serial port the guest agent listens on.
 pub const AGENT_PORT_NAME: &str = "org.cove.agent";
 

@@ -112,7 +112,8 @@ impl<'a> Apt<'a> {
             });
         };
         let r = Resolved {
-            package: package.to_owned(),
+            // `busybox-static:arm64` is package `busybox-static` of architecture arm64.
+            package: package.split(':').next().unwrap_or(package).to_owned(),
             version,
             arch,
         };
@@ -125,8 +126,13 @@ impl<'a> Apt<'a> {
         Ok(r)
     }
 
-    /// The newest `<package>_*.deb` already in the download cache.
+    /// The newest `<package>_*.deb` (`<package>_*_<arch>.deb` for `package:arch`) already in
+    /// the download cache.
     fn newest_download(&self, package: &str) -> Option<Resolved> {
+        let (package, want_arch) = match package.split_once(':') {
+            Some((p, a)) => (p, Some(a)),
+            None => (package, None),
+        };
         let prefix = format!("{package}_");
         std::fs::read_dir(self.paths.downloads())
             .ok()?
@@ -135,6 +141,9 @@ impl<'a> Apt<'a> {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let rest = name.strip_prefix(&prefix)?.strip_suffix(".deb")?.to_owned();
                 let (version, arch) = rest.rsplit_once('_')?;
+                if want_arch.is_some_and(|a| a != arch) {
+                    return None;
+                }
                 let mtime = e.metadata().ok()?.modified().ok()?;
                 Some((
                     mtime,
@@ -169,7 +178,11 @@ impl<'a> Apt<'a> {
             .prefix(".download-")
             .tempdir_in(&dir)
             .map_err(io_err("cannot create a temporary directory in", &dir))?;
-        let spec = format!("{}={}", r.package, r.version);
+        // Qualified by architecture, so a foreign one (arm64 on an amd64 host) is what comes.
+        let spec = match r.arch.as_str() {
+            "all" => format!("{}={}", r.package, r.version),
+            arch => format!("{}:{}={}", r.package, arch, r.version),
+        };
         let mut cmd = Command::new("apt-get");
         cmd.args(["download", "-q", &spec]).current_dir(tmp.path());
         match util::run(

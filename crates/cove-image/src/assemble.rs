@@ -19,6 +19,7 @@ use std::time::Instant;
 
 /// Everything [`assemble`] needs besides the root tree.
 pub(crate) struct Parts<'a> {
+    pub(crate) arch: cove_guest::Arch,
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) base: String,
@@ -181,6 +182,7 @@ pub(crate) fn assemble(
     let m = ImageManifest {
         id: p.id.clone(),
         name: p.name,
+        arch: p.arch,
         base: p.base,
         kernel: cache::final_path(paths, &p.id, files::KERNEL),
         vmlinux: vmlinux_size.map(|_| cache::final_path(paths, &p.id, files::VMLINUX)),

@@ -65,12 +65,19 @@ pub fn build_image(
     let started = Instant::now();
     let rep = Reporter::new(progress);
     let apt = Apt::new(paths, &rep);
+    let inputs = locate_common_inputs(
+        &apt,
+        &rep,
+        spec.arch,
+        &spec.kernel_source(),
+        opts.agent.as_deref(),
+    )?;
     let CommonInputs {
         kernel,
-        busybox_deb,
         busybox_sha,
         agent_sha,
-    } = locate_common_inputs(&apt, &rep, &spec.kernel_source(), opts.agent.as_deref())?;
+        ..
+    } = &inputs;
     let packages = spec.base_packages();
     let base_key = debian::base_key(spec, &packages);
     let rootfs_sha = rep.stage("hash inputs", || -> Result<Option<String>> {
@@ -94,12 +101,14 @@ pub fn build_image(
         rootfs_sha256: rootfs_sha.as_deref(),
         files_sha256: &files_sha,
         kernel_sha256: &kernel.sha256,
-        busybox_sha256: &busybox_sha,
+        busybox_sha256: busybox_sha,
         agent_sha256: agent_sha.as_deref(),
         modules: &modules,
         vmlinux: opts.vmlinux,
         initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-        cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(&spec.services).as_bytes()),
+        cove_init_sha256: util::sha256_bytes(
+            rootfs::cove_init_script(&spec.services, spec.arch).as_bytes(),
+        ),
     });
     if let Some(m) = cache::cached(paths, store, &id)? {
         rep.message(&format!("image {} ({id}) is up to date", m.name));
@@ -137,6 +146,7 @@ pub fn build_image(
             spec.init,
             opts.agent.as_deref(),
             &spec.services,
+            spec.arch,
         )
     })?;
     for (i, c) in spec.commands.iter().enumerate() {
@@ -144,9 +154,7 @@ pub fn build_image(
             debian::run_in_chroot(&rep, &tree, i, c)
         })?;
     }
-    let bb_tree = rep.stage("unpack busybox", || apt.extract(&busybox_deb))?;
-    let busybox = bb_tree.join("bin/busybox");
-    let applets = initramfs::busybox_applets(&rep, &busybox)?;
+    let (busybox, applets) = inputs.busybox(&apt, &rep)?;
     assemble(
         paths,
         store,
@@ -156,8 +164,9 @@ pub fn build_image(
         Parts {
             id,
             name: spec.name.clone(),
+            arch: spec.arch,
             base,
-            kernel: &kernel,
+            kernel,
             busybox: &busybox,
             applets: &applets,
             modules: &modules,

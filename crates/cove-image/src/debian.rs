@@ -19,6 +19,9 @@ pub(crate) struct BaseKey<'a> {
     pub(crate) variant: &'static str,
     pub(crate) packages: &'a [String],
     pub(crate) mirror: &'a str,
+    /// Absent for amd64, so the keys of bases made before arm64 support stay the same.
+    #[serde(skip_serializing_if = "crate::spec::is_amd64")]
+    pub(crate) arch: cove_guest::Arch,
 }
 
 pub(crate) fn base_key(spec: &ImageSpec, packages: &[String]) -> Option<String> {
@@ -28,6 +31,7 @@ pub(crate) fn base_key(spec: &ImageSpec, packages: &[String]) -> Option<String> 
         variant: "minbase",
         packages,
         mirror: spec.mirror.as_deref().unwrap_or(spec::DEFAULT_MIRROR),
+        arch: spec.arch,
     };
     Some(util::sha256_bytes(
         &serde_json::to_vec(&key).unwrap_or_default(),
@@ -101,6 +105,9 @@ pub(crate) fn debian_base(
     if have("mmdebstrap") {
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(["--variant=minbase", "--format=tar", mmdebstrap_mode()]);
+        // A foreign architecture's maintainer scripts run through qemu-user (binfmt_misc);
+        // mmdebstrap says so when the host cannot.
+        cmd.arg(format!("--architectures={}", spec.arch));
         if !packages.is_empty() {
             cmd.arg(format!("--include={}", packages.join(",")));
         }
@@ -113,6 +120,7 @@ pub(crate) fn debian_base(
         let tree = tmp.path().join("tree");
         let mut cmd = Command::new("debootstrap");
         cmd.arg("--variant=minbase");
+        cmd.arg(format!("--arch={}", spec.arch));
         if !packages.is_empty() {
             cmd.arg(format!("--include={}", packages.join(",")));
         }

@@ -7,11 +7,16 @@ use crate::error::{ImageError, Result, io_err};
 use crate::kbuild::{BuiltKernel, KernelBuild, KernelBuildOptions};
 use crate::progress::Reporter;
 use crate::util::sha256_file;
+use cove_guest::Arch;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Debian's cloud kernel: small, virtio as modules, boots on microvm.
 pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The arm64 cloud kernel: boots on QEMU's `virt` (PL011 console, PCI host and PL031 built
+/// in; virtio as modules, as on amd64).
+pub const DEFAULT_KERNEL_PACKAGE_ARM64: &str = "linux-image-cloud-arm64";
 
 /// Where an image's kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +38,19 @@ pub enum KernelSource {
 impl Default for KernelSource {
     fn default() -> Self {
         Self::Package(DEFAULT_KERNEL_PACKAGE.to_owned())
+    }
+}
+
+impl KernelSource {
+    /// Debian's cloud kernel for `arch`.
+    pub fn for_arch(arch: Arch) -> Self {
+        Self::Package(
+            match arch {
+                Arch::Amd64 => DEFAULT_KERNEL_PACKAGE,
+                Arch::Arm64 => DEFAULT_KERNEL_PACKAGE_ARM64,
+            }
+            .to_owned(),
+        )
     }
 }
 

@@ -38,6 +38,7 @@ pub mod vmlinux;
 
 pub use build::{BuildOptions, build_image};
 pub use cache::{image_dir, list, remove, resolve};
+pub use cove_guest::Arch;
 pub use error::{ImageError, Result};
 pub use ext4::{ROOT_LABEL, auto_size};
 pub use initramfs::init_script as initramfs_init;

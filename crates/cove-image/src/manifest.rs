@@ -1,6 +1,7 @@
 //! What a built image is: the manifest stored as JSON in the image's store
 //! row and as `manifest.json` in its directory.
 
+use cove_guest::Arch;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -48,6 +49,9 @@ pub struct ImageManifest {
     /// sha256 over the spec and the content hashes of every input.
     pub id: String,
     pub name: String,
+    /// The guest architecture; images made before arm64 support are `amd64`.
+    #[serde(default)]
+    pub arch: Arch,
     /// What the root filesystem was made from: `minimal`, `debian:bookworm`, `dir:…`, `tarball:…`.
     pub base: String,
     /// The bzImage.

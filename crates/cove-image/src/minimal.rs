@@ -12,6 +12,7 @@ use crate::manifest::{ImageManifest, InitKind, Service};
 use crate::progress::{Progress, Reporter};
 use crate::rootfs;
 use crate::util::{self, sha256_file};
+use cove_guest::Arch;
 use cove_state::{Paths, Store};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 pub struct MinimalOptions {
     /// The image's name (tag); `minimal` by default.
     pub name: String,
+    /// The guest architecture; set [`MinimalOptions::kernel`] to match
+    /// ([`MinimalOptions::for_arch`] does).
+    pub arch: Arch,
     pub kernel: KernelSource,
     /// A static `cove-agent` binary to install as `/usr/lib/cove/cove-agent`.
     pub agent: Option<PathBuf>,
@@ -43,6 +47,7 @@ impl Default for MinimalOptions {
     fn default() -> Self {
         Self {
             name: "minimal".to_owned(),
+            arch: Arch::Amd64,
             kernel: KernelSource::default(),
             agent: None,
             size: None,
@@ -53,12 +58,31 @@ impl Default for MinimalOptions {
     }
 }
 
+impl MinimalOptions {
+    /// The defaults for a guest of `arch`: its Debian cloud kernel, and the name
+    /// `minimal-arm64` for arm64 (so `minimal` stays the host's).
+    pub fn for_arch(arch: Arch) -> Self {
+        Self {
+            name: match arch {
+                Arch::Amd64 => "minimal".to_owned(),
+                arch => format!("minimal-{arch}"),
+            },
+            arch,
+            kernel: KernelSource::for_arch(arch),
+            ..Self::default()
+        }
+    }
+}
+
 /// Everything the `minimal` image is made of; its hash is the image id.
 #[derive(Serialize)]
 struct MinimalKey<'a> {
     format: u32,
     builder: &'static str,
     name: &'a str,
+    /// Absent for amd64, so the ids of images built before arm64 support stay the same.
+    #[serde(skip_serializing_if = "crate::spec::is_amd64")]
+    arch: Arch,
     kernel_sha256: &'a str,
     busybox_sha256: &'a str,
     agent_sha256: Option<&'a str>,
@@ -97,20 +121,42 @@ pub(crate) struct CommonInputs {
     pub busybox_deb: PathBuf,
     pub busybox_sha: String,
     pub agent_sha: Option<String>,
+    /// The guest's architecture, whose busybox cannot run on a host of another.
+    pub arch: Arch,
+}
+
+impl CommonInputs {
+    /// Unpacks busybox and lists its applets. A foreign busybox (arm64 on an x86-64 host)
+    /// cannot be run to ask, so the host architecture's build of the same Debian package
+    /// answers: both are built from one source with one config.
+    pub(crate) fn busybox(&self, apt: &Apt, rep: &Reporter) -> Result<(PathBuf, Vec<String>)> {
+        let tree = rep.stage("unpack busybox", || apt.extract(&self.busybox_deb))?;
+        let busybox = tree.join("bin/busybox");
+        let lister = if self.arch == Arch::host() {
+            busybox.clone()
+        } else {
+            let (_, deb) = rep.stage("locate host busybox", || apt.get(BUSYBOX_PACKAGE))?;
+            apt.extract(&deb)?.join("bin/busybox")
+        };
+        let applets = initramfs::busybox_applets(rep, &lister)?;
+        Ok((busybox, applets))
+    }
 }
 
 pub(crate) fn locate_common_inputs(
     apt: &Apt,
     rep: &Reporter,
+    arch: Arch,
     kernel_source: &KernelSource,
     agent: Option<&std::path::Path>,
 ) -> Result<CommonInputs> {
     let kernel = rep.stage("locate kernel", || kernel::locate(apt, rep, kernel_source))?;
-    let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(BUSYBOX_PACKAGE))?;
+    let busybox_package = format!("{BUSYBOX_PACKAGE}:{arch}");
+    let (_, busybox_deb) = rep.stage("locate busybox", || apt.get(&busybox_package))?;
     let busybox_sha = util::sha256_file_cached(&busybox_deb)?;
     let agent_sha = match agent {
         Some(a) => {
-            rootfs::check_agent(a)?;
+            rootfs::check_agent(a, arch)?;
             Some(sha256_file(a)?)
         }
         None => None,
@@ -120,6 +166,7 @@ pub(crate) fn locate_common_inputs(
         busybox_deb,
         busybox_sha,
         agent_sha,
+        arch,
     })
 }
 
@@ -133,25 +180,29 @@ pub fn build_minimal(
     let started = Instant::now();
     let rep = Reporter::new(progress);
     let apt = Apt::new(paths, &rep);
+    let inputs = locate_common_inputs(&apt, &rep, opts.arch, &opts.kernel, opts.agent.as_deref())?;
     let CommonInputs {
         kernel,
-        busybox_deb,
         busybox_sha,
         agent_sha,
-    } = locate_common_inputs(&apt, &rep, &opts.kernel, opts.agent.as_deref())?;
+        ..
+    } = &inputs;
     let modules = module_list(&opts.extra_modules);
     let key = MinimalKey {
         format: FORMAT_VERSION,
         builder: "minimal",
         name: &opts.name,
+        arch: opts.arch,
         kernel_sha256: &kernel.sha256,
-        busybox_sha256: &busybox_sha,
+        busybox_sha256: busybox_sha,
         agent_sha256: agent_sha.as_deref(),
         modules: &modules,
         size: opts.size,
         vmlinux: opts.vmlinux,
         initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-        cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(&opts.services).as_bytes()),
+        cove_init_sha256: util::sha256_bytes(
+            rootfs::cove_init_script(&opts.services, opts.arch).as_bytes(),
+        ),
     };
     let id = image_id(&key);
     if let Some(m) = cache::cached(paths, store, &id)? {
@@ -160,9 +211,7 @@ pub fn build_minimal(
     }
 
     let staging = cache::staging(paths)?;
-    let bb_tree = rep.stage("unpack busybox", || apt.extract(&busybox_deb))?;
-    let busybox = bb_tree.join("bin/busybox");
-    let applets = initramfs::busybox_applets(&rep, &busybox)?;
+    let (busybox, applets) = inputs.busybox(&apt, &rep)?;
     let root = staging.path().join("tree");
     rep.stage("populate root filesystem", || -> Result<()> {
         rootfs::minimal_tree(&root, &busybox, &applets)?;
@@ -172,6 +221,7 @@ pub fn build_minimal(
             InitKind::Cove,
             opts.agent.as_deref(),
             &opts.services,
+            opts.arch,
         )
     })?;
     assemble(
@@ -183,8 +233,9 @@ pub fn build_minimal(
         Parts {
             id,
             name: opts.name.clone(),
+            arch: opts.arch,
             base: "minimal".to_owned(),
-            kernel: &kernel,
+            kernel,
             busybox: &busybox,
             applets: &applets,
             modules: &modules,
@@ -215,6 +266,7 @@ mod tests {
             format: FORMAT_VERSION,
             builder: "minimal",
             name: "minimal",
+            arch: Arch::Amd64,
             kernel_sha256: "aa",
             busybox_sha256: "bb",
             agent_sha256: None,
@@ -222,7 +274,9 @@ mod tests {
             size: None,
             vmlinux: true,
             initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-            cove_init_sha256: util::sha256_bytes(rootfs::cove_init_script(services).as_bytes()),
+            cove_init_sha256: util::sha256_bytes(
+                rootfs::cove_init_script(services, Arch::Amd64).as_bytes(),
+            ),
         }
     }
 
@@ -247,6 +301,9 @@ mod tests {
         assert_ne!(a, image_id(&key(&mods, &svc)));
         let mut k = key(&mods, &[]);
         k.agent_sha256 = Some("cc");
+        assert_ne!(a, image_id(&k));
+        let mut k = key(&mods, &[]);
+        k.arch = Arch::Arm64;
         assert_ne!(a, image_id(&k));
     }
 }

@@ -22,7 +22,8 @@ pub(crate) fn shell_quote(s: &str) -> String {
 }
 
 /// The `/sbin/cove-init` script with `services` started by it.
-pub fn cove_init_script(services: &[Service]) -> String {
+/// `@CONSOLE@` is the guest architecture's serial console (`ttyS0`, `ttyAMA0`).
+pub fn cove_init_script(services: &[Service], arch: cove_guest::Arch) -> String {
     let lines: Vec<String> = services
         .iter()
         .map(|s| {
@@ -34,7 +35,9 @@ pub fn cove_init_script(services: &[Service]) -> String {
             )
         })
         .collect();
-    cove_guest::render_script(COVE_INIT_TEMPLATE).replace("#COVE_SERVICES#", &lines.join("\n"))
+    cove_guest::render_script(COVE_INIT_TEMPLATE)
+        .replace("@CONSOLE@", arch.console())
+        .replace("#COVE_SERVICES#", &lines.join("\n"))
 }
 
 /// The systemd unit that keeps the agent running in systemd images.
@@ -66,15 +69,19 @@ fn service_unit(s: &Service) -> String {
 
 /// Refuses an agent binary that would not run in the guest: it must be an
 /// x86-64 ELF executable with no interpreter (statically linked).
-pub fn check_agent(path: &Path) -> Result<()> {
+pub fn check_agent(path: &Path, arch: cove_guest::Arch) -> Result<()> {
     let data = std::fs::read(path).map_err(io_err("cannot read the agent binary", path))?;
     let bad = |reason: &str| ImageError::AgentNotElf {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     };
     let elf = goblin::elf::Elf::parse(&data).map_err(|e| bad(&e.to_string()))?;
-    if elf.header.e_machine != goblin::elf::header::EM_X86_64 {
-        return Err(bad("it is built for another architecture"));
+    if elf.header.e_machine != arch.elf_machine() {
+        return Err(bad(&format!(
+            "it is built for another architecture than the image's {arch} \
+             (scripts/build makes target/{}/<profile>/cove-agent)",
+            arch.rust_target()
+        )));
     }
     if !matches!(
         elf.header.e_type,
@@ -96,6 +103,7 @@ pub(crate) fn install_cove_files(
     init: InitKind,
     agent: Option<&Path>,
     services: &[Service],
+    arch: cove_guest::Arch,
 ) -> Result<()> {
     for d in [
         "sbin",
@@ -114,7 +122,7 @@ pub(crate) fn install_cove_files(
     set_mode(&root.join("tmp"), 0o1777)?;
     let init_path = root.join("sbin/cove-init");
     let _ = std::fs::remove_file(&init_path);
-    write_file(&init_path, cove_init_script(services))?;
+    write_file(&init_path, cove_init_script(services, arch))?;
     set_mode(&init_path, 0o755)?;
     if let Some(agent) = agent {
         let dest = root.join(agent_path());
@@ -204,11 +212,14 @@ mod tests {
 
     #[test]
     fn services_are_quoted_into_the_init() {
-        let s = cove_init_script(&[Service {
-            name: "web".into(),
-            command: "echo 'hi' && httpd -f".into(),
-            user: "nobody".into(),
-        }]);
+        let s = cove_init_script(
+            &[Service {
+                name: "web".into(),
+                command: "echo 'hi' && httpd -f".into(),
+                user: "nobody".into(),
+            }],
+            cove_guest::Arch::Amd64,
+        );
         assert!(
             s.contains(r#"run_service 'web' 'nobody' 'echo '\''hi'\'' && httpd -f'"#),
             "{s}"
@@ -222,17 +233,17 @@ mod tests {
     fn dynamic_binaries_are_refused_as_agents() {
         // The test binary itself is dynamically linked (gnu target default).
         let me = std::env::current_exe().unwrap();
-        match check_agent(&me) {
+        match check_agent(&me, cove_guest::Arch::host()) {
             Err(ImageError::AgentNotStatic(_)) => {}
             other => panic!("expected AgentNotStatic, got {other:?}"),
         }
-        let err = check_agent(Path::new("/etc/passwd")).unwrap_err();
+        let err = check_agent(Path::new("/etc/passwd"), cove_guest::Arch::Amd64).unwrap_err();
         assert!(matches!(err, ImageError::AgentNotElf { .. }), "{err}");
     }
 
     #[test]
     fn a_static_binary_is_accepted_as_agent() {
         // busybox-static is a build-host prerequisite (scripts/install-deps).
-        check_agent(Path::new("/bin/busybox")).unwrap();
+        check_agent(Path::new("/bin/busybox"), cove_guest::Arch::Amd64).unwrap();
     }
 }

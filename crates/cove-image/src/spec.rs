@@ -27,6 +27,7 @@
 use crate::error::{ImageError, Result};
 use crate::kernel::KernelSource;
 use crate::manifest::{InitKind, Service};
+use cove_guest::Arch;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
@@ -37,6 +38,10 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
     pub name: String,
+    /// The guest architecture (`amd64` or `arm64`). Left out of the serialized spec when
+    /// `amd64`, so the ids of images built before arm64 support stay the same.
+    #[serde(default, skip_serializing_if = "is_amd64")]
+    pub arch: Arch,
     /// `debian:<suite>`; absent when `rootfs` is given.
     #[serde(default)]
     pub base: Option<String>,
@@ -70,6 +75,11 @@ pub struct ImageSpec {
     /// pass, besides the ones every image needs; checked after the build.
     #[serde(default)]
     pub kernel_requires: Vec<String>,
+}
+
+/// For `skip_serializing_if` in cache keys: `amd64` is what keys said before arm64 existed.
+pub(crate) fn is_amd64(arch: &Arch) -> bool {
+    *arch == Arch::Amd64
 }
 
 /// A root filesystem from a directory or a tarball.
@@ -270,10 +280,10 @@ impl ImageSpec {
         Ok(())
     }
 
-    /// The kernel source, defaulting to Debian's cloud kernel.
+    /// The kernel source, defaulting to Debian's cloud kernel for the spec's architecture.
     pub fn kernel_source(&self) -> KernelSource {
         match &self.kernel {
-            None => KernelSource::default(),
+            None => KernelSource::for_arch(self.arch),
             Some(KernelSpec::Package(p)) => KernelSource::Package(p.clone()),
             Some(KernelSpec::Source(s)) => s.clone(),
         }

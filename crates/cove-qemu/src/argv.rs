@@ -45,13 +45,23 @@ pub struct Qemu {
 impl Qemu {
     /// Finds `qemu-system-x86_64` on `$PATH`.
     pub fn find(tsc_khz: Option<u64>) -> Result<Self, BackendError> {
-        let binary = find_on_path(QEMU_BINARY, std::env::var_os("PATH").as_deref()).ok_or(
-            BackendError::BinaryNotFound {
-                binary: QEMU_BINARY,
-                package: QEMU_PACKAGE,
-            },
-        )?;
+        Self::find_for(Machine::Microvm, tsc_khz)
+    }
+
+    /// Finds the QEMU that emulates `machine` (`qemu-system-aarch64` for `virt`).
+    pub fn find_for(machine: Machine, tsc_khz: Option<u64>) -> Result<Self, BackendError> {
+        let (binary, package) = Self::binary_for(machine);
+        let binary = find_on_path(binary, std::env::var_os("PATH").as_deref())
+            .ok_or(BackendError::BinaryNotFound { binary, package })?;
         Ok(Self { binary, tsc_khz })
+    }
+
+    /// The QEMU binary that emulates `machine`, and the Debian package that has it.
+    pub fn binary_for(machine: Machine) -> (&'static str, &'static str) {
+        match machine.arch() {
+            cove_backend::Arch::Amd64 => (QEMU_BINARY, QEMU_PACKAGE),
+            cove_backend::Arch::Arm64 => (crate::aarch64::BINARY, crate::aarch64::PACKAGE),
+        }
     }
 
     /// The arguments (without the binary) for `spec`.
@@ -98,7 +108,10 @@ fn check_opt_value(what: &str, value: &str) -> Result<(), BackendError> {
 }
 
 fn kernel_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
-    let mut cmdline = BASE_CMDLINE.to_owned();
+    let mut cmdline = match spec.machine {
+        Machine::Virt => crate::aarch64::base_cmdline(),
+        Machine::Microvm | Machine::Q35 => BASE_CMDLINE.to_owned(),
+    };
     if let (Machine::Microvm, Some(khz)) = (spec.machine, tsc_khz) {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -156,7 +169,11 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     // microvm has no PCI: virtio devices sit on virtio-mmio ("-device").
     let bus = match spec.machine {
         Machine::Microvm => "device",
-        Machine::Q35 => "pci",
+        Machine::Q35 | Machine::Virt => "pci",
+    };
+    let accel = match spec.machine {
+        Machine::Virt => crate::aarch64::accel(spec.accel),
+        Machine::Microvm | Machine::Q35 => spec.accel,
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
@@ -186,6 +203,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         Machine::Microvm if tsc_khz.is_some() => push(&["-M", "microvm,acpi=on,pit=off"]),
         Machine::Microvm => push(&["-M", "microvm,acpi=on"]),
         Machine::Q35 => push(&["-M", "q35"]),
+        Machine::Virt => push(&crate::aarch64::machine_args(accel)),
     }
     if !spec.shares.is_empty() {
         // vhost-user-fs: virtiofsd reads and writes guest memory itself, so the memory must be
@@ -207,13 +225,14 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
             push(&["-global", "virtio-mmio.force-legacy=false"]);
         }
     }
-    match spec.accel {
+    match accel {
+        Accel::Kvm if spec.machine == Machine::Virt => push(&["-accel", "kvm"]),
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         // One TCG thread per vCPU when there are several.
         Accel::Tcg if spec.cpus > 1 => push(&["-accel", "tcg,thread=multi"]),
         Accel::Tcg => push(&["-accel", "tcg"]),
     }
-    if spec.accel == Accel::Tcg {
+    if accel == Accel::Tcg && spec.machine != Machine::Virt {
         // The default CPU model plus ARAT ("the APIC timer keeps running in
         // deep C-states"): without it the kernel marks the local APIC timer
         // C3STOP, and with no broadcast timer (microvm has no HPET) it never
@@ -459,6 +478,27 @@ mod tests {
             },
         ];
         insta::assert_snapshot!(render(&args(&s, Some(2_995_200))));
+    }
+
+    #[test]
+    fn virt_is_arm64_with_pci_virtio_and_the_pl011_console() {
+        // Asked for KVM on this x86-64 host: an arm64 guest still gets TCG.
+        let s = spec(Machine::Virt, Accel::Kvm);
+        let text = render(&args(&s, Some(2_995_200)));
+        for want in [
+            "-M virt\n-cpu cortex-a72\n-accel tcg\n",
+            "-append console=ttyAMA0 panic=-1 root=LABEL=cove-root quiet\n",
+            "-device virtio-serial-pci,id=vser0\n",
+            "-device virtio-blk-pci,drive=root,serial=cove-root\n",
+            "-serial chardev:console\n",
+        ] {
+            assert!(text.contains(want), "`{want}` not in:\n{text}");
+        }
+        assert!(!text.contains("tsc") && !text.contains("qemu64"), "{text}");
+        assert_eq!(
+            Qemu::binary_for(Machine::Virt),
+            ("qemu-system-aarch64", "qemu-system-arm")
+        );
     }
 
     #[test]

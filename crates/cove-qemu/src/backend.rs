@@ -96,7 +96,7 @@ impl Backend for QemuBackend {
         spec: &cove_backend::VmSpec,
         host: &HostProbe,
     ) -> Result<Launch, BackendError> {
-        let qemu = Qemu::find(host.tsc_khz)?;
+        let qemu = Qemu::find_for(spec.machine, host.tsc_khz)?;
         let mut command = qemu.command(spec)?;
         if let Ok(extra) = std::env::var(EXTRA_ARGS_ENV) {
             command.args(extra.split_whitespace());

@@ -1,7 +1,8 @@
 //! cove's QEMU backend.
 //!
 //! - [`argv`]: [`Qemu`], the [`cove_backend::Backend`] that turns a
-//!   [`cove_backend::VmSpec`] into a `qemu-system-x86_64` command line;
+//!   [`cove_backend::VmSpec`] into a `qemu-system-x86_64` command line (`aarch64.rs`: the
+//!   `qemu-system-aarch64 -M virt` piece of arm64 guests);
 //! - [`qmp`]: [`QmpClient`], an async QMP client over the `qapi` crate;
 //! - [`save`]: saving device state to a file and restoring it (snapshots);
 //! - [`backend`]: [`QemuBackend`], QEMU behind `cove_backend::Backend`, and
@@ -13,6 +14,7 @@
 //! Host probing (accelerator, TSC), process hygiene and socket waiting are
 //! every backend's and live in `cove_backend`.
 
+mod aarch64;
 pub mod argv;
 pub mod backend;
 pub mod disk;

@@ -75,7 +75,7 @@ async fn starts_paused(machine: Machine) {
         incoming: false,
         shares: vec![],
     };
-    let qemu = Qemu::find(Some(2_000_000)).unwrap();
+    let qemu = Qemu::find_for(machine, Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();
     process::supervise(&mut cmd)
         .stdin(Stdio::null())
@@ -117,6 +117,12 @@ async fn starts_paused(machine: Machine) {
 #[tokio::test]
 async fn microvm_argv_is_accepted() {
     starts_paused(Machine::Microvm).await;
+}
+
+/// arm64 (`qemu-system-aarch64 -M virt`): the fake bzImage is loaded as a raw Image, never run.
+#[tokio::test]
+async fn virt_argv_is_accepted() {
+    starts_paused(Machine::Virt).await;
 }
 
 #[tokio::test]

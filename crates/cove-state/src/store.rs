@@ -343,6 +343,7 @@ mod tests {
             name: VmName::new(name).unwrap(),
             image_id: "abc".into(),
             image_name: "minimal".into(),
+            arch: cove_guest::Arch::Amd64,
             cpus: 1,
             memory_mib: 256,
             state: VmState::Created,

@@ -237,6 +237,9 @@ pub struct VmRecord {
     pub image_id: String,
     /// The tag the user asked for, for display.
     pub image_name: String,
+    /// The guest architecture, the image's; VMs recorded before arm64 support are `amd64`.
+    #[serde(default)]
+    pub arch: cove_guest::Arch,
     pub cpus: u32,
     pub memory_mib: u64,
     pub state: VmState,

@@ -52,6 +52,8 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         .probe_host(&paths.cache, false)
         .require_bootable(opts.backend.as_str())?;
     let image = boot_image::resolve(&store, &opts.image)?;
+    let machine = Machine::for_arch(image.arch, opts.machine)
+        .map_err(|e| LifecycleError::BadResources(format!("image `{}`: {e}", image.name)))?;
     for disk in &opts.disks {
         if let Some(mount) = disk.mount.as_deref() {
             data_disk::validate_mount(mount).map_err(|e| {
@@ -70,6 +72,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         name: opts.name.clone(),
         image_id: image.id.clone(),
         image_name: image.name.clone(),
+        arch: image.arch,
         cpus: opts.cpus,
         memory_mib: opts.memory_mib,
         state: VmState::Created,
@@ -77,7 +80,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         vmm_pid: None,
         backend: opts.backend,
         accel: None,
-        machine: opts.machine,
+        machine,
         ports: opts.ports.clone(),
         data_disks: opts.disks.iter().map(|d| d.name.clone()).collect(),
         disk_mounts: opts

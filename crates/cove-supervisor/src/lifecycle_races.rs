@@ -27,6 +27,7 @@ fn put_record(paths: &Paths, name: &str, disks: &[&str]) -> VmRecord {
         backend: Default::default(),
         accel: None,
         machine: Default::default(),
+        arch: Default::default(),
         ports: vec![],
         data_disks: disks.iter().map(|d| d.to_string()).collect(),
         disk_mounts: Default::default(),

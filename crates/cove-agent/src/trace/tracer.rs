@@ -222,9 +222,7 @@ impl Tracer {
         if p.path.as_deref() == Some("") {
             return;
         }
-        if let Some(path) = &p.path
-            && is_open(p.call.name)
-        {
+        if let Some(path) = p.path.as_ref().filter(|_| is_open(p.call.name)) {
             self.libs.on_open(path, !failed);
         }
         if failed {

@@ -18,7 +18,7 @@ pub struct Args {
     pub image: String,
     #[command(flatten)]
     pub resources: Resources,
-    /// The machine model: `microvm` (fastest boot) or `q35` (PCI).
+    /// The machine model: `microvm` (fastest boot) or `q35` (PCI); arm64 images always run on `virt`.
     #[arg(long, default_value = "microvm")]
     pub machine: cove_backend::Machine,
     /// The VMM: `qemu` (KVM or software emulation) or `firecracker` (needs

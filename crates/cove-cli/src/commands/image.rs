@@ -42,6 +42,10 @@ pub struct BuildArgs {
     /// Kernel: an apt package name, a `.deb`, or a bzImage path.
     #[arg(long)]
     pub kernel: Option<String>,
+    /// Guest architecture of `minimal`: `amd64` (default) or `arm64` (booted with
+    /// qemu-system-aarch64 under TCG on an x86-64 host). A spec file says `arch = "arm64"`.
+    #[arg(long)]
+    pub arch: Option<cove_image::Arch>,
     /// The static `cove-agent` to install (default: the one built beside `cove`).
     #[arg(long, env = "COVE_AGENT")]
     pub agent: Option<PathBuf>,
@@ -137,12 +141,23 @@ pub fn run_build(
     progress: &dyn Progress,
 ) -> Result<Built> {
     let mut store = Store::open(paths)?;
+    // The spec's architecture, when building one, picks the agent as `--arch` does for minimal.
+    let arch = match (&args.arch, args.what.as_str()) {
+        (Some(a), _) => *a,
+        (None, "minimal") => cove_image::Arch::Amd64,
+        (None, spec) => cove_image::ImageSpec::load(Path::new(spec))
+            .map(|s| s.arch)
+            .unwrap_or_default(),
+    };
+    if args.arch.is_some() && args.what != "minimal" {
+        bail!("--arch is for `minimal`; a spec file says `arch = \"{arch}\"` itself");
+    }
     let agent = if args.no_agent {
         None
     } else {
         Some(match args.agent {
             Some(path) => path,
-            None => locate_agent()?,
+            None => locate_agent(arch)?,
         })
     };
     let began = std::time::Instant::now();
@@ -152,7 +167,7 @@ pub fn run_build(
             agent,
             size: args.size,
             extra_modules: args.modules.clone(),
-            ..MinimalOptions::default()
+            ..MinimalOptions::for_arch(arch)
         };
         if let Some(name) = args.name {
             opts.name = name;
@@ -216,43 +231,51 @@ fn build_spec(
     cove_image::build_image(paths, store, &spec, &opts, progress)
 }
 
-/// The static agent built by `scripts/build`, found relative to this binary
-/// (`target/release/cove` → `target/x86_64-unknown-linux-gnu/release/cove-agent`)
-/// or installed beside it.
-pub fn locate_agent() -> Result<PathBuf> {
+/// The static agent for `arch` built by `scripts/build`, found relative to this binary
+/// (`target/release/cove` → `target/x86_64-unknown-linux-gnu/release/cove-agent`, or
+/// `aarch64-unknown-linux-gnu` for arm64) or, for amd64, installed beside it.
+pub fn locate_agent(arch: cove_image::Arch) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the cove binary")?;
     let dir = exe.parent().context("cove binary has no directory")?;
     let profile = dir
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("release");
-    let mut candidates = vec![
-        dir.join("cove-agent-static"),
-        dir.join("../lib/cove/cove-agent"),
-    ];
+    let mut candidates = Vec::new();
+    if arch == cove_image::Arch::Amd64 {
+        candidates.push(dir.join("cove-agent-static"));
+        candidates.push(dir.join("../lib/cove/cove-agent"));
+    } else {
+        candidates.push(dir.join(format!("../lib/cove/{arch}/cove-agent")));
+    }
     if let Some(target) = dir.parent() {
         candidates.push(
             target
-                .join("x86_64-unknown-linux-gnu")
+                .join(arch.rust_target())
                 .join(profile)
                 .join("cove-agent"),
         );
-        candidates.push(
-            target
-                .join("x86_64-unknown-linux-musl")
-                .join(profile)
-                .join("cove-agent"),
-        );
+        if arch == cove_image::Arch::Amd64 {
+            candidates.push(
+                target
+                    .join("x86_64-unknown-linux-musl")
+                    .join(profile)
+                    .join("cove-agent"),
+            );
+        }
     }
-    candidates.push(PathBuf::from("/usr/lib/cove/cove-agent"));
+    if arch == cove_image::Arch::Amd64 {
+        candidates.push(PathBuf::from("/usr/lib/cove/cove-agent"));
+    }
     candidates
         .iter()
         .find(|p| p.is_file())
         .cloned()
         .with_context(|| {
             format!(
-                "no static cove-agent found (looked in {}); build it with `scripts/build`, \
-                 pass --agent PATH, or --no-agent",
+                "no static {arch} cove-agent found (looked in {}); build it with `scripts/build` \
+                 (as root for arm64: it cross-compiles in a Debian root), pass --agent PATH, \
+                 or --no-agent",
                 candidates
                     .iter()
                     .map(|p| p.display().to_string())
@@ -279,6 +302,7 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
             vec![
                 m.name.clone(),
                 m.id[..12].to_owned(),
+                m.arch.to_string(),
                 m.base.clone(),
                 m.kernel_version.clone(),
                 output::mib(m.sizes.rootfs / (1024 * 1024)),
@@ -286,7 +310,10 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
             ]
         })
         .collect();
-    output::print_table(&["NAME", "ID", "BASE", "KERNEL", "ROOTFS", "AGENT"], &rows);
+    output::print_table(
+        &["NAME", "ID", "ARCH", "BASE", "KERNEL", "ROOTFS", "AGENT"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -29,13 +29,16 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode> {
                 r.cpus.to_string(),
                 output::mib(r.memory_mib),
                 r.image_name.clone(),
+                r.arch.to_string(),
                 r.accel.map_or_else(|| "-".into(), |a| a.to_string()),
                 super::show::ports_text(&r.ports),
             ]
         })
         .collect();
     output::print_table(
-        &["NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "ACCEL", "PORTS"],
+        &[
+            "NAME", "STATE", "CPUS", "MEMORY", "IMAGE", "ARCH", "ACCEL", "PORTS",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)

@@ -65,6 +65,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     }
     field("cpus", r.cpus.to_string());
     field("memory", output::mib(r.memory_mib));
+    field("arch", r.arch.to_string());
     field("machine", r.machine.to_string());
     field(
         "accel",

@@ -84,9 +84,13 @@ pub(crate) fn ensure_image(
     agent: Option<PathBuf>,
 ) -> Result<ImageManifest> {
     let mut store = Store::open(&ctx.paths)?;
+    let arch = match source {
+        ImageSource::Spec(spec) => spec.arch,
+        ImageSource::Named(_) => cove_image::Arch::Amd64,
+    };
     let agent = match agent {
         Some(a) => Some(a),
-        None => Some(super::image::locate_agent()?),
+        None => Some(super::image::locate_agent(arch)?),
     };
     let progress = super::image::BuildProgress::new(ctx.json);
     let built = match source {

@@ -108,6 +108,7 @@ fn build_args(options: BuildOptions) -> Result<BuildArgs, String> {
         what: options.what,
         name: options.name,
         kernel: options.kernel,
+        arch: None,
         agent: None,
         size,
         modules: options.modules,

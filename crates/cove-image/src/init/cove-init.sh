@@ -105,10 +105,10 @@ done
 set +f
 
 # A shell on the serial console for `cove console`, kept running.
-if [ -c /dev/ttyS0 ]; then
+if [ -c /dev/@CONSOLE@ ]; then
     (
         while :; do
-            setsid sh -c 'exec sh -l </dev/ttyS0 >/dev/ttyS0 2>&1'
+            setsid sh -c 'exec sh -l </dev/@CONSOLE@ >/dev/@CONSOLE@ 2>&1'
             sleep 1
         done
     ) &
