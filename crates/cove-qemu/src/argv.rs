@@ -309,9 +309,17 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         a.push(format!("virtio-blk-{bus},drive={id},serial={serial}").into());
     }
 
-    // User-mode networking with the port forwards.
+    // User-mode networking with the port forwards. A VM on cove networks goes out through
+    // them (their nftables rules decide what it reaches): its user-mode NIC is restricted to
+    // the forwards, or it would reach, through the host, everything the host reaches (other
+    // networks' VMs, the host's loopback as 10.0.2.2).
+    let restrict = if spec.taps.is_empty() {
+        ""
+    } else {
+        ",restrict=on"
+    };
     a.push("-netdev".into());
-    a.push(format!("user,id=net0{}", hostfwd(spec)?).into());
+    a.push(format!("user,id=net0{restrict}{}", hostfwd(spec)?).into());
     a.push("-device".into());
     a.push(format!("virtio-net-{bus},netdev=net0").into());
     // NICs on cove networks: TAPs cove-net made and put on their bridges.
@@ -393,7 +401,7 @@ mod tests {
             mac: "52:56:01:75:01:02".into(),
         }];
         let text = render(&args(&s, None));
-        let user = text.find("-netdev user,id=net0").unwrap();
+        let user = text.find("-netdev user,id=net0,restrict=on").unwrap();
         let tap = text
             .find("-netdev tap,id=tap0,ifname=cvt1-2,script=no,downscript=no")
             .unwrap();

@@ -91,8 +91,8 @@ else
     echo "cove-init: no network device"
 fi
 # NICs on cove networks (`@NET_ARG@=<mac>`): an address by DHCP from the network's dnsmasq,
-# which also answers for the names of the network's VMs. The default route stays on the
-# user-mode NIC.
+# which also answers for the names of the network's VMs. On them, the user-mode NIC carries
+# only port forwards (QEMU restricts it): the way out, if any, is a network with NAT.
 mkdir -p /etc/cove
 cat > /etc/cove/udhcpc.sh <<'EOS'
 #!/bin/sh
@@ -102,6 +102,11 @@ bound | renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     echo "cove-init: $interface has $ip/${mask:-24} from DHCP" > /dev/console
+    # The first network with a way out (a router: NAT) carries the default route; the
+    # user-mode NIC is then restricted to port forwards.
+    if [ -n "$router" ] && [ ! -e /etc/cove/routed ]; then
+        ip route replace default via "${router%% *}" dev "$interface" && : > /etc/cove/routed
+    fi
     for d in $search $domain; do echo "search $d"; done >> /etc/cove/resolv.net
     for d in $dns; do echo "nameserver $d"; done >> /etc/cove/resolv.net
     ;;
@@ -128,10 +133,10 @@ if [ ! -x "/newroot$target" ] && [ ! -L "/newroot$target" ]; then
     fatal "the root filesystem has no executable $target"
 fi
 mkdir -p /newroot/dev /newroot/proc /newroot/sys
-# Names of a cove network's VMs resolve through its dnsmasq, then QEMU's user-mode resolver.
+# Names of a cove network's VMs (and, with NAT, the world's) resolve through its dnsmasq.
 if [ -f /etc/cove/resolv.net ]; then
     rm -f /newroot/etc/resolv.conf
-    { grep '^search' /etc/cove/resolv.net | sort -u | head -1; grep '^nameserver' /etc/cove/resolv.net; echo "nameserver 10.0.2.3"; } > /newroot/etc/resolv.conf
+    { grep '^search' /etc/cove/resolv.net | head -1; grep '^nameserver' /etc/cove/resolv.net; } > /newroot/etc/resolv.conf
 fi
 mount --move /dev /newroot/dev
 umount /proc /sys
