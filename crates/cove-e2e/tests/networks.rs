@@ -238,3 +238,44 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     cove.ok(&["network", "rm", "other"]);
     assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
 }
+
+#[test]
+#[ignore = "builds a Debian image and boots two PostgreSQL VMs in a network namespace (needs root)"]
+fn app_and_db_example_comes_up_in_order_and_queries_by_name() {
+    let ns = NetNs::new("appdb");
+    let cove = Cove::in_netns(&ns);
+    let spec = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/app-and-db.toml"
+    ));
+    let spec = spec.to_str().unwrap();
+    let up = cove.ok(&["up", spec]);
+    // The network first, then db before app (declared after it, `after = ["db"]`).
+    let at = |s: &str| up.find(s).unwrap_or_else(|| panic!("no `{s}` in:\n{up}"));
+    assert!(at("network appnet: created") < at("db: created and started"));
+    assert!(at("db: created and started") < at("app: created and started"));
+    assert_eq!(up.matches("CHECKS PASSED").count(), 2, "{up}");
+
+    // From the host, by name: the namespace's resolver asks the network's dnsmasq.
+    let list = cove.json(&["network", "ls"]);
+    let gateway = network(&list, "appnet")["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ns.use_resolver(&gateway, "cove");
+    let out = ns.ok(&[
+        "psql",
+        "-X",
+        "-tA",
+        "-h",
+        "db.cove",
+        "-U",
+        "postgres",
+        "-c",
+        "select 6 * 7",
+    ]);
+    assert_eq!(out.trim(), "42");
+    cove.ok(&["down", spec]);
+    cove.ok(&["network", "rm", "appnet"]);
+    assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
+}
