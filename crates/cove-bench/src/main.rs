@@ -10,6 +10,7 @@ mod exec;
 mod guest;
 mod machine;
 mod memory;
+mod net;
 mod qga;
 mod report;
 mod shares;
@@ -21,14 +22,17 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 7] = ["boot", "create", "memory", "exec", "cp", "trace", "shares"];
+const ALL: [&str; 8] = [
+    "boot", "create", "memory", "exec", "cp", "trace", "shares", "net",
+];
 
 #[derive(Parser, Debug)]
 #[command(
     about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
 )]
 struct Args {
-    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares (default: all).
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, net
+    /// (default: all; `net` needs root: it makes a network namespace).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per slow measurement (boots, creates, new ssh connections); fast
@@ -73,7 +77,7 @@ fn main() -> Result<()> {
             bin.display()
         );
     }
-    let cove = cove::Cove::new(bin)?;
+    let cove = cove::Cove::new(bin.clone())?;
     let mut m = machine::Machine::detect(&cove);
     for (k, v) in m.lines() {
         println!("{k:>14}: {v}");
@@ -179,6 +183,12 @@ fn main() -> Result<()> {
         });
         let _ = cove.delete(guest::NAME);
     }
+
+    bench(
+        "net",
+        "9. VM to VM: a cove network vs user-mode networking through a host forward",
+        &mut |s| net::run(&bin, (runs / 2).max(3), s),
+    );
 
     let mut cmdline = String::from("target/release/cove-bench");
     for a in std::env::args().skip(1) {
