@@ -10,11 +10,16 @@ pub fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// A bridge with the host's address on the network, up. Idempotent.
-pub fn ensure_bridge(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+/// A bridge with a fixed MAC and the host's address on the network, up. Idempotent.
+///
+/// The MAC is pinned: a bridge otherwise takes the lowest MAC of its ports, so a TAP made
+/// again (a VM started after a reboot) could change it under the guests' ARP caches, and
+/// their DNS queries to the host would go to a stale address until the entries expired.
+pub fn ensure_bridge(name: &str, mac: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
     if !link_exists(name) {
         run("ip", &["link", "add", name, "type", "bridge"])?;
     }
+    run("ip", &["link", "set", name, "address", mac])?;
     let cidr = format!("{addr}/{prefix}");
     // `replace` is idempotent where `add` fails on an address already there.
     run("ip", &["addr", "replace", &cidr, "dev", name])?;

@@ -230,7 +230,10 @@ fn bring_up(store: &mut Store, paths: &Paths, net: &NetworkRecord) -> Result<(),
     }
     let bridge = net.bridge();
     record(store, ObjectKind::Bridge, &bridge)?;
-    ip::ensure_bridge(&bridge, net.subnet.gateway(), net.subnet.prefix)?;
+    // 52:56:<id>:00:00:01 is no guest's: guests' last three bytes are their address's, and
+    // an address ending .0.0.1 is only ever a network's first, the host's.
+    let mac = format!("52:56:{:02x}:00:00:01", net.id & 0xff);
+    ip::ensure_bridge(&bridge, &mac, net.subnet.gateway(), net.subnet.prefix)?;
     let table = net.nft_table();
     record(store, ObjectKind::Nft, &table)?;
     nft::apply(net, &files.dir.join("rules.nft"))?;
