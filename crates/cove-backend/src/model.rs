@@ -251,4 +251,17 @@ pub struct VmSpec {
     /// Host folders (virtio-fs); guest memory becomes shareable when there is one.
     #[serde(default)]
     pub shares: Vec<SharedDir>,
+    /// NICs on cove networks, after the user-mode one, in this order.
+    #[serde(default)]
+    pub taps: Vec<Tap>,
+}
+
+/// A NIC on a TAP device that already exists (cove-net made it, on a bridge); the VMM only
+/// opens it by name, so it needs no privilege of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tap {
+    pub ifname: String,
+    /// The guest finds the NIC by it (`cove.net=` on the kernel command line) and the
+    /// network's DHCP server knows the guest by it.
+    pub mac: String,
 }

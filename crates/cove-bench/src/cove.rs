@@ -15,6 +15,8 @@ pub struct Cove {
     /// Short on purpose: unix socket paths are limited to 108 bytes.
     root: tempfile::TempDir,
     created: RefCell<Vec<String>>,
+    /// Run every command inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Cove {
@@ -31,7 +33,16 @@ impl Cove {
             bin,
             root,
             created: RefCell::new(Vec::new()),
+            netns: None,
         })
+    }
+
+    /// A separate installation whose commands (and so its supervisors, QEMU and dnsmasq) run
+    /// inside the network namespace `ns`.
+    pub fn in_netns(bin: PathBuf, ns: &str) -> Result<Self> {
+        let mut c = Self::new(bin)?;
+        c.netns = Some(ns.to_owned());
+        Ok(c)
     }
 
     pub fn root(&self) -> &Path {
@@ -49,7 +60,14 @@ impl Cove {
 
     /// A `cove` command with the isolated directories set.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(args)
             .env("XDG_STATE_HOME", self.state_home())
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))

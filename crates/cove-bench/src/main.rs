@@ -11,6 +11,7 @@ mod exec;
 mod guest;
 mod machine;
 mod memory;
+mod net;
 mod qga;
 mod report;
 mod shares;
@@ -22,8 +23,8 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 8] = [
-    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch",
+const ALL: [&str; 9] = [
+    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net",
 ];
 
 #[derive(Parser, Debug)]
@@ -31,8 +32,9 @@ const ALL: [&str; 8] = [
     about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
 )]
 struct Args {
-    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch
-    /// (default: all). With a subset, the other sections of the report file are kept.
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch,
+    /// net (default: all; `net` needs root: it makes a network namespace). With a subset, the
+    /// other sections of the report file are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per slow measurement (boots, creates, new ssh connections); fast
@@ -77,7 +79,7 @@ fn main() -> Result<()> {
             bin.display()
         );
     }
-    let cove = cove::Cove::new(bin)?;
+    let cove = cove::Cove::new(bin.clone())?;
     let mut m = machine::Machine::detect(&cove);
     for (k, v) in m.lines() {
         println!("{k:>14}: {v}");
@@ -149,7 +151,7 @@ fn main() -> Result<()> {
     });
     bench(
         "arch",
-        "9. arm64 guest beside amd64, both under TCG",
+        "10. arm64 guest beside amd64, both under TCG",
         &mut |s| {
             need_images()?;
             arch::run(&cove, runs, 10, s)
@@ -202,6 +204,12 @@ fn main() -> Result<()> {
         });
         let _ = cove.delete(guest::NAME);
     }
+
+    bench(
+        "net",
+        "9. VM to VM: a cove network vs user-mode networking through a host forward",
+        &mut |s| net::run(&bin, (runs / 2).max(3), s),
+    );
 
     let mut cmdline = String::from("target/release/cove-bench");
     for a in std::env::args().skip(1) {

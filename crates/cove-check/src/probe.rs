@@ -149,6 +149,39 @@ pub async fn tcp(
     }
 }
 
+/// `tcp = "db:5432"`: a VM on a cove network, connected to directly at its address there
+/// (no forward in between, so a refusal is the guest's own).
+pub async fn tcp_peer(
+    vm: &VmFacts,
+    peer: &str,
+    port: u16,
+    limit: Duration,
+) -> Result<Option<String>, Failure> {
+    let Some((_, addr)) = vm.peers.iter().find(|(name, _)| name == peer) else {
+        return Err(Failure::new(format!(
+            "`{peer}` is not a VM on a cove network, so `{peer}:{port}` has no address"
+        ))
+        .cause(Some(format!(
+            "put `{peer}` on a network (`cove create {peer} --network NET`, `networks = [...]`              in a spec); `cove network ls` shows the networks and their VMs"
+        )))
+        .permanent());
+    };
+    let endpoint = std::net::SocketAddr::new(*addr, port);
+    match tokio::time::timeout(limit, TcpStream::connect(endpoint)).await {
+        Err(_) => Err(Failure::new(format!(
+            "connecting to {peer} at {endpoint} took over {}",
+            human_duration(limit)
+        ))
+        .cause(Some(format!(
+            "`{peer}` may be stopped or hung, or the network down; `cove network ls`, `cove why {peer}`"
+        )))),
+        Ok(Err(e)) => Err(Failure::new(format!(
+            "cannot connect to {peer} at {endpoint}: {e}"
+        ))),
+        Ok(Ok(_)) => Ok(Some(format!("{peer} at {endpoint}"))),
+    }
+}
+
 /// Judges a finished command: exit 0 and, if asked, matching stdout.
 pub fn judge_command(
     ctx: &Context<'_>,

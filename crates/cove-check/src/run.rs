@@ -16,6 +16,8 @@ pub struct VmFacts {
     pub state: VmState,
     pub vmm_pid: Option<u32>,
     pub ports: Vec<PortForward>,
+    /// Addresses of the VMs a `tcp = "NAME:PORT"` check may name (on cove networks).
+    pub peers: Vec<(String, std::net::IpAddr)>,
 }
 
 impl From<&VmRecord> for VmFacts {
@@ -25,6 +27,7 @@ impl From<&VmRecord> for VmFacts {
             state: r.state,
             vmm_pid: r.vmm_pid,
             ports: r.ports.clone(),
+            peers: Vec::new(),
         }
     }
 }
@@ -212,7 +215,14 @@ async fn attempt<G: Guest>(
 ) -> Result<Option<String>, Failure> {
     match &check.kind {
         CheckKind::Process { name } => probe::process(vm, guest, name).await,
-        CheckKind::Tcp { guest_port } => probe::tcp(vm, *guest_port, limit).await,
+        CheckKind::Tcp {
+            guest_port,
+            peer: None,
+        } => probe::tcp(vm, *guest_port, limit).await,
+        CheckKind::Tcp {
+            guest_port,
+            peer: Some(peer),
+        } => probe::tcp_peer(vm, peer, *guest_port, limit).await,
         CheckKind::Command {
             command,
             user,

@@ -38,8 +38,12 @@ pub enum CheckKind {
     /// A process with this program name runs in the guest.
     Process { name: String },
     /// A guest TCP port accepts connections, reached from the host through the VM's port
-    /// forward for it.
-    Tcp { guest_port: u16 },
+    /// forward for it (`tcp = 5432`), or on another VM reached by its name on a cove network
+    /// (`tcp = "db:5432"`, connected to from the host at that VM's network address).
+    Tcp {
+        guest_port: u16,
+        peer: Option<String>,
+    },
     /// A command exits 0 in the guest, and its stdout matches when asked.
     Command {
         command: CommandLine,
@@ -176,7 +180,14 @@ impl Check {
         }
         match &self.kind {
             CheckKind::Process { name } => format!("process `{name}` running"),
-            CheckKind::Tcp { guest_port } => format!("port {guest_port} answering"),
+            CheckKind::Tcp {
+                guest_port,
+                peer: None,
+            } => format!("port {guest_port} answering"),
+            CheckKind::Tcp {
+                guest_port,
+                peer: Some(peer),
+            } => format!("{peer}:{guest_port} answering"),
             CheckKind::Command {
                 command, stdout, ..
             } => match stdout {
@@ -247,6 +258,14 @@ enum Rows {
     List(Vec<String>),
 }
 
+/// `tcp = 5432` (this VM, through its forward) or `tcp = "db:5432"` (a VM by name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TcpTarget {
+    Port(u16),
+    Peer(String),
+}
+
 /// The flat wire form, validated into [`Check`].
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,7 +275,7 @@ struct RawCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     process: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    tcp: Option<u16>,
+    tcp: Option<TcpTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     command: Option<CommandLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +316,10 @@ pub enum SpecError {
         kind: &'static str,
         belongs: &'static str,
     },
+    #[error(
+        "`tcp = \"{0}\"` is not `\"VM:PORT\"` (e.g. `tcp = \"db:5432\"`, a VM on a cove network) or a port number"
+    )]
+    TcpPeer(String),
     #[error("a check has both `stdout_contains` and `stdout_matches`; keep one")]
     TwoMatchers,
     #[error("`stdout_matches` is not a valid regular expression: {0}")]
@@ -387,11 +410,26 @@ impl TryFrom<RawCheck> for Check {
         let kind = if let Some(name) = raw.process {
             non_empty("process", &name)?;
             CheckKind::Process { name }
-        } else if let Some(port) = raw.tcp {
+        } else if let Some(target) = raw.tcp {
+            let (port, peer) = match target {
+                TcpTarget::Port(port) => (port, None),
+                TcpTarget::Peer(text) => {
+                    let bad = || SpecError::TcpPeer(text.clone());
+                    let (name, port) = text.rsplit_once(':').ok_or_else(bad)?;
+                    cove_state::VmName::new(name).map_err(|_| bad())?;
+                    (
+                        port.parse::<u16>().map_err(|_| bad())?,
+                        Some(name.to_owned()),
+                    )
+                }
+            };
             if port == 0 {
                 return Err(SpecError::PortZero);
             }
-            CheckKind::Tcp { guest_port: port }
+            CheckKind::Tcp {
+                guest_port: port,
+                peer,
+            }
         } else if let Some(command) = raw.command {
             match &command {
                 CommandLine::Shell(s) => non_empty("command", s)?,
@@ -452,7 +490,12 @@ impl From<Check> for RawCheck {
         };
         match c.kind {
             CheckKind::Process { name } => raw.process = Some(name),
-            CheckKind::Tcp { guest_port } => raw.tcp = Some(guest_port),
+            CheckKind::Tcp { guest_port, peer } => {
+                raw.tcp = Some(match peer {
+                    None => TcpTarget::Port(guest_port),
+                    Some(p) => TcpTarget::Peer(format!("{p}:{guest_port}")),
+                })
+            }
             CheckKind::Command {
                 command,
                 user,

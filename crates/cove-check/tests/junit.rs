@@ -32,6 +32,7 @@ async fn junit_is_well_formed_and_carries_the_evidence() {
         name: "pg<&>".into(),
         state: VmState::Running,
         vmm_pid: Some(std::process::id()),
+        peers: vec![],
         ports: vec![],
     };
     // Output with markup characters and a terminal escape, as a guest's output may have.

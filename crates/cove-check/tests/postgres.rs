@@ -146,6 +146,7 @@ async fn sql_checks_against_a_real_server_from_host_and_guest() {
         name: "pg".into(),
         state: VmState::Running,
         vmm_pid: Some(std::process::id()),
+        peers: vec![],
         ports: vec![PortForward {
             host_addr: "127.0.0.1".into(),
             host_port: pg.port,
@@ -299,6 +300,7 @@ timeout = "60s"
         name: "pg".into(),
         state: VmState::Running,
         vmm_pid: Some(std::process::id()),
+        peers: vec![],
         ports: vec![],
     };
     // A thread of its own: the filter stays with it and ends with it.

@@ -12,6 +12,7 @@ fn vm(ports: &[(u16, u16)]) -> VmFacts {
         name: "t".into(),
         state: VmState::Running,
         vmm_pid: Some(std::process::id()),
+        peers: vec![],
         ports: ports
             .iter()
             .map(|&(host_port, guest_port)| PortForward {
@@ -329,4 +330,39 @@ async fn host_psql_against_a_closed_port_explains_the_forward() {
         f.cause.as_deref().unwrap().contains("cove restart t"),
         "{f:?}"
     );
+}
+
+#[tokio::test]
+async fn tcp_names_a_peer_vm_and_a_vm_off_every_network_fails_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut facts = vm(&[]);
+    // The test's own listener stands in for `db`'s address on a cove network.
+    facts.peers = vec![("db".into(), "127.0.0.1".parse().unwrap())];
+    let refused = free_port();
+    let r = run_local(
+        &facts,
+        &format!(
+            "[[check]]\ntcp = \"db:{port}\"\n[[check]]\ntcp = \"db:{refused}\"\n\
+             [[check]]\ntcp = \"cache:6379\"\nwait = \"30s\"\n"
+        ),
+    )
+    .await;
+    print!("{}", r.to_text());
+    let status: Vec<Status> = r.checks.iter().map(|c| c.status).collect();
+    use Status::*;
+    // The VM-running and agent checks first, then the three.
+    assert_eq!(status, [Pass, Pass, Pass, Fail, Fail]);
+    let why = format!("{:?}", r.checks[4].failure);
+    assert!(why.contains("not a VM on a cove network"), "{why}");
+    // Permanent: the 30 s wait is not spent on a name that cannot resolve.
+    assert!(r.checks[4].duration < std::time::Duration::from_secs(5));
+    assert!(from_toml("[[check]]\ntcp = \"db\"\n").is_err());
+    assert!(from_toml("[[check]]\ntcp = \"../x:5\"\n").is_err());
 }

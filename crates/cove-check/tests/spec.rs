@@ -54,7 +54,13 @@ fn every_kind_reads_from_toml_with_defaults_filled() {
     );
     assert_eq!(checks[0].display_name(), "process `postgres` running");
     assert_eq!(checks[1].display_name(), "PostgreSQL responding");
-    assert_eq!(checks[1].kind, CheckKind::Tcp { guest_port: 5432 });
+    assert_eq!(
+        checks[1].kind,
+        CheckKind::Tcp {
+            guest_port: 5432,
+            peer: None
+        }
+    );
     assert_eq!(checks[1].wait, Some(Duration::from_secs(30)));
     assert_eq!(checks[1].timeout(), Check::DEFAULT_TIMEOUT);
     assert_eq!(checks[2].timeout(), Duration::from_secs(5));

@@ -80,6 +80,8 @@ pub enum Command {
     Test(commands::test::Args),
     /// Manage persistent data disks.
     Volume(commands::volume::Args),
+    /// Manage cove networks: a bridge with DHCP, DNS (`NAME.cove`), NAT and isolation.
+    Network(commands::network::Args),
     /// Explain why a VM failed, crashed or never became ready.
     Why(commands::why::Args),
     /// Time boots by phase (`cove bench boot IMAGE|VM`).

@@ -112,6 +112,22 @@ pub fn volume() -> ArgValueCandidates {
     })
 }
 
+/// Completes cove network names from the state store.
+pub fn network() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        let Ok(paths) = Paths::from_env() else {
+            return Vec::new();
+        };
+        cove_state::Store::open(&paths)
+            .ok()
+            .and_then(|s| s.list_networks().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| CompletionCandidate::new(n.name))
+            .collect()
+    })
+}
+
 /// Completes `NAME:/path` arguments (`cp`, `disk`): `NAME:` for each VM,
 /// then files of the host as usual for anything that is not a VM prefix.
 pub fn vm_path() -> ArgValueCompleter {

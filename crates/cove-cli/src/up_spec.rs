@@ -58,6 +58,12 @@ struct RawVm {
     /// Seconds the guest may take to become ready.
     #[serde(default)]
     boot_timeout: Option<u64>,
+    /// Cove networks the VM sits on (made by `up` when missing).
+    #[serde(default)]
+    networks: Vec<String>,
+    /// VMs of this spec that must be up (running, agent answering) before this one starts.
+    #[serde(default)]
+    after: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +106,8 @@ pub struct DeclaredVm {
     pub mounts: Vec<cove_state::HostMount>,
     pub checks: Vec<Check>,
     pub boot_timeout: u64,
+    pub networks: Vec<String>,
+    pub after: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +183,8 @@ impl UpSpec {
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("mounts of VM `{name}`"))?,
                 checks: vm.check,
+                networks: vm.networks,
+                after: vm.after,
                 boot_timeout: match vm
                     .boot_timeout
                     .unwrap_or(cove_api::DEFAULT_BOOT_TIMEOUT_SECS)
@@ -188,8 +198,43 @@ impl UpSpec {
                 name,
             });
         }
+        let vms = dependency_order(vms)?;
         Ok(Self { image, vms })
     }
+}
+
+/// The VMs in an order where each comes after those it names in `after` (declaration order
+/// otherwise); an unknown name or a cycle is refused.
+fn dependency_order(mut left: Vec<DeclaredVm>) -> Result<Vec<DeclaredVm>> {
+    for vm in &left {
+        for dep in &vm.after {
+            if !left.iter().any(|v| v.name.as_str() == dep) || dep == vm.name.as_str() {
+                bail!(
+                    "VM `{}`: after = [\"{dep}\"] names no other [[vm]] of this spec",
+                    vm.name
+                );
+            }
+        }
+    }
+    let mut out: Vec<DeclaredVm> = Vec::new();
+    while !left.is_empty() {
+        let ready = left.iter().position(|vm| {
+            vm.after
+                .iter()
+                .all(|d| out.iter().any(|o| o.name.as_str() == d))
+        });
+        match ready {
+            Some(i) => out.push(left.remove(i)),
+            None => bail!(
+                "the `after` lists of {} form a cycle; one of them must start first",
+                left.iter()
+                    .map(|v| format!("`{}`", v.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -221,6 +266,29 @@ mod tests {
         assert_eq!(vm.disks[0].size_bytes, 2 << 30);
         assert_eq!(vm.checks.len(), 1);
         assert!(matches!(spec.image, ImageSource::Named(ref n) if n == "minimal"));
+    }
+
+    #[test]
+    fn vms_come_up_after_what_they_name_and_cycles_are_refused() {
+        let spec = parse(
+            "image = \"minimal\"\n[[vm]]\nname = \"app\"\nafter = [\"db\"]\nnetworks = [\"lab\"]\n\
+             [[vm]]\nname = \"db\"\nnetworks = [\"lab\"]\n",
+        )
+        .unwrap();
+        let names: Vec<_> = spec.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["db", "app"]);
+        assert_eq!(spec.vms[1].networks, ["lab"]);
+        let cycle = parse(
+            "image = \"minimal\"\n[[vm]]\nname = \"a\"\nafter = [\"b\"]\n[[vm]]\nname = \"b\"\nafter = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert!(format!("{cycle:#}").contains("cycle"), "{cycle:#}");
+        let unknown =
+            parse("image = \"minimal\"\n[[vm]]\nname = \"a\"\nafter = [\"zz\"]\n").unwrap_err();
+        assert!(
+            format!("{unknown:#}").contains("names no other"),
+            "{unknown:#}"
+        );
     }
 
     #[test]

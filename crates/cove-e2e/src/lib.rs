@@ -9,6 +9,8 @@
 //! guest; `scripts/test` runs them with `--include-ignored`. A failed test
 //! prints the VM's console log: the evidence is what matters.
 
+pub mod netns;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -55,6 +57,8 @@ fn shared_dir() -> PathBuf {
 /// An isolated cove installation.
 pub struct Cove {
     root: tempfile::TempDir,
+    /// Run cove inside this network namespace (`ip netns exec`), see [`netns::NetNs`].
+    netns: Option<String>,
 }
 
 impl Default for Cove {
@@ -70,7 +74,15 @@ impl Cove {
             .prefix("cove-e2e.")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        Self { root }
+        Self { root, netns: None }
+    }
+
+    /// An installation whose every command runs inside the test's network namespace, so the
+    /// supervisors, QEMU and dnsmasq cove starts live there too.
+    pub fn in_netns(ns: &netns::NetNs) -> Self {
+        let mut cove = Self::new();
+        cove.netns = Some(ns.name.clone());
+        cove
     }
 
     pub fn root(&self) -> &Path {
@@ -78,8 +90,21 @@ impl Cove {
     }
 
     pub fn command(&self) -> Command {
+        self.command_via(&[])
+    }
+
+    /// cove run through `wrapper` (e.g. `setpriv --bounding-set -net_admin`), with this
+    /// installation's environment, inside its namespace if it has one.
+    pub fn command_via(&self, wrapper: &[&str]) -> Command {
         let shared = shared_dir();
-        let mut cmd = Command::new(cove_bin());
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(std::ffi::OsString::from));
+        }
+        argv.extend(wrapper.iter().map(std::ffi::OsString::from));
+        argv.push(cove_bin().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.env("XDG_STATE_HOME", self.root.path().join("state"))
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
             .env("XDG_CACHE_HOME", shared.join("cache"))

@@ -40,6 +40,7 @@ fn spec(dir: &Path) -> VmSpec {
         memory: Memory::Anonymous,
         incoming: false,
         shares: vec![],
+        taps: vec![],
     }
 }
 

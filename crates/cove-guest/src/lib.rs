@@ -24,6 +24,19 @@ pub const ROOT_DISK_SERIAL: &str = "cove-root";
 /// The kernel argument naming a data disk to mount: `cove.disk=<serial>:<path>`.
 pub const DISK_ARG: &str = "cove.disk";
 
+/// The kernel argument naming a NIC on a cove network, by MAC: `cove.net=<mac>`. The
+/// initramfs brings that NIC up with DHCP (the network's dnsmasq knows the MAC).
+pub const NET_ARG: &str = "cove.net";
+
+/// The MAC of the user-mode NIC (QEMU's default for the first NIC without one); the initramfs
+/// finds it by this, whatever the order the NICs were probed in.
+pub const USER_NIC_MAC: &str = "52:54:00:12:34:56";
+
+/// The kernel argument for a NIC on a cove network.
+pub fn net_arg(mac: &str) -> String {
+    format!("{NET_ARG}={mac}")
+}
+
 /// What a data disk's virtio serial starts with (`data-<name>`).
 pub const DATA_DISK_SERIAL_PREFIX: &str = "data-";
 
@@ -71,6 +84,8 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
     ("@ROOT_LABEL@", ROOT_LABEL),
     ("@AGENT_PATH@", AGENT_PATH),
     ("@DISK_ARG@", DISK_ARG),
+    ("@NET_ARG@", NET_ARG),
+    ("@USER_NIC_MAC@", USER_NIC_MAC),
     ("@READY@", marker::READY),
     ("@FATAL@", marker::FATAL),
     ("@LOADING_MODULES@", marker::LOADING_MODULES),

@@ -328,11 +328,34 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         a.push(format!("virtio-blk-{bus},drive={id},serial={serial}").into());
     }
 
-    // User-mode networking with the port forwards.
+    // User-mode networking with the port forwards. A VM on cove networks goes out through
+    // them (their nftables rules decide what it reaches): its user-mode NIC is restricted to
+    // the forwards, or it would reach, through the host, everything the host reaches (other
+    // networks' VMs, the host's loopback as 10.0.2.2).
+    let restrict = if spec.taps.is_empty() {
+        ""
+    } else {
+        ",restrict=on"
+    };
     a.push("-netdev".into());
-    a.push(format!("user,id=net0{}", hostfwd(spec)?).into());
+    a.push(format!("user,id=net0{restrict}{}", hostfwd(spec)?).into());
     a.push("-device".into());
     a.push(format!("virtio-net-{bus},netdev=net0").into());
+    // NICs on cove networks: TAPs cove-net made and put on their bridges.
+    for (i, tap) in spec.taps.iter().enumerate() {
+        check_opt_value("TAP device name", &tap.ifname)?;
+        check_opt_value("MAC address", &tap.mac)?;
+        a.push("-netdev".into());
+        a.push(
+            format!(
+                "tap,id=tap{i},ifname={},script=no,downscript=no",
+                tap.ifname
+            )
+            .into(),
+        );
+        a.push("-device".into());
+        a.push(format!("virtio-net-{bus},netdev=tap{i},mac={}", tap.mac).into());
+    }
 
     // Shared folders: one vhost-user-fs device per virtiofsd socket.
     for (i, share) in spec.shares.iter().enumerate() {
@@ -385,7 +408,30 @@ mod tests {
             memory: Memory::Anonymous,
             incoming: false,
             shares: vec![],
+            taps: vec![],
         }
+    }
+
+    #[test]
+    fn taps_become_nics_after_the_user_mode_one() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        s.taps = vec![cove_backend::Tap {
+            ifname: "cvt1-2".into(),
+            mac: "52:56:01:75:01:02".into(),
+        }];
+        let text = render(&args(&s, None));
+        let user = text.find("-netdev user,id=net0,restrict=on").unwrap();
+        let tap = text
+            .find("-netdev tap,id=tap0,ifname=cvt1-2,script=no,downscript=no")
+            .unwrap();
+        assert!(user < tap, "{text}");
+        assert!(text.contains("-device virtio-net-device,netdev=tap0,mac=52:56:01:75:01:02"));
+        s.taps[0].ifname = "x,script=/bin/evil".into();
+        let q = Qemu {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            tsc_khz: None,
+        };
+        assert!(q.args(&s).is_err());
     }
 
     /// One argument per line, options grouped with their value, for readable snapshots.

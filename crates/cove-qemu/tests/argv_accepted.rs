@@ -74,6 +74,7 @@ async fn starts_paused(machine: Machine) {
         memory: Default::default(),
         incoming: false,
         shares: vec![],
+        taps: vec![],
     };
     let qemu = Qemu::find_for(machine, Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

@@ -101,6 +101,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         memory: Default::default(),
         incoming: false,
         shares: vec![],
+        taps: vec![],
     };
     let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths.cache)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

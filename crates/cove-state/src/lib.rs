@@ -3,6 +3,7 @@
 //! states those records use ([`vm`]).
 
 pub mod files;
+pub mod net;
 pub mod paths;
 pub mod space;
 pub mod store;

@@ -95,7 +95,7 @@ pub struct ImageRow {
 }
 
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl Store {
@@ -125,6 +125,7 @@ impl Store {
         // extra fsync costs nothing a user sees.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::net::SCHEMA)?;
         let mut store = Self { conn };
         store.migrate()?;
         Ok(store)
@@ -356,6 +357,7 @@ mod tests {
             data_disks: vec![],
             disk_mounts: Default::default(),
             host_mounts: vec![],
+            networks: vec![],
             last_exit: None,
             agent_answered: false,
             last_error: None,

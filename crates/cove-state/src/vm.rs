@@ -263,6 +263,10 @@ pub struct VmRecord {
     /// Host folders shared into the guest, in order (tags `cove0`, `cove1`, …).
     #[serde(default)]
     pub host_mounts: Vec<HostMount>,
+    /// The cove networks the VM sits on, in NIC order (`--network`); its addresses on them are
+    /// attachments in the store (`net::Attachment`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
     /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
     pub last_exit: Option<String>,
     /// Whether the guest's agent completed its handshake during the last boot.

@@ -49,6 +49,8 @@ pub enum LifecycleError {
         users: Vec<String>,
     },
     #[error(transparent)]
+    Network(#[from] cove_net::NetError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

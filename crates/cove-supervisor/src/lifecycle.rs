@@ -32,6 +32,8 @@ pub struct CreateOptions {
     pub disks: Vec<data_disk::DiskRequest>,
     /// Host folders shared into the guest.
     pub mounts: Vec<cove_state::HostMount>,
+    /// Cove networks to put the VM on (`--network`), in NIC order.
+    pub networks: Vec<String>,
 }
 
 /// Creates a VM: a copy-on-write overlay of its image and a record, both or
@@ -54,6 +56,17 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     let image = boot_image::resolve(&store, &opts.image)?;
     let machine = Machine::for_arch(image.arch, opts.machine)
         .map_err(|e| LifecycleError::BadResources(format!("image `{}`: {e}", image.name)))?;
+    if !opts.networks.is_empty() {
+        cove_net::require_privileges()?;
+        for (i, n) in opts.networks.iter().enumerate() {
+            if opts.networks[..i].contains(n) {
+                return Err(LifecycleError::BadResources(format!(
+                    "network `{n}` is given twice; a VM has one NIC per network"
+                )));
+            }
+            store.get_network(n).map_err(cove_net::NetError::from)?;
+        }
+    }
     for disk in &opts.disks {
         if let Some(mount) = disk.mount.as_deref() {
             data_disk::validate_mount(mount).map_err(|e| {
@@ -89,6 +102,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
             .filter_map(|d| Some((d.name.clone(), d.mount.clone()?)))
             .collect(),
         host_mounts: opts.mounts.clone(),
+        networks: opts.networks.clone(),
         last_exit: None,
         agent_answered: false,
         last_error: None,
@@ -109,6 +123,12 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
         let _ = std::fs::remove_dir_all(&staging);
     }
     result?;
+    // Addresses and names now, so peers resolve the VM before it first starts; a VM that
+    // cannot be put on its networks is not left half made.
+    if let Err(e) = cove_net::attach_vm(paths, opts.name.as_str(), &opts.networks) {
+        let _ = delete(paths, opts.name.as_str(), true, false);
+        return Err(e.into());
+    }
     Ok(record)
 }
 
@@ -633,6 +653,9 @@ pub fn delete(paths: &Paths, name: &str, force: bool, purge: bool) -> Result<(),
             clones.join(", ")
         )));
     }
+    // Off its networks (TAPs and names) first; refused without the privileges to do so, so
+    // nothing of it is left on the host.
+    cove_net::detach_vm(paths, name)?;
     let purged = if purge {
         disks_to_purge(&store, &record)?
     } else {

@@ -32,6 +32,7 @@ fn put_record(paths: &Paths, name: &str, disks: &[&str]) -> VmRecord {
         data_disks: disks.iter().map(|d| d.to_string()).collect(),
         disk_mounts: Default::default(),
         host_mounts: vec![],
+        networks: vec![],
         last_exit: None,
         agent_answered: false,
         last_error: None,

@@ -470,6 +470,13 @@ pub fn create_clone_with_ports(
              (each clone would need its own copy of every volume)"
         )));
     }
+    if !source.networks.is_empty() {
+        return Err(LifecycleError::BadResources(format!(
+            "`{owner}` is on cove networks ({}); clones of such VMs are not supported yet (a \
+             clone resumes with its source's address and MAC on them)",
+            source.networks.join(", ")
+        )));
+    }
     if store.find_vm(name.as_str())?.is_some() {
         return Err(cove_state::StoreError::AlreadyExists(name.clone()).into());
     }

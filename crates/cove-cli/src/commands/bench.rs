@@ -152,6 +152,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
             ports: Vec::new(),
             disks: Vec::new(),
             mounts: Vec::new(),
+            networks: Vec::new(),
         },
     )?;
     let vm = ctx.paths.vm(name);

@@ -45,6 +45,10 @@ pub struct Args {
         conflicts_with_all = ["image", "machine", "disks", "mounts", "cpus", "memory"]
     )]
     pub from: Option<String>,
+    /// Put the VM on a cove network (`cove network create NAME`) besides its user-mode NIC:
+    /// peers and the host reach it as `NAME.cove`. Repeatable; needs root (CAP_NET_ADMIN).
+    #[arg(long = "network", add = crate::complete::network())]
+    pub networks: Vec<String>,
 }
 
 fn parse_mount(text: &str) -> Result<cove_state::HostMount, String> {
@@ -109,6 +113,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             ports: args.ports,
             disks: args.disks,
             mounts: args.mounts,
+            networks: args.networks,
         },
     )?;
     if ctx.json {

@@ -19,6 +19,7 @@ pub mod ldd;
 pub mod list;
 pub mod logs;
 pub mod man;
+pub mod network;
 pub mod ps;
 pub mod restart;
 pub mod run;
@@ -90,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Why(a) => why::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Volume(a) => volume::run(&ctx, a),
+        Command::Network(a) => network::run(&ctx, a),
         Command::Supervise(a) => supervise::run(&ctx, a),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }

@@ -70,7 +70,13 @@ fn test(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     let guest = AgentGuest {
         opener: agent_client::opener(ctx, name).ok(),
     };
-    let facts = VmFacts::from(&record);
+    let mut facts = VmFacts::from(&record);
+    // `tcp = "db:5432"`: every VM on a cove network, at its first address there.
+    for a in cove_state::Store::open(&ctx.paths)?.attachments(None, None)? {
+        if !facts.peers.iter().any(|(n, _)| *n == a.vm) {
+            facts.peers.push((a.vm, a.ip.into()));
+        }
+    }
     let report = agent_client::runtime()?.block_on(cove_check::run(&facts, &guest, &checks));
     if let Some(path) = &args.junit {
         std::fs::write(path, cove_check::to_junit(&report))

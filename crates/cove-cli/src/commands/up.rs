@@ -34,6 +34,9 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let spec = UpSpec::load(&args.file)?;
     let image = ensure_image(ctx, &spec.image, args.agent.clone())?;
+    ensure_networks(ctx, &spec)?;
+    // In dependency order (`after`, see `UpSpec`): each VM is running with its agent answering
+    // before the VMs that name it start.
     for vm in &spec.vms {
         let action = converge(ctx, &image, vm, args.force)
             .with_context(|| format!("bringing up VM `{}`", vm.name))?;
@@ -67,6 +70,28 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Creates the networks the spec's VMs name that do not exist yet (NAT out, a free subnet).
+fn ensure_networks(ctx: &Ctx, spec: &UpSpec) -> Result<()> {
+    let have: Vec<String> = Store::open(&ctx.paths)?
+        .list_networks()?
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    let mut made: Vec<&str> = Vec::new();
+    for name in spec.vms.iter().flat_map(|v| &v.networks) {
+        if have.contains(name) || made.contains(&name.as_str()) {
+            continue;
+        }
+        let net = cove_net::create(&ctx.paths, name, None, true)
+            .with_context(|| format!("creating network `{name}`"))?;
+        if !ctx.json {
+            println!("network {name}: created ({})", net.subnet);
+        }
+        made.push(name);
+    }
+    Ok(())
 }
 
 /// One JUnit file per VM when there are several.
@@ -199,6 +224,8 @@ fn needs_recreate(
         Some("its shared folders changed")
     } else if have.machine != want.machine {
         Some("its machine changed")
+    } else if have.networks != want.networks {
+        Some("its networks changed")
     } else {
         None
     }
@@ -215,5 +242,6 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         ports: want.ports.clone(),
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),
+        networks: want.networks.clone(),
     }
 }

@@ -73,14 +73,58 @@ if grep -qx 0x0001 /sys/bus/virtio/devices/*/device 2>/dev/null; then
     i=0
     while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
 fi
-if [ -e /sys/class/net/eth0 ]; then
-    ip addr add 10.0.2.15/24 dev eth0 &&
-        ip link set eth0 up &&
+# NICs are found by MAC: with several, the kernel's eth0, eth1, ... order is not the
+# command line's.
+nic_by_mac() {
+    for n in /sys/class/net/*; do
+        [ "$(cat "$n/address" 2>/dev/null)" = "$1" ] && echo "${n##*/}" && return 0
+    done
+    return 1
+}
+user_nic=$(nic_by_mac @USER_NIC_MAC@) || user_nic=eth0
+if [ -e "/sys/class/net/$user_nic" ]; then
+    ip addr add 10.0.2.15/24 dev "$user_nic" &&
+        ip link set "$user_nic" up &&
         ip route add default via 10.0.2.2 ||
         echo "cove-init: network configuration failed"
 else
     echo "cove-init: no network device"
 fi
+# NICs on cove networks (`@NET_ARG@=<mac>`): an address by DHCP from the network's dnsmasq,
+# which also answers for the names of the network's VMs. On them, the user-mode NIC carries
+# only port forwards (QEMU restricts it): the way out, if any, is a network with NAT.
+mkdir -p /etc/cove
+cat > /etc/cove/udhcpc.sh <<'EOS'
+#!/bin/sh
+# Called by busybox udhcpc with the lease in the environment.
+case "$1" in
+bound | renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    echo "cove-init: $interface has $ip/${mask:-24} from DHCP" > /dev/console
+    # The first network with a way out (a router: NAT) carries the default route; the
+    # user-mode NIC is then restricted to port forwards.
+    if [ -n "$router" ] && [ ! -e /etc/cove/routed ]; then
+        ip route replace default via "${router%% *}" dev "$interface" && : > /etc/cove/routed
+    fi
+    for d in $search $domain; do echo "search $d"; done >> /etc/cove/resolv.net
+    for d in $dns; do echo "nameserver $d"; done >> /etc/cove/resolv.net
+    ;;
+esac
+exit 0
+EOS
+chmod 0755 /etc/cove/udhcpc.sh
+for mac in $(set -f; for a in $(cat /proc/cmdline); do case "$a" in @NET_ARG@=*) echo "${a#*=}" ;; esac; done); do
+    i=0
+    until nic=$(nic_by_mac "$mac") || [ $i -ge 100 ]; do sleep 0.02; i=$((i + 1)); done
+    if [ -z "$nic" ]; then
+        echo "cove-init: no NIC with MAC $mac (cove network)"
+        continue
+    fi
+    ip link set "$nic" up
+    udhcpc -i "$nic" -f -q -n -t 20 -T 1 -s /etc/cove/udhcpc.sh >/dev/null ||
+        echo "cove-init: no DHCP answer on $nic ($mac) from its cove network"
+done
 
 echo "@MOUNTING_ROOT@"
 mount -t ext4 -o rw "$root" /newroot || fatal "cannot mount $root as ext4"
@@ -89,6 +133,11 @@ if [ ! -x "/newroot$target" ] && [ ! -L "/newroot$target" ]; then
     fatal "the root filesystem has no executable $target"
 fi
 mkdir -p /newroot/dev /newroot/proc /newroot/sys
+# Names of a cove network's VMs (and, with NAT, the world's) resolve through its dnsmasq.
+if [ -f /etc/cove/resolv.net ]; then
+    rm -f /newroot/etc/resolv.conf
+    { grep '^search' /etc/cove/resolv.net | head -1; grep '^nameserver' /etc/cove/resolv.net; } > /newroot/etc/resolv.conf
+fi
 mount --move /dev /newroot/dev
 umount /proc /sys
 echo "cove-init: switching root to $target"

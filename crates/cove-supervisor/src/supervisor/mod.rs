@@ -56,6 +56,8 @@ pub enum SuperviseError {
     #[error("{0}")]
     Boot(String),
     #[error(transparent)]
+    Network(#[from] cove_net::NetError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

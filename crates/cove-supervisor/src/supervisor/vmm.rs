@@ -56,6 +56,15 @@ pub async fn launch(
         }
         .into());
     }
+    // The VM's networks up (a host reboot took them away) and its TAPs on them.
+    let taps: Vec<cove_backend::Tap> =
+        cove_net::prepare_vm(paths, record.name.as_str(), &record.networks)?
+            .into_iter()
+            .map(|a| cove_backend::Tap {
+                ifname: a.tap,
+                mac: a.mac,
+            })
+            .collect();
     let (shares, daemons) = super::shares::start(&vm, record)?;
     let spec = VmSpec {
         name: record.name.to_string(),
@@ -65,7 +74,7 @@ pub async fn launch(
         // Asked, not assumed: a backend without PVH boots the bzImage.
         vmlinux: image.vmlinux.clone().filter(|_| caps.pvh_boot),
         initrd: image.initrd.clone(),
-        cmdline_extra: cmdline_extra(image, record),
+        cmdline_extra: cmdline_extra(image, record, &taps),
         root_disk: vm.root_disk(),
         data_disks: record
             .data_disks
@@ -89,6 +98,7 @@ pub async fn launch(
         },
         incoming: matches!(start, Start::Restore { .. }),
         shares,
+        taps,
     };
     let launch = backend.launch(&spec, &host)?;
     std::fs::write(vm.vmm_cmdline(), &launch.description)?;
@@ -133,7 +143,7 @@ pub async fn launch(
 
 /// The image's kernel arguments plus, for each mounted data disk,
 /// `cove.disk=<serial>:<path>`, which the image's init reads to mount it.
-fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
+fn cmdline_extra(image: &BootImage, record: &VmRecord, taps: &[cove_backend::Tap]) -> String {
     let mut args = image.cmdline_extra.clone();
     // Validated at create; a record written before that check with a path
     // that would add kernel arguments is left unmounted rather than passed.
@@ -145,6 +155,8 @@ fn cmdline_extra(image: &BootImage, record: &VmRecord) -> String {
         args.push(cove_guest::disk_arg(&crate::data_disk::serial(disk), mount));
     }
     args.extend(super::shares::cmdline_args(record));
+    // MACs are cove's own `52:56:..` (cove_state::net), never text from a user.
+    args.extend(taps.iter().map(|t| cove_guest::net_arg(&t.mac)));
     args.join(" ")
 }
 

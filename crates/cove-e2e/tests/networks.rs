@@ -1,0 +1,281 @@
+//! cove networks (issue 14), each test inside a network namespace it makes itself: bridges,
+//! TAPs, nftables rules, dnsmasq and all test traffic stay there, and the namespace goes
+//! away with the test, pass or fail.
+
+use cove_e2e::Cove;
+use cove_e2e::netns::NetNs;
+use serde_json::Value;
+use std::io::Write;
+use std::time::Duration;
+
+/// Links, nftables tables and dnsmasq processes of cove in the namespace.
+fn cove_objects(ns: &NetNs) -> (Vec<String>, Vec<String>, usize) {
+    let links: Vec<String> = ns
+        .ok(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("covebr") || n.starts_with("cvt"))
+        .collect();
+    let tables: Vec<String> = ns
+        .ok(&["nft", "list", "tables"])
+        .lines()
+        .filter(|l| l.contains("cove_net"))
+        .map(str::to_owned)
+        .collect();
+    let dnsmasq = ns
+        .pids()
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dnsmasq")
+        })
+        .count();
+    (links, tables, dnsmasq)
+}
+
+fn network<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no network {name} in {list}"))
+}
+
+#[test]
+#[ignore = "needs root: makes a network namespace"]
+fn networks_are_recorded_reconciled_after_a_reboot_and_removed_whole() {
+    let ns = NetNs::new("netobj");
+    let cove = Cove::in_netns(&ns);
+
+    // Without the capabilities, cove names each one missing and creates nothing.
+    let unprivileged = cove
+        .command_via(&[
+            "setpriv",
+            "--bounding-set",
+            "-net_admin,-net_raw,-net_bind_service",
+        ])
+        .args(["network", "create", "lab"])
+        .output()
+        .unwrap();
+    assert!(!unprivileged.status.success());
+    let err = String::from_utf8_lossy(&unprivileged.stderr);
+    for cap in [
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_NET_BIND_SERVICE",
+        "user-mode",
+    ] {
+        assert!(err.contains(cap), "{cap} not named in: {err}");
+    }
+    assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
+
+    cove.ok(&["network", "create", "lab"]);
+    cove.ok(&[
+        "network",
+        "create",
+        "iso",
+        "--no-nat",
+        "--subnet",
+        "10.118.0.0/24",
+    ]);
+    let err = cove.fails(&["network", "create", "dup", "--subnet", "10.118.0.0/25"]);
+    assert!(err.contains("overlaps network `iso`"), "{err}");
+    let list = cove.json(&["network", "ls"]);
+    assert_eq!(network(&list, "lab")["up"], true);
+    assert_eq!(network(&list, "iso")["gateway"], "10.118.0.1");
+    let (links, tables, dnsmasq) = cove_objects(&ns);
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    assert_eq!(dnsmasq, 2);
+    // The rules isolate: guests reach the host only at the network's own address.
+    let rules = ns.ok(&["nft", "list", "table", "inet", "cove_net2"]);
+    assert!(rules.contains("ip daddr 10.118.0.1 accept"), "{rules}");
+    assert!(
+        !rules.contains("masquerade"),
+        "--no-nat must not masquerade: {rules}"
+    );
+
+    // A host reboot, as far as the network goes: its devices, rules and dnsmasq vanish.
+    ns.ok(&["ip", "link", "delete", "covebr1"]);
+    ns.ok(&["nft", "delete", "table", "inet", "cove_net1"]);
+    let pid =
+        std::fs::read_to_string(cove.root().join("state/cove/networks/lab/dnsmasq.pid")).unwrap();
+    ns.ok(&["kill", "-9", pid.trim()]);
+    cove.wait_for("the killed dnsmasq to go", Duration::from_secs(10), || {
+        cove_objects(&ns).2 == 1
+    });
+    let list = cove.json(&["network", "ls"]);
+    assert_eq!(network(&list, "lab")["up"], false, "{list}");
+    assert_eq!(network(&list, "iso")["up"], true, "{list}");
+
+    // rm removes what exists and forgets what the reboot took.
+    cove.ok(&["network", "rm", "lab"]);
+    cove.ok(&["network", "rm", "iso"]);
+    assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
+    assert_eq!(cove.json(&["network", "ls"]), serde_json::json!([]));
+    let err = cove.fails(&["network", "rm", "lab"]);
+    assert!(err.contains("no network named `lab`"), "{err}");
+}
+
+/// A thread answering every connection with `hello`, so a guest's `nc` shows it got through.
+fn serve_hello(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"hello\n");
+        }
+    });
+}
+
+/// Whether `vm` gets `hello` from `addr:port` (3 s to connect).
+fn reaches(cove: &Cove, vm: &str, addr: &str, port: u16) -> bool {
+    let out = cove.run(&[
+        "exec",
+        vm,
+        "--",
+        "sh",
+        "-c",
+        &format!("nc -w 3 {addr} {port} </dev/null"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).contains("hello")
+}
+
+#[test]
+#[ignore = "boots three VMs in a network namespace (needs root)"]
+fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
+    let ns = NetNs::new("netvm");
+    let cove = Cove::in_netns(&ns);
+    cove.minimal_image();
+    cove.ok(&["network", "create", "lab", "--subnet", "10.119.1.0/24"]);
+    cove.ok(&[
+        "network",
+        "create",
+        "other",
+        "--subnet",
+        "10.119.2.0/24",
+        "--no-nat",
+    ]);
+    cove.ok(&["create", "a", "--network", "lab"]);
+    cove.ok(&["create", "b", "--network", "lab"]);
+    cove.ok(&["create", "c", "--network", "other"]);
+    let err = cove.fails(&["create", "d", "--network", "nope"]);
+    assert!(err.contains("no network named `nope`"), "{err}");
+    for vm in ["a", "b", "c"] {
+        cove.ok(&["start", vm]);
+    }
+    let list = cove.json(&["network", "ls"]);
+    let ip_of = |net: &str, vm: &str| -> String {
+        network(&list, net)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a_ip, c_ip) = (ip_of("lab", "a"), ip_of("other", "c"));
+
+    // Peers by name, short and with the domain, through the network's dnsmasq.
+    cove.ok(&["exec", "a", "--", "ping", "-c", "1", "-W", "5", "b"]);
+    cove.ok(&["exec", "b", "--", "ping", "-c", "1", "-W", "5", "a.cove"]);
+    // The host by name too: its resolver pointed at the network, as with Incus or libvirt.
+    ns.use_resolver("10.119.1.1", "cove");
+    let host_view = ns.ok(&["getent", "hosts", "a.cove"]);
+    assert!(host_view.starts_with(&a_ip), "{host_view}");
+
+    // Listeners in the namespace: on every address (so on the network's own address and on
+    // one the network does not give), and on the host's loopback only.
+    ns.ok(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    let any = ns.listen("0.0.0.0:0");
+    let any_port = any.local_addr().unwrap().port();
+    serve_hello(any);
+    let lo = ns.listen("127.0.0.1:0");
+    let lo_port = lo.local_addr().unwrap().port();
+    serve_hello(lo);
+    // The control case first: what the network gives works, so the refusals below are the
+    // rules' doing and not a broken guest.
+    assert!(reaches(&cove, "a", "10.119.1.1", any_port));
+    assert!(reaches(&cove, "c", "10.119.2.1", any_port));
+    assert!(
+        !reaches(&cove, "a", "192.0.2.1", any_port),
+        "another host address"
+    );
+    assert!(
+        !reaches(&cove, "a", "10.0.2.2", lo_port),
+        "host loopback via user-mode"
+    );
+    assert!(
+        !reaches(&cove, "c", "192.0.2.1", any_port),
+        "no-NAT network out"
+    );
+    // No network reaches another.
+    let across = cove.run(&["exec", "a", "--", "ping", "-c", "1", "-W", "3", &c_ip]);
+    assert!(!across.status.success(), "a reached c across networks");
+    let across = cove.run(&["exec", "c", "--", "ping", "-c", "1", "-W", "3", &a_ip]);
+    assert!(!across.status.success(), "c reached a across networks");
+
+    // A host reboot takes the network away; the next start of a VM on it brings it back.
+    cove.ok(&["stop", "a"]);
+    ns.ok(&["ip", "link", "delete", "cvt1-2"]);
+    ns.ok(&["nft", "delete", "table", "inet", "cove_net1"]);
+    cove.ok(&["start", "a"]);
+    cove.ok(&["exec", "b", "--", "ping", "-c", "1", "-W", "5", "a"]);
+    assert!(
+        !reaches(&cove, "a", "192.0.2.1", any_port),
+        "rules back after the start"
+    );
+
+    // Deleting VMs takes their TAPs and names; removing networks leaves nothing.
+    for vm in ["a", "b", "c"] {
+        cove.ok(&["delete", "--force", vm]);
+    }
+    let hosts = std::fs::read_to_string(cove.root().join("state/cove/networks/lab/hosts")).unwrap();
+    assert!(!hosts.contains("a.cove"), "{hosts}");
+    let (links, _, _) = cove_objects(&ns);
+    assert!(links.iter().all(|l| l.starts_with("covebr")), "{links:?}");
+    cove.ok(&["network", "rm", "lab"]);
+    cove.ok(&["network", "rm", "other"]);
+    assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
+}
+
+#[test]
+#[ignore = "builds a Debian image and boots two PostgreSQL VMs in a network namespace (needs root)"]
+fn app_and_db_example_comes_up_in_order_and_queries_by_name() {
+    let ns = NetNs::new("appdb");
+    let cove = Cove::in_netns(&ns);
+    let spec = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/app-and-db.toml"
+    ));
+    let spec = spec.to_str().unwrap();
+    let up = cove.ok(&["up", spec]);
+    // The network first, then db before app (declared after it, `after = ["db"]`).
+    let at = |s: &str| up.find(s).unwrap_or_else(|| panic!("no `{s}` in:\n{up}"));
+    assert!(at("network appnet: created") < at("db: created and started"));
+    assert!(at("db: created and started") < at("app: created and started"));
+    assert_eq!(up.matches("CHECKS PASSED").count(), 2, "{up}");
+
+    // From the host, by name: the namespace's resolver asks the network's dnsmasq.
+    let list = cove.json(&["network", "ls"]);
+    let gateway = network(&list, "appnet")["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ns.use_resolver(&gateway, "cove");
+    let out = ns.ok(&[
+        "psql",
+        "-X",
+        "-tA",
+        "-h",
+        "db.cove",
+        "-U",
+        "postgres",
+        "-c",
+        "select 6 * 7",
+    ]);
+    assert_eq!(out.trim(), "42");
+    cove.ok(&["down", spec]);
+    cove.ok(&["network", "rm", "appnet"]);
+    assert_eq!(cove_objects(&ns), (vec![], vec![], 0));
+}

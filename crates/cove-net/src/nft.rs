@@ -1,0 +1,111 @@
+//! The nftables rules of one network, all in one table of its own (`inet cove_net<id>`), so
+//! removing the network is deleting that table, and nothing cove does touches anyone else's
+//! rules. Applied with `nft -f` from a file in the network's directory (kept for inspection).
+
+use crate::{NetError, run};
+use cove_state::net::{BRIDGE_PREFIX, NetworkRecord};
+use std::path::Path;
+
+/// The table's whole definition. Isolation by default:
+/// - input: a guest reaches the host only at the network's own address (DNS, DHCP and
+///   whatever the host serves there), never the host's other addresses or its loopback;
+/// - forward: traffic stays on its bridge or, with NAT, goes out to a non-cove interface;
+///   nothing crosses from one cove network to another (each network's table drops that, and a
+///   packet must pass every table's hook), nothing from outside reaches in unless it answers.
+pub fn ruleset(net: &NetworkRecord) -> String {
+    let br = net.bridge();
+    let gw = net.subnet.gateway();
+    let subnet = net.subnet;
+    let table = net.nft_table();
+    let mut forward = vec![
+        format!("iifname \"{br}\" oifname \"{br}\" accept"),
+        format!("iifname \"{br}\" oifname \"{BRIDGE_PREFIX}*\" drop"),
+        format!("oifname \"{br}\" iifname \"{BRIDGE_PREFIX}*\" drop"),
+        format!("oifname \"{br}\" ct state established,related accept"),
+        format!("oifname \"{br}\" drop"),
+    ];
+    let mut nat = String::new();
+    if net.nat {
+        forward.push(format!("iifname \"{br}\" ip saddr {subnet} accept"));
+        nat = format!(
+            "\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n        \
+             ip saddr {subnet} oifname != \"{br}\" masquerade\n    }}"
+        );
+    }
+    forward.push(format!("iifname \"{br}\" drop"));
+    let forward = forward.join("\n        ");
+    format!(
+        "# Written by cove for network `{name}`; `cove network rm {name}` deletes the table.\n\
+         table inet {table} {{\n    \
+         chain input {{\n        type filter hook input priority filter; policy accept;\n        \
+         iifname \"{br}\" udp dport 67 accept\n        \
+         iifname \"{br}\" ip daddr {gw} accept\n        \
+         iifname \"{br}\" drop\n    }}\n    \
+         chain forward {{\n        type filter hook forward priority filter; policy accept;\n        \
+         {forward}\n    }}{nat}\n}}\n",
+        name = net.name
+    )
+}
+
+/// Replaces the table with [`ruleset`] atomically (one `nft -f` transaction).
+pub fn apply(net: &NetworkRecord, file: &Path) -> Result<(), NetError> {
+    // `add` then `delete` makes the delete succeed whether or not the table existed, and the
+    // whole file is one transaction: the old rules are never gone while the new are missing.
+    let text = format!(
+        "add table inet {t}\ndelete table inet {t}\n{}",
+        ruleset(net),
+        t = net.nft_table()
+    );
+    crate::write_private(file, text.as_bytes()).map_err(|source| NetError::Io {
+        what: format!("writing {}", file.display()),
+        source,
+    })?;
+    run("nft", &["-f".as_ref(), file.as_os_str()])?;
+    Ok(())
+}
+
+pub fn exists(table: &str) -> bool {
+    crate::output("nft", &["list", "table", "inet", table]).is_ok_and(|o| o.status.success())
+}
+
+/// Deletes the table; a table already gone is success.
+pub fn delete(table: &str) -> Result<(), NetError> {
+    if exists(table) {
+        run("nft", &["delete", "table", "inet", table])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(nat: bool) -> NetworkRecord {
+        NetworkRecord {
+            name: "lab".into(),
+            id: 3,
+            subnet: "10.117.3.0/24".parse().unwrap(),
+            nat,
+            domain: "cove".into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn nat_network_masquerades_and_isolates() {
+        let r = ruleset(&net(true));
+        assert!(r.contains("table inet cove_net3 {"));
+        assert!(r.contains("iifname \"covebr3\" ip daddr 10.117.3.1 accept"));
+        assert!(r.contains("iifname \"covebr3\" oifname \"covebr*\" drop"));
+        assert!(r.contains("ip saddr 10.117.3.0/24 oifname != \"covebr3\" masquerade"));
+        // Drops to other cove bridges come before the NAT accept.
+        assert!(r.find("oifname \"covebr*\" drop") < r.find("ip saddr 10.117.3.0/24 accept"));
+    }
+
+    #[test]
+    fn no_nat_network_forwards_nothing_out() {
+        let r = ruleset(&net(false));
+        assert!(!r.contains("masquerade") && !r.contains("ip saddr 10.117.3.0/24 accept"));
+        assert!(r.contains("iifname \"covebr3\" drop\n    }"));
+    }
+}
