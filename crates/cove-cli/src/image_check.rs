@@ -8,9 +8,15 @@ use cove_diagnose::kernel::{self, InitramfsModules};
 use cove_image::ImageManifest;
 use cove_state::Store;
 
-/// Profiles every image must pass; `agent-serial` only when it has the agent.
+/// Profiles every image must pass: booting through cove's initramfs, or, for an image without
+/// one (a kernel cove built), with the disk drivers built in; `agent-serial` only when it has
+/// the agent.
 fn base_profiles(manifest: &ImageManifest) -> Vec<String> {
-    let mut profiles = vec!["virtio".to_owned(), "microvm".to_owned()];
+    let boot = match manifest.initrd {
+        Some(_) => "virtio",
+        None => "virtio-direct",
+    };
+    let mut profiles = vec![boot.to_owned(), "microvm".to_owned()];
     if manifest.agent {
         profiles.push("agent-serial".to_owned());
     }

@@ -101,6 +101,7 @@ pub fn parse_profiles(text: &str) -> Result<Vec<Profile>, KernelError> {
 /// Names of the built-in profiles.
 pub const BUILTIN_PROFILES: &[&str] = &[
     "virtio",
+    "virtio-direct",
     "agent-serial",
     "agent-vsock",
     "net",
@@ -138,6 +139,26 @@ pub fn builtin_profile(name: &str) -> Option<Profile> {
                 Requirement::new(&["PROC_FS"], "init mounts /proc").builtin(),
                 Requirement::new(&["SYSFS"], "init finds devices in /sys").builtin(),
                 Requirement::new(&["TMPFS"], "/run and /tmp are tmpfs"),
+            ],
+        ),
+        // A kernel cove built boots without an initramfs: the kernel itself must reach the
+        // root disk, so what the initramfs would load must be built in.
+        "virtio-direct" => (
+            "boot from a virtio disk without an initramfs (a kernel cove built)",
+            vec![
+                Requirement::new(&["VIRTIO"], "virtio device core").builtin(),
+                Requirement::new(
+                    &["VIRTIO_PCI", "VIRTIO_MMIO"],
+                    "a virtio transport: PCI on q35, MMIO on microvm",
+                )
+                .builtin(),
+                Requirement::new(&["VIRTIO_BLK"], "the root disk is a virtio-blk device").builtin(),
+                Requirement::new(&["EXT4_FS"], "the kernel mounts the ext4 root itself").builtin(),
+                Requirement::new(&["DEVTMPFS"], "/dev is a devtmpfs (there is no udev)").builtin(),
+                Requirement::new(&["BINFMT_ELF"], "init and the agent are ELF binaries").builtin(),
+                Requirement::new(&["PROC_FS"], "init mounts /proc").builtin(),
+                Requirement::new(&["SYSFS"], "init finds devices in /sys").builtin(),
+                Requirement::new(&["TMPFS"], "/run and /tmp are tmpfs").builtin(),
             ],
         ),
         "agent-serial" => (
