@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 const ANCHOR: &str = "anchor";
 
+/// How long a VM may take to wind down on its own after a fault: a `stop` whose CLI was killed
+/// goes on in the supervisor, which forces the VMM off after its 20 s grace.
+const WIND_DOWN: Duration = Duration::from_secs(90);
+
 fn sigkill(pid: u64) {
     // SAFETY: kill has no memory effects; every pid passed is one of this test's processes.
     unsafe {
@@ -97,7 +101,7 @@ impl Soak {
             }
             Some(_) => self.cove.wait_for(
                 &format!("no process of the not-running VM {name}"),
-                Duration::from_secs(30),
+                WIND_DOWN,
                 || processes_of(&self.cove, name).is_empty(),
             ),
             None => panic!("show without state: {show}"),
@@ -201,11 +205,10 @@ impl Soak {
                 true
             }
         };
-        self.cove.wait_for(
-            "the killed processes to be gone",
-            Duration::from_secs(30),
-            || !pid_alive(supervisor) && (!killed_qemu || !pid_alive(qemu)),
-        );
+        self.cove
+            .wait_for("the killed processes to be gone", WIND_DOWN, || {
+                !pid_alive(supervisor) && (!killed_qemu || !pid_alive(qemu))
+            });
         self.assert_state_true(name);
         if self.cove.state(name) != "running" {
             self.start_with_cli_kill(name);
@@ -250,7 +253,7 @@ impl Soak {
         );
         self.cove.wait_for(
             &format!("no process of the deleted VM {name}"),
-            Duration::from_secs(30),
+            WIND_DOWN,
             || processes_of(&self.cove, name).is_empty(),
         );
     }
