@@ -48,7 +48,7 @@ fn a_vms_files_are_private_and_qemu_is_sandboxed() {
     }
     // Sockets: QEMU makes its own (0700 under a 077 umask; x means nothing
     // on a socket). What matters is that nobody else can connect.
-    for sock in ["control", "qmp", "console", "agent"] {
+    for sock in ["control", "vmm", "console", "agent"] {
         let sock = run.join(format!("priv/{sock}.sock"));
         assert_eq!(mode(&sock) & 0o077, 0, "{}", sock.display());
     }
