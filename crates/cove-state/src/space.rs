@@ -5,6 +5,8 @@
 
 use std::error::Error;
 
+pub use cove_util::space::free_bytes;
+
 /// Below this many free bytes a filesystem counts as full for cove: a VM's overlay, console
 /// log and records need more than this to go on.
 pub const LOW_SPACE: u64 = 64 << 20;
@@ -29,8 +31,6 @@ pub fn is_exhaustion(err: &(dyn Error + 'static)) -> bool {
     // External tools' output, carried as text.
     err.to_string().contains("No space left on device")
 }
-
-pub use cove_util::space::free_bytes;
 
 #[cfg(test)]
 mod tests {
