@@ -85,13 +85,13 @@ impl Compression {
                     .map_err(wrap)?;
             }
             Compression::Xz => {
-                let stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
+                let stream = xz2::stream::Stream::new_stream_decoder(DECODER_MEMLIMIT, 0)
                     .map_err(|e| wrap(e.into()))?;
                 xz_like(stream, data, &mut out).map_err(wrap)?;
             }
             Compression::Lzma => {
-                let stream =
-                    xz2::stream::Stream::new_lzma_decoder(u64::MAX).map_err(|e| wrap(e.into()))?;
+                let stream = xz2::stream::Stream::new_lzma_decoder(DECODER_MEMLIMIT)
+                    .map_err(|e| wrap(e.into()))?;
                 xz_like(stream, data, &mut out).map_err(wrap)?;
             }
             Compression::Lz4 => lz4_legacy(data, &mut out).map_err(wrap)?,
@@ -144,6 +144,12 @@ fn too_big() -> std::io::Error {
         ),
     )
 }
+
+/// The most memory liblzma may take to decode one kernel or initramfs. The header of an xz or
+/// lzma stream names its dictionary size, up to 4 GiB: without a limit a crafted 100-byte file
+/// made the decoder allocate 4 GiB (found by the `kernel_image` fuzz target). Linux compresses
+/// with dictionaries of at most 64 MiB.
+const DECODER_MEMLIMIT: u64 = 256 << 20;
 
 /// Run a liblzma decoder until its stream ends, so trailing bytes are ignored.
 fn xz_like(mut stream: xz2::stream::Stream, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -352,6 +358,18 @@ pub fn ikconfig_in(data: &[u8]) -> Result<String, KernelError> {
 #[cfg(test)]
 mod bomb_tests {
     use super::*;
+
+    /// Regression (issue 10, found by fuzzing): an lzma header asking for a 4 GiB dictionary
+    /// is refused by the decoder's memory limit instead of allocated.
+    #[test]
+    fn a_huge_lzma_dictionary_is_refused_not_allocated() {
+        let mut crafted = vec![0x5d, 0x00, 0x00, 0x80, 0xff]; // props, dictionary 0xff800000
+        crafted.extend([0xff; 8]); // size unknown
+        crafted.extend([0x00, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47]);
+        let err = Compression::Lzma.decompress(&crafted).unwrap_err();
+        let chain = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(chain.to_lowercase().contains("memory"), "{chain}");
+    }
 
     /// Regression (issue 10): a small crafted stream decompressed without limit.
     #[test]
