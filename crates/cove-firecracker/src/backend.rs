@@ -352,17 +352,9 @@ impl VmmControl for FirecrackerControl {
     }
 }
 
-/// A sparse copy (a reflink where the filesystem has them).
+/// [`cove_util::sparse::copy_sparse`], its failure with the next step.
 fn copy_sparse(from: &Path, to: &Path) -> Result<(), BackendError> {
-    cove_util::tool::run(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto", "--"])
-            .arg(from)
-            .arg(to),
-        "apt-get install coreutils",
-    )
-    .map(drop)
-    .map_err(|e| BackendError::Tool {
+    cove_util::sparse::copy_sparse(from, to).map_err(|e| BackendError::Tool {
         source: e.into(),
         fix: "check free space in the data directory (`cove doctor`)",
     })

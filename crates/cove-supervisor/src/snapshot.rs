@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Bumped when the layout of a snapshot changes.
 const FORMAT: u32 = 1;
@@ -360,18 +359,9 @@ pub fn remove(paths: &Paths, vm: &str, tag: &str) -> Result<(), LifecycleError> 
     Ok(())
 }
 
-/// Copies a file keeping holes (memory and disks are mostly holes), sharing blocks where the
-/// filesystem can (`--reflink=auto`). coreutils `cp` does both; std's copy does neither.
+/// [`cove_util::sparse::copy_sparse`], its failure with the next step for a VM's files.
 pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), LifecycleError> {
-    cove_util::tool::run(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto", "--"])
-            .arg(from)
-            .arg(to),
-        "apt-get install coreutils",
-    )
-    .map(drop)
-    .map_err(|tool| LifecycleError::Tool {
+    cove_util::sparse::copy_sparse(from, to).map_err(|tool| LifecycleError::Tool {
         tool,
         fix: "check free space where cove keeps its VMs",
     })

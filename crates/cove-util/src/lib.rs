@@ -7,6 +7,7 @@ pub mod path;
 pub mod process;
 pub mod size;
 pub mod space;
+pub mod sparse;
 pub mod tool;
 
 pub use size::{ByteSize, SizeError};
