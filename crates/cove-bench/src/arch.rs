@@ -55,14 +55,7 @@ pub fn run(cove: &Cove, runs: usize, execs: usize, s: &mut Section) -> Result<()
         ("`exec true`, amd64", &exec[0]),
         ("`exec true`, arm64", &exec[1]),
     ] {
-        s.rows.push(vec![
-            what.into(),
-            x.len().to_string(),
-            ms(x.median()),
-            ms(x.p99()),
-            ms(x.min()),
-            ms(x.max()),
-        ]);
+        s.rows.push(crate::stats::spread_row(what, x));
     }
     s.notes.push(format!(
         "arm64 vs amd64 (p50): cold boot {:.2}×, `exec true` {:.2}× — both are emulated by TCG here; on a KVM host an amd64 guest runs natively while an arm64 one stays emulated.",

@@ -82,14 +82,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
         ("`cove start` (to agent answer)", &c),
         ("bare `qemu-system-x86_64` (to `cove-init: ready`)", &b),
     ] {
-        s.rows.push(vec![
-            what.into(),
-            x.len().to_string(),
-            ms(x.median()),
-            ms(x.p99()),
-            ms(x.min()),
-            ms(x.max()),
-        ]);
+        s.rows.push(crate::stats::spread_row(what, x));
     }
     for (what, x) in [
         (

@@ -34,14 +34,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
         .map(String::from)
         .to_vec();
     for (img, x) in images.iter().zip(&samples) {
-        s.rows.push(vec![
-            format!("`{img}`"),
-            x.len().to_string(),
-            ms(x.median()),
-            ms(x.p99()),
-            ms(x.min()),
-            ms(x.max()),
-        ]);
+        s.rows.push(crate::stats::spread_row(format!("`{img}`"), x));
         s.goal(
             &format!("create from `{img}` (p50)"),
             "< 100 ms",

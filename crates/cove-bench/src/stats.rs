@@ -68,6 +68,18 @@ impl Samples {
     }
 }
 
+/// A table row of `what` and the spread of `x`: runs, p50, p99, min, max.
+pub fn spread_row(what: impl Into<String>, x: &Samples) -> Vec<String> {
+    vec![
+        what.into(),
+        x.len().to_string(),
+        ms(x.median()),
+        ms(x.p99()),
+        ms(x.min()),
+        ms(x.max()),
+    ]
+}
+
 /// Milliseconds with a precision that suits the size of the value.
 pub fn ms(d: Duration) -> String {
     let v = d.as_secs_f64() * 1000.0;
