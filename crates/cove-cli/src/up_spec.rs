@@ -116,6 +116,29 @@ pub struct UpSpec {
     pub vms: Vec<DeclaredVm>,
 }
 
+/// The image spec in `path`: an image spec file, or a `cove up` spec whose `image` is an
+/// `[image]` table, so `cove image build examples/postgres.toml` builds what `up` would.
+pub fn load_image_spec(path: &Path) -> Result<ImageSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the spec {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Text that is not TOML falls through to the image spec's parser, whose error names it.
+    let image = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|mut t| t.remove("image"));
+    match image {
+        Some(toml::Value::Table(image)) => {
+            let text = toml::to_string(&image)?;
+            Ok(ImageSpec::parse(&text, path, dir)?)
+        }
+        Some(toml::Value::String(name)) => bail!(
+            "{} names the image `{name}` rather than declaring one: build `{name}` itself",
+            path.display()
+        ),
+        _ => Ok(ImageSpec::parse(&text, path, dir)?),
+    }
+}
+
 impl UpSpec {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)

@@ -161,7 +161,18 @@ impl Cove {
 
     /// Builds (or finds in the shared cache) the minimal image.
     pub fn minimal_image(&self) {
-        self.ok(&["image", "build", "minimal"]);
+        self.image(&["minimal"]);
+    }
+
+    /// `cove image build ARGS`. In a network namespace, which has no way out to Debian's
+    /// mirror, another installation outside it builds first and fills the shared cache; the
+    /// build here then finds everything there and records the image for this installation.
+    pub fn image(&self, args: &[&str]) -> String {
+        let args = [&["image", "build"], args].concat();
+        if self.netns.is_some() {
+            Cove::new().ok(&args);
+        }
+        self.ok(&args)
     }
 
     pub fn vm_dir(&self, name: &str) -> PathBuf {

@@ -249,6 +249,7 @@ fn app_and_db_example_comes_up_in_order_and_queries_by_name() {
         "/../../examples/app-and-db.toml"
     ));
     let spec = spec.to_str().unwrap();
+    cove.image(&[spec]);
     let up = cove.ok(&["up", spec]);
     // The network first, then db before app (declared after it, `after = ["db"]`).
     let at = |s: &str| up.find(s).unwrap_or_else(|| panic!("no `{s}` in:\n{up}"));

@@ -145,7 +145,7 @@ pub fn run_build(
     let arch = match (&args.arch, args.what.as_str()) {
         (Some(a), _) => *a,
         (None, "minimal") => cove_image::Arch::Amd64,
-        (None, spec) => cove_image::ImageSpec::load(Path::new(spec))
+        (None, spec) => crate::up_spec::load_image_spec(Path::new(spec))
             .map(|s| s.arch)
             .unwrap_or_default(),
     };
@@ -175,7 +175,7 @@ pub fn run_build(
         if let Some(kernel) = &args.kernel {
             opts.kernel = cove_image::kernel_source_from_arg(kernel);
         }
-        cove_image::build_minimal(paths, &mut store, &opts, progress)
+        cove_image::build_minimal(paths, &mut store, &opts, progress).map_err(Into::into)
     } else {
         let path = Path::new(&args.what);
         if !path.exists() {
@@ -218,8 +218,8 @@ fn build_spec(
     agent: Option<PathBuf>,
     progress: &dyn Progress,
     kernel_requires: &mut Vec<String>,
-) -> cove_image::Result<ImageManifest> {
-    let mut spec = cove_image::ImageSpec::load(path)?;
+) -> Result<ImageManifest> {
+    let mut spec = crate::up_spec::load_image_spec(path)?;
     kernel_requires.clone_from(&spec.kernel_requires);
     if let Some(name) = name {
         spec.name = name;
@@ -228,7 +228,7 @@ fn build_spec(
         agent,
         ..cove_image::BuildOptions::default()
     };
-    cove_image::build_image(paths, store, &spec, &opts, progress)
+    Ok(cove_image::build_image(paths, store, &spec, &opts, progress)?)
 }
 
 /// The static agent for `arch` built by `scripts/build`, found relative to this binary
