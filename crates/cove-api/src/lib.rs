@@ -6,9 +6,12 @@
 //! agent stream) answer [`Response::Streaming`] and then the connection
 //! carries that stream instead of JSON.
 
+pub mod client;
+
+pub use client::{Client, ClientError};
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// Bumped whenever a request or response changes incompatibly; a CLI and a
 /// supervisor of different versions then say so instead of misreading.
@@ -45,6 +48,21 @@ pub enum Request {
     /// Saves the running VM (device state, memory, every disk) as snapshot `tag`, then resumes
     /// it or, with `resume: false`, ends it.
     Snapshot { tag: String, resume: bool },
+}
+
+impl Request {
+    /// The request's name on the wire, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::WaitReady => "wait_ready",
+            Request::Stop { .. } => "stop",
+            Request::Kill => "kill",
+            Request::Console { .. } => "console",
+            Request::Agent => "agent",
+            Request::Snapshot { .. } => "snapshot",
+        }
+    }
 }
 
 /// What the supervisor is doing, as it reports it.
@@ -88,7 +106,21 @@ pub enum Response {
     Failed(Failure),
 }
 
-/// Why something failed, with the evidence a person needs to act on it.
+impl Response {
+    /// The answer's name on the wire, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Status(_) => "status",
+            Response::Ready { .. } => "ready",
+            Response::Done { .. } => "done",
+            Response::Streaming => "streaming",
+            Response::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Why something failed, with the evidence a person needs to act on it. Its `Display` is the
+/// message alone; [`Failure::render`] adds the console lines and the next step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct Failure {
@@ -97,6 +129,25 @@ pub struct Failure {
     pub hint: Option<String>,
     /// The last lines of the serial console, when they explain the failure.
     pub console_tail: Vec<String>,
+}
+
+impl Failure {
+    /// The message, then the last console lines and the next step, one a line, for people.
+    pub fn render(&self) -> String {
+        let mut out = self.message.clone();
+        if !self.console_tail.is_empty() {
+            out.push_str("\n  last console lines:");
+            for line in &self.console_tail {
+                out.push_str("\n    | ");
+                out.push_str(line);
+            }
+        }
+        if let Some(hint) = &self.hint {
+            out.push_str("\n  next: ");
+            out.push_str(hint);
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,17 +197,10 @@ pub async fn read_message<T: for<'de> Deserialize<'de>>(
     Ok(serde_json::from_slice(&line)?)
 }
 
-/// Sends one request and reads its response on a fresh connection.
-pub async fn call(socket: &std::path::Path, request: &Request) -> Result<Response, WireError> {
-    let stream = UnixStream::connect(socket).await?;
-    let mut stream = BufReader::new(stream);
-    write_message(stream.get_mut(), request).await?;
-    read_message(&mut stream).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UnixStream;
 
     #[tokio::test]
     async fn request_and_response_round_trip_over_a_socket() {

@@ -9,6 +9,7 @@ mod context;
 mod full_disk;
 mod image_check;
 mod output;
+mod rt;
 mod serve;
 mod up_spec;
 mod views;

@@ -26,14 +26,29 @@ pub enum LifecycleError {
         tool: cove_util::ToolError,
         fix: &'static str,
     },
-    #[error("the VM did not start: {}{}", .0.message, render_tail(&.0.console_tail, .0.hint.as_deref()))]
+    /// The boot failed; the supervisor's judgement of why (`cove why`'s rules) and its evidence.
+    #[error("the VM did not start: {}", .0.render())]
     BootFailed(cove_api::Failure),
+    /// A request to a running VM's supervisor failed; which one, and how (unreachable, another
+    /// API version, refused with its reason).
+    #[error("{op} `{vm}` failed")]
+    Control {
+        vm: String,
+        op: ControlOp,
+        #[source]
+        source: cove_api::ClientError,
+    },
     #[error(
-        "the supervisor of `{0}` does not answer on its control socket; `cove kill {0}` ends the VM"
+        "`{vm}` is still {state} after it was killed, so it was not reported killed; see `cove \
+         show {vm}` and its supervisor log, and end its processes by hand if they remain"
     )]
-    SupervisorUnreachable(String),
-    #[error("unexpected answer from the supervisor: {0}")]
-    Protocol(String),
+    KillUnconfirmed {
+        vm: String,
+        state: VmState,
+        /// Why the supervisor itself did not carry out the kill, when it did not.
+        #[source]
+        supervisor: Option<Box<LifecycleError>>,
+    },
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
@@ -54,18 +69,29 @@ pub enum LifecycleError {
     Io(#[from] std::io::Error),
 }
 
-fn render_tail(tail: &[String], hint: Option<&str>) -> String {
-    let mut out = String::new();
-    if !tail.is_empty() {
-        out.push_str("\n  last console lines:");
-        for line in tail {
-            out.push_str("\n    | ");
-            out.push_str(line);
-        }
+impl LifecycleError {
+    /// The VM's supervisor could not be talked to at all (not yet listening, or gone).
+    pub fn supervisor_unreachable(&self) -> bool {
+        matches!(self, LifecycleError::Control { source, .. } if source.is_unreachable())
     }
-    if let Some(hint) = hint {
-        out.push_str("\n  next: ");
-        out.push_str(hint);
+}
+
+/// The supervisor request a [`LifecycleError::Control`] was part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOp {
+    WaitReady,
+    Stop,
+    Kill,
+    Snapshot,
+}
+
+impl std::fmt::Display for ControlOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControlOp::WaitReady => "waiting for the boot of",
+            ControlOp::Stop => "stopping",
+            ControlOp::Kill => "killing",
+            ControlOp::Snapshot => "snapshotting",
+        })
     }
-    out
 }

@@ -13,4 +13,4 @@ pub mod liveness;
 pub mod snapshot;
 pub mod supervisor;
 
-pub use error::LifecycleError;
+pub use error::{ControlOp, LifecycleError};

@@ -400,6 +400,10 @@ pub fn prepare_disks(
     Ok(())
 }
 
+/// How long the supervisor may take to save a running VM (its device state and disks; the RAM
+/// is already in the memory file).
+const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Takes snapshot `tag` of the running VM `name`; with `resume: false` the VM ends afterwards.
 pub fn take(paths: &Paths, name: &str, tag: &str, resume: bool) -> Result<String, LifecycleError> {
     validate_tag(tag)?;
@@ -420,10 +424,12 @@ pub fn take(paths: &Paths, name: &str, tag: &str, resume: bool) -> Result<String
     crate::lifecycle::control_call(
         paths,
         name,
+        crate::ControlOp::Snapshot,
         &cove_api::Request::Snapshot {
             tag: tag.to_owned(),
             resume,
         },
+        SAVE_TIMEOUT,
     )
 }
 

@@ -4,13 +4,11 @@
 use crate::context::Ctx;
 use anyhow::{Result, bail};
 use cove_agent_link::{FnOpener, LinkError, OpenRequest, RemoteStream, Stream, StreamOpener};
-use cove_api::{Request, Response, read_message, write_message};
+use cove_api::{Client, ClientError, Request};
 use cove_state::VmState;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufReader;
-use tokio::net::UnixStream;
 
 /// How long opening one stream may take (the agent answers in milliseconds).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +19,7 @@ pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener + use<>> {
     if let Some(why) = not_running(name, record.state) {
         bail!("{why}");
     }
-    Ok(socket_opener(ctx.paths.vm(name).control_socket()))
+    Ok(socket_opener(name, ctx.paths.vm(name).control_socket()))
 }
 
 /// Why a VM in `state` has no agent to reach, with the next step; `None`
@@ -40,39 +38,27 @@ pub fn not_running(name: &str, state: VmState) -> Option<String> {
 }
 
 /// Streams to the agent through the supervisor listening on `socket`: the
-/// one way the CLI and `cove serve` reach a guest's agent.
-pub fn socket_opener(socket: PathBuf) -> impl StreamOpener + Send + 'static {
-    FnOpener(move |req: OpenRequest| open(socket.clone(), req))
+/// one way the CLI and `cove serve` reach a guest's agent. The supervisor's API version is
+/// checked once, on the first stream.
+pub fn socket_opener(name: &str, socket: PathBuf) -> impl StreamOpener + Send + 'static + use<> {
+    let client = Client::new(name, socket);
+    FnOpener(move |req: OpenRequest| open(client.clone(), req))
 }
 
-async fn open(socket: PathBuf, req: OpenRequest) -> Result<Stream, LinkError> {
-    let conn = UnixStream::connect(&socket)
+async fn open(client: Client, req: OpenRequest) -> Result<Stream, LinkError> {
+    let conn = client
+        .open_stream(&Request::Agent)
         .await
-        .map_err(|e| LinkError::Connect {
-            path: socket.clone(),
-            source: Arc::new(e),
+        .map_err(|e| match e {
+            ClientError::Unreachable { socket, source, .. } => LinkError::Connect {
+                path: socket,
+                source: Arc::new(source),
+            },
+            other => LinkError::Local {
+                what: "the VM's supervisor refused".into(),
+                source: Arc::new(std::io::Error::other(other)),
+            },
         })?;
-    let mut conn = BufReader::new(conn);
-    let refused = |message: String| LinkError::Local {
-        what: "the VM's supervisor refused".into(),
-        source: Arc::new(std::io::Error::other(message)),
-    };
-    let wire = |e: cove_api::WireError| refused(e.to_string());
-    write_message(conn.get_mut(), &Request::Agent)
-        .await
-        .map_err(wire)?;
-    match read_message::<Response>(&mut conn).await.map_err(wire)? {
-        Response::Streaming => {}
-        Response::Failed(f) => return Err(refused(f.message)),
-        other => return Err(refused(format!("unexpected answer {other:?}"))),
-    }
     // The reader itself: the relay's first bytes may already be in its buffer.
     RemoteStream::open(conn, req, OPEN_TIMEOUT).await
-}
-
-/// A runtime for one command's async work.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }

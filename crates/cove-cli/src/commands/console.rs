@@ -5,7 +5,7 @@
 
 use crate::context::Ctx;
 use anyhow::{Context, Result, bail};
-use cove_api::{Request, Response, read_message, write_message};
+use cove_api::Request;
 use cove_state::VmState;
 use std::io::Write;
 use std::path::Path;
@@ -25,23 +25,16 @@ pub fn no_console(name: &str, state: VmState) -> Option<String> {
 /// `replay` bytes of history first. The connection then carries the serial
 /// console both ways; bytes already read with the answer are in its buffer.
 /// `cove console` and the API's console attach through this one way.
-pub async fn connect(socket: &Path, replay: u64) -> Result<BufReader<UnixStream>> {
-    let conn = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to the supervisor at {}", socket.display()))?;
-    let mut conn = BufReader::new(conn);
-    write_message(
-        conn.get_mut(),
-        &Request::Console {
+pub async fn connect(
+    name: &str,
+    socket: &Path,
+    replay: u64,
+) -> Result<BufReader<UnixStream>, cove_api::ClientError> {
+    cove_api::Client::new(name, socket)
+        .open_stream(&Request::Console {
             replay_bytes: replay,
-        },
-    )
-    .await?;
-    match read_message::<Response>(&mut conn).await? {
-        Response::Streaming => Ok(conn),
-        Response::Failed(f) => bail!("{}", f.message),
-        other => bail!("unexpected answer from the supervisor: {other:?}"),
-    }
+        })
+        .await
 }
 
 /// Ctrl-], as in telnet and `virsh console`.
@@ -62,11 +55,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         bail!("{why}");
     }
     let socket = ctx.paths.vm(&args.name).control_socket();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let conn = connect(&socket, args.replay)
+    crate::rt::block_on(async {
+        let conn = connect(&args.name, &socket, args.replay)
             .await
             .with_context(|| format!("attaching to the console of `{}`", args.name))?;
         eprint!(
@@ -119,5 +109,5 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             _ = output => eprint!("\r\nthe console of {} closed (the VM stopped)\r\n", args.name),
         }
         Ok(ExitCode::SUCCESS)
-    })
+    })?
 }

@@ -59,13 +59,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     };
     let progress: cove_agent_link::Progress<'_> = bar.as_ref().map(|_| &report as _);
     let started = Instant::now();
-    let bytes = agent_client::runtime()?.block_on(async {
+    let bytes = crate::rt::block_on(async {
         if inbound {
             cove_agent_link::copy_in(&opener, &local, &remote_path, progress).await
         } else {
             cove_agent_link::copy_out(&opener, &remote_path, &local, progress).await
         }
-    })?;
+    })??;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

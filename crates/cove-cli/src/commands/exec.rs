@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         user: args.user,
         tty: None,
     };
-    let status = agent_client::runtime()?.block_on(async {
+    let status = crate::rt::block_on(async {
         if args.tty {
             cove_agent_link::exec_tty(&opener, req).await
         } else {
@@ -60,6 +60,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             }
             cove_agent_link::exec(&opener, req, io).await
         }
-    })?;
+    })??;
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
 }

@@ -27,8 +27,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         );
     };
     let opener = agent_client::opener(ctx, name)?;
-    let report = agent_client::runtime()?
-        .block_on(cove_agent_link::ldd(&opener, path))
+    let report = crate::rt::block_on(cove_agent_link::ldd(&opener, path))?
         .map_err(|e| super::trace::old_agent_hint(e, "ldd"))
         .with_context(|| format!("reading {path} in `{name}`"))?;
     let missing = report.libraries.iter().filter(|l| l.path.is_none()).count();

@@ -14,7 +14,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let opener = agent_client::opener(ctx, &args.name)?;
-    let procs = agent_client::runtime()?.block_on(cove_agent_link::ps(&opener))?;
+    let procs = crate::rt::block_on(cove_agent_link::ps(&opener))??;
     if ctx.json {
         output::print_json(&procs)?;
         return Ok(ExitCode::SUCCESS);

@@ -306,9 +306,7 @@ fn stop_when_reachable(
     loop {
         match lifecycle::stop(paths, name, timeout) {
             Ok(done) => return Ok(done),
-            Err(cove_supervisor::LifecycleError::SupervisorUnreachable(_))
-                if Instant::now() < deadline =>
-            {
+            Err(e) if e.supervisor_unreachable() && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),

@@ -28,6 +28,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         user: args.user,
         tty: None,
     };
-    let status = agent_client::runtime()?.block_on(cove_agent_link::exec_tty(&opener, req))?;
+    let status = crate::rt::block_on(cove_agent_link::exec_tty(&opener, req))??;
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
 }

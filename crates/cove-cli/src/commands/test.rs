@@ -77,7 +77,7 @@ fn test(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
             facts.peers.push((a.vm, a.ip.into()));
         }
     }
-    let report = agent_client::runtime()?.block_on(cove_check::run(&facts, &guest, &checks));
+    let report = crate::rt::block_on(cove_check::run(&facts, &guest, &checks))?;
     if let Some(path) = &args.junit {
         std::fs::write(path, cove_check::to_junit(&report))
             .with_context(|| format!("cannot write the JUnit report to {}", path.display()))?;

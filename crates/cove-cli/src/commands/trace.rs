@@ -150,23 +150,22 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let attach = req.pid.is_some();
     let opener = agent_client::opener(ctx, &args.name)?;
     let json = ctx.json;
-    let outcome = agent_client::runtime()?
-        .block_on(async {
-            let io = TraceIo {
-                stdout: if json {
-                    Box::new(tokio::io::stderr())
-                } else {
-                    Box::new(tokio::io::stdout())
-                },
-                stderr: Box::new(tokio::io::stderr()),
-                on_event: Box::new(move |e| print_event(&e, json)),
-                // Ctrl-C interrupts a started command; an attached one is only let go.
-                control: (!attach).then(cove_agent_link::forward_signals),
-            };
-            cove_agent_link::trace(&opener, req, io).await
-        })
-        .map_err(|e| old_agent_hint(e, "trace"))
-        .with_context(|| format!("tracing in `{}`", args.name))?;
+    let outcome = crate::rt::block_on(async {
+        let io = TraceIo {
+            stdout: if json {
+                Box::new(tokio::io::stderr())
+            } else {
+                Box::new(tokio::io::stdout())
+            },
+            stderr: Box::new(tokio::io::stderr()),
+            on_event: Box::new(move |e| print_event(&e, json)),
+            // Ctrl-C interrupts a started command; an attached one is only let go.
+            control: (!attach).then(cove_agent_link::forward_signals),
+        };
+        cove_agent_link::trace(&opener, req, io).await
+    })?
+    .map_err(|e| old_agent_hint(e, "trace"))
+    .with_context(|| format!("tracing in `{}`", args.name))?;
     print_outcome(&outcome, json);
     Ok(ExitCode::from(outcome.exit.shell_code().clamp(0, 255) as u8))
 }

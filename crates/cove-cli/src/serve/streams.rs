@@ -108,7 +108,7 @@ pub async fn exec(paths: cove_state::Paths, name: String, mut req: Request<Incom
     if let Some(why) = agent_client::not_running(&name, state) {
         return routes::error(StatusCode::CONFLICT, why);
     }
-    let opener = agent_client::socket_opener(paths.vm(&name).control_socket());
+    let opener = agent_client::socket_opener(&name, paths.vm(&name).control_socket());
     tokio::spawn(async move {
         if let Some(conn) = upgraded(upgrade).await {
             run_exec(conn, &opener, request, deadline).await;
@@ -151,7 +151,9 @@ pub async fn console(paths: cove_state::Paths, name: String, mut req: Request<In
     }
     // Attach before the 101, so a supervisor that refuses is an HTTP error.
     let socket = paths.vm(&name).control_socket();
-    let vm = match tokio::time::timeout(ATTACH_TIMEOUT, console::connect(&socket, replay)).await {
+    let vm = match tokio::time::timeout(ATTACH_TIMEOUT, console::connect(&name, &socket, replay))
+        .await
+    {
         Ok(Ok(vm)) => vm,
         Ok(Err(e)) => return routes::error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
         Err(_) => {

@@ -53,12 +53,90 @@ pub enum SuperviseError {
     Image(#[from] boot_image::ImageError),
     #[error(transparent)]
     Backend(#[from] cove_backend::BackendError),
-    #[error("{0}")]
-    Boot(String),
+    #[error("the {backend} backend cannot take over a running VMM; `cove kill {vm}` ends it")]
+    CannotAdopt {
+        backend: cove_backend::BackendKind,
+        vm: String,
+    },
+    #[error("there is no running VMM of `{0}` to adopt")]
+    NothingToAdopt(String),
+    /// The VMM started but its control, console or state could not be reached; it was killed.
+    /// Its own last log lines usually say why (a locked disk, a bad option).
+    #[error("{what} failed{}{}", exit.as_ref().map(|s| format!(" (the VMM {})", vmm::describe_exit(s))).unwrap_or_default(), said(vmm_said))]
+    VmmRefused {
+        what: VmmStep,
+        exit: Option<std::process::ExitStatus>,
+        vmm_said: Vec<String>,
+        #[source]
+        source: Box<cove_backend::BackendError>,
+    },
+    #[error("the {0} backend gives its console on stdio, which this supervisor does not wire yet")]
+    ConsoleOnStdio(cove_backend::BackendKind),
+    #[error(transparent)]
+    Share(#[from] shares::ShareError),
     #[error(transparent)]
     Network(#[from] cove_net::NetError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// The step of bringing up a VMM that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmStep {
+    /// Connecting to the started VMM's control channel and console.
+    Connect,
+    /// Loading a snapshot's device state (`OWNER@TAG`) into the paused VMM.
+    Restore(String),
+}
+
+impl std::fmt::Display for VmmStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmmStep::Connect => f.write_str("connecting to the VMM"),
+            VmmStep::Restore(origin) => write!(f, "restoring snapshot {origin}"),
+        }
+    }
+}
+
+/// The VMM's own last words, quoted after an error.
+fn said(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the VMM said: {}", lines.join(" / "))
+    }
+}
+
+/// Why the supervisor ended a boot itself (the guest never became ready). Recorded and
+/// answered as the fallback cause when `cove why`'s rules find none in the console.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BootFailure {
+    #[error(
+        "the guest's agent never answered within {}s{}",
+        timeout.as_secs(),
+        if *init_ready {
+            "; the init did reach its ready point, so the agent itself failed (see its lines \
+             in the console log)"
+        } else {
+            "; the init never reached its ready point"
+        }
+    )]
+    AgentSilent {
+        timeout: Duration,
+        init_ready: bool,
+        #[source]
+        source: cove_agent_link::LinkError,
+    },
+    #[error(
+        "the guest did not become ready within {}s (no `{READY_MARKER}` from its init)",
+        .0.as_secs()
+    )]
+    NoReadyMarker(Duration),
+    #[error("the guest kernel panicked while booting")]
+    Panicked,
+    /// A restored guest's clock, RNG or identity could not be fixed (see `save::fixup`).
+    #[error("the restored guest could not be fixed up: {0}")]
+    Fixup(String),
 }
 
 /// Where the boot stands, shared with every control connection.
@@ -100,7 +178,7 @@ pub struct Shared {
     pub vmm_pid: u32,
     pub stop: Mutex<Option<(StopKind, Instant)>>,
     /// Set when the supervisor itself ended the boot (e.g. it timed out).
-    pub boot_failure: Mutex<Option<String>>,
+    pub boot_failure: Mutex<Option<BootFailure>>,
     /// This run was restored from a snapshot (its RAM is a private mapping of the snapshot's
     /// memory file, so it cannot be snapshotted in turn).
     pub restored: bool,
@@ -144,7 +222,7 @@ pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
             &opts.name,
             VmState::Crashed,
             None,
-            Some(err.to_string()),
+            Some(error_chain(err)),
         );
     }
     let _ = std::fs::remove_dir_all(&vm.run);
@@ -165,15 +243,15 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     });
     let (mut process, pid, accel, spec, gate) = if opts.adopt {
         if !backend.capabilities().adopt {
-            return Err(SuperviseError::Boot(format!(
-                "the {} backend cannot take over a running VMM; `cove kill {}` ends it",
-                record.backend, opts.name
-            )));
+            return Err(SuperviseError::CannotAdopt {
+                backend: record.backend,
+                vm: opts.name.clone(),
+            });
         }
         let pid = record
             .vmm_pid
             .filter(|p| backend.is_ours(*p, &vm.transports()))
-            .ok_or_else(|| SuperviseError::Boot("there is no running VMM to adopt".into()))?;
+            .ok_or_else(|| SuperviseError::NothingToAdopt(opts.name.clone()))?;
         let accel = record.accel;
         (VmmProcess::Adopted { pid }, pid, accel, None, None)
     } else {
@@ -220,19 +298,12 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             let status = process.wait().await.ok().flatten();
             // The VMM says why it refused to run (a locked disk, a bad
             // option) in its own log: that line is the cause, so quote it.
-            let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
-            return Err(SuperviseError::Boot(format!(
-                "{}{}{}",
-                error_chain(&e),
-                status
-                    .map(|s| format!(" (the VMM {})", vmm::describe_exit(&s)))
-                    .unwrap_or_default(),
-                if said.is_empty() {
-                    String::new()
-                } else {
-                    format!("; the VMM said: {said}")
-                }
-            )));
+            return Err(SuperviseError::VmmRefused {
+                what: VmmStep::Connect,
+                exit: status,
+                vmm_said: crate::console_log::tail_lines(&vm.vmm_log(), 3),
+                source: Box::new(e),
+            });
         }
     };
     let Connected {
@@ -242,11 +313,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let Some(console_stream) = console_stream else {
         process.start_kill();
         let _ = process.wait().await;
-        return Err(SuperviseError::Boot(format!(
-            "the {} backend gives its console on stdio, which this supervisor does not \
-             wire yet",
-            record.backend
-        )));
+        return Err(SuperviseError::ConsoleOnStdio(record.backend));
     };
     if let Some(dir) = &restore_dir {
         // Device state into the paused VMM before anything talks to the guest.
@@ -256,17 +323,12 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         {
             process.start_kill();
             let _ = process.wait().await;
-            let said = crate::console_log::tail_lines(&vm.vmm_log(), 3).join(" / ");
-            return Err(SuperviseError::Boot(format!(
-                "restoring {} failed: {}{}",
-                opts.restore.as_deref().unwrap_or_default(),
-                error_chain(&e),
-                if said.is_empty() {
-                    String::new()
-                } else {
-                    format!("; the VMM said: {said}")
-                }
-            )));
+            return Err(SuperviseError::VmmRefused {
+                what: VmmStep::Restore(opts.restore.clone().unwrap_or_default()),
+                exit: None,
+                vmm_said: crate::console_log::tail_lines(&vm.vmm_log(), 3),
+                source: Box::new(e),
+            });
         }
     }
     let hub = console::start(console_stream, log)?;
@@ -337,7 +399,7 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
     let panicked = async { panic.wait_for(|p| *p).await.is_ok() };
     let ready = tokio::select! {
         r = wait_guest(&shared, timeout) => r,
-        true = panicked => Err("the guest kernel panicked while booting".to_owned()),
+        true = panicked => Err(BootFailure::Panicked),
     };
     if ready.is_err() && *shared.console.panic_seen.borrow() {
         // The panic's first words arrive before its reason ("Attempted to kill init!
@@ -352,21 +414,17 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
 const PANIC_EVIDENCE_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for the guest's agent (or its init's ready marker without an agent).
-async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), String> {
+async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), BootFailure> {
     match &shared.agent {
-        Some(link) => link.wait_ready(timeout).await.map(|_| ()).map_err(|e| {
-            let init_ready = *shared.console.marker_seen.borrow();
-            format!(
-                "the guest's agent never answered within {}s ({e}){}",
-                timeout.as_secs(),
-                if init_ready {
-                    "; the init did reach its ready point, so the agent itself failed \
-                     (see its lines in the console log)"
-                } else {
-                    "; the init never reached its ready point"
-                }
-            )
-        }),
+        Some(link) => link
+            .wait_ready(timeout)
+            .await
+            .map(|_| ())
+            .map_err(|source| BootFailure::AgentSilent {
+                timeout,
+                init_ready: *shared.console.marker_seen.borrow(),
+                source,
+            }),
         None => {
             let mut marker = shared.console.marker_seen.subscribe();
             let seen = tokio::time::timeout(timeout, async {
@@ -376,21 +434,18 @@ async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), String> {
             if seen == Ok(true) {
                 Ok(())
             } else {
-                Err(format!(
-                    "the guest did not become ready within {}s (no `{READY_MARKER}` from its init)",
-                    timeout.as_secs()
-                ))
+                Err(BootFailure::NoReadyMarker(timeout))
             }
         }
     }
 }
 
 /// Records the end of the boot: ready, or failed with the VMM killed.
-async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), String>) {
+async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), BootFailure>) {
     // A restored guest resumes with the snapshot's clock, RNG and identity: fix them before
     // anyone else reaches it.
     let ready = match ready {
-        Ok(()) if shared.restored => save::fixup(&shared).await,
+        Ok(()) if shared.restored => save::fixup(&shared).await.map_err(BootFailure::Fixup),
         other => other,
     };
     match ready {
@@ -460,8 +515,8 @@ fn record_exit(
     });
 }
 
-/// An error and its causes on one line (the supervisor's failures reach the
-/// CLI as text until the control protocol carries typed failures).
+/// An error and its causes on one line: the form a failure takes where it is written down (the
+/// record's `last_error`, the `Failure` message a `start` prints).
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

@@ -10,7 +10,6 @@
 //! namespace is a user namespace mapping the caller to root. virtiofsd exits when QEMU closes
 //! its connection, so it lives exactly as long as the VM.
 
-use super::SuperviseError;
 use cove_backend::SharedDir;
 use cove_state::{VmPaths, VmRecord};
 use std::os::unix::process::CommandExt;
@@ -27,6 +26,27 @@ const CANDIDATES: &[&str] = &[
     "/usr/lib/qemu/virtiofsd",
     "/usr/lib/virtiofsd",
 ];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(
+        "this VM shares host folders (--mount) but no virtiofsd was found; install QEMU's \
+         (`apt install qemu-system-common`) or the `virtiofsd` package"
+    )]
+    NoVirtiofsd,
+    #[error("cannot start virtiofsd through unshare")]
+    Spawn(#[source] std::io::Error),
+    #[error("virtiofsd for {} exited ({status}) before listening: {}", folder.display(), log_tail.join(" / "))]
+    Exited {
+        folder: PathBuf,
+        status: std::process::ExitStatus,
+        log_tail: Vec<String>,
+    },
+    #[error("virtiofsd for {} did not listen within {LISTEN_TIMEOUT:?}; see {}", folder.display(), log.display())]
+    NotListening { folder: PathBuf, log: PathBuf },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// The guest's name for shared folder `index`.
 pub fn tag(index: usize) -> String {
@@ -50,7 +70,7 @@ pub fn cmdline_args(record: &VmRecord) -> Vec<String> {
         .collect()
 }
 
-fn virtiofsd() -> Result<PathBuf, SuperviseError> {
+fn virtiofsd() -> Result<PathBuf, ShareError> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -58,13 +78,7 @@ fn virtiofsd() -> Result<PathBuf, SuperviseError> {
     on_path
         .chain(CANDIDATES.iter().map(PathBuf::from))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            SuperviseError::Boot(
-                "this VM shares host folders (--mount) but no virtiofsd was found; install \
-                 QEMU's (`apt install qemu-system-common`) or the `virtiofsd` package"
-                    .into(),
-            )
-        })
+        .ok_or(ShareError::NoVirtiofsd)
 }
 
 /// The running virtiofsd processes of one launch; killed when dropped (QEMU did not start, so
@@ -97,7 +111,7 @@ impl Daemons {
 
 /// Starts one virtiofsd per shared folder and waits until each listens. On error, the ones
 /// already started are killed.
-pub fn start(vm: &VmPaths, record: &VmRecord) -> Result<(Vec<SharedDir>, Daemons), SuperviseError> {
+pub fn start(vm: &VmPaths, record: &VmRecord) -> Result<(Vec<SharedDir>, Daemons), ShareError> {
     if record.host_mounts.is_empty() {
         return Ok((Vec::new(), Daemons(Vec::new())));
     }
@@ -144,27 +158,22 @@ pub fn start(vm: &VmPaths, record: &VmRecord) -> Result<(Vec<SharedDir>, Daemons
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-            let mut child = cmd.spawn().map_err(|e| {
-                SuperviseError::Boot(format!("cannot start virtiofsd through unshare: {e}"))
-            })?;
+            let mut child = cmd.spawn().map_err(ShareError::Spawn)?;
             let deadline = Instant::now() + LISTEN_TIMEOUT;
             while !socket.exists() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
-                    return Err(SuperviseError::Boot(format!(
-                        "virtiofsd for {} exited ({status}) before listening: {}",
-                        m.host.display(),
-                        tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                    )));
+                    return Err(ShareError::Exited {
+                        folder: m.host.clone(),
+                        status,
+                        log_tail: crate::console_log::tail_lines(&log_path, 5),
+                    });
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    return Err(SuperviseError::Boot(format!(
-                        "virtiofsd for {} did not listen within {LISTEN_TIMEOUT:?}; see {}",
-                        m.host.display(),
-                        log_path.display()
-                    )));
+                    return Err(ShareError::NotListening {
+                        folder: m.host.clone(),
+                        log: log_path.clone(),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -174,7 +183,7 @@ pub fn start(vm: &VmPaths, record: &VmRecord) -> Result<(Vec<SharedDir>, Daemons
                 tag: tag(i),
             });
         }
-        Ok::<_, SuperviseError>(())
+        Ok::<_, ShareError>(())
     })();
     match result {
         Ok(()) => Ok((shares, Daemons(started))),
