@@ -16,16 +16,20 @@ fn now_nanos() -> i128 {
 fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name() {
     let cove = Cove::new();
     cove.minimal_image();
-    cove.ok(&["create", "src", "--image", "minimal"]);
+    // Data disks live in the shared data directory: a name of its own.
+    let vol = format!("snap{}", std::process::id() % 1_000_000);
+    let disk = format!("{vol}:16M:/data");
+    cove.ok(&["create", "src", "--image", "minimal", "--disk", &disk]);
     cove.ok(&["start", "src"]);
-    // State that must survive: a file on the root disk and a running process.
+    // State that must survive: a file on the root disk and on the data disk, and a running
+    // process.
     cove.ok(&[
         "exec",
         "src",
         "--",
         "sh",
         "-c",
-        "echo before > /root/mark; sync",
+        "echo before > /root/mark; echo before > /data/mark; sync",
     ]);
     cove.ok(&[
         "exec",
@@ -44,7 +48,7 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
         "--",
         "sh",
         "-c",
-        "echo after > /root/mark; sync",
+        "echo after > /root/mark; echo after > /data/mark; sync",
     ]);
     let listed = cove.ok(&["snapshot", "ls", "src"]);
     assert!(listed.contains("src@base"), "{listed}");
@@ -61,6 +65,15 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
             cove.ok(&["exec", clone, "--", "cat", "/root/mark"]).trim(),
             "before"
         );
+        // Each clone has its own copy of the data disk as the snapshot had it, its writes its
+        // own: not the source's, nor the other clone's.
+        assert_eq!(
+            cove.ok(&["exec", clone, "--", "cat", "/data/mark"]).trim(),
+            "before",
+            "{clone}'s data disk is not the snapshot's"
+        );
+        let write = format!("echo {clone} > /data/mark; sync");
+        cove.ok(&["exec", clone, "--", "sh", "-c", &write]);
         let ps = cove.ok(&["exec", clone, "--", "ps"]);
         assert!(
             ps.contains("sleep 100000"),
@@ -75,11 +88,12 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
             .unwrap()
             * 1_000_000_000;
         let after = now_nanos();
-        // `date +%s` truncates to the second: the guest clock lies within 1 s of the host's
-        // window around the call.
+        // `date +%s` truncates to the second, so the guest's clock was in [guest, guest + 1 s)
+        // when it answered: within 1 s of the host's window around the call only if guest lies
+        // in [before - 1 s, after]. A synchronised clock always does (floor(t) > t - 1 s).
         assert!(
-            guest >= before - 2_000_000_000 && guest <= after + 1_000_000_000,
-            "{clone}'s clock is {guest}, host window {before}..{after}"
+            guest >= before - 1_000_000_000 && guest <= after,
+            "{clone}'s clock is {guest}, host window {before}..{after}: more than 1 s off"
         );
         randoms.push(cove.ok(&[
             "exec",
@@ -99,6 +113,15 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
         .map(|c| cove.ok(&["exec", c, "--", "cat", "/etc/machine-id"]))
         .collect();
     assert_ne!(ids[0], ids[1]);
+
+    assert_eq!(
+        cove.ok(&["exec", "src", "--", "cat", "/data/mark"]).trim(),
+        "after"
+    );
+    assert_eq!(
+        cove.ok(&["exec", "c1", "--", "cat", "/data/mark"]).trim(),
+        "c1"
+    );
 
     // The source cannot go while clones depend on its snapshot, and says which.
     let err = cove.fails(&["delete", "--force", "src"]);
@@ -127,11 +150,20 @@ fn clones_of_one_snapshot_resume_its_state_with_their_own_entropy_clock_and_name
     let err = cove.fails(&["start", "c2", "--from", "src@base"]);
     assert!(err.contains("truncated"), "{err}");
 
+    // On the disks themselves: the clones' writes never reached the source's data disk.
+    cove.ok(&["stop", "src"]);
+    let on_disk = |vm: &str| cove.ok(&["disk", "cat", "--disk", &vol, &format!("{vm}:/mark")]);
+    assert_eq!(on_disk("src").trim(), "after");
+    assert_eq!(on_disk("c1").trim(), "c1");
+    assert_eq!(on_disk("c2").trim(), "c2");
+
     for vm in ["c1", "c2"] {
-        cove.ok(&["delete", "--force", vm]);
+        cove.ok(&["delete", "--force", "--purge", vm]);
     }
+    // A clone's purge took only its own copies: the source's disk is there.
+    assert_eq!(on_disk("src").trim(), "after");
     cove.ok(&["snapshot", "rm", "src", "base"]);
-    cove.ok(&["delete", "--force", "src"]);
+    cove.ok(&["delete", "--force", "--purge", "src"]);
 }
 
 #[test]

@@ -174,6 +174,11 @@ pub fn secure_runtime_dir(dir: &Path) -> Result<(), PathError> {
     }
 }
 
+/// The file name of data disk `name` inside a VM's or a snapshot's directory.
+pub fn data_disk_file(name: &str) -> String {
+    format!("data-{name}.qcow2")
+}
+
 /// The files of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPaths {
@@ -186,6 +191,11 @@ pub struct VmPaths {
 impl VmPaths {
     pub fn root_disk(&self) -> PathBuf {
         self.dir.join("root.qcow2")
+    }
+    /// A data disk of this VM alone (a clone's copy-on-write child of its snapshot's copy),
+    /// where a shared one is `Paths::data_disks()/<name>.qcow2`. It goes with the VM.
+    pub fn own_data_disk(&self, name: &str) -> PathBuf {
+        self.dir.join(data_disk_file(name))
     }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")

@@ -6,7 +6,7 @@
 //! record says (`cove.disk=` on the kernel command line).
 
 use crate::error::LifecycleError;
-use cove_state::{Paths, files};
+use cove_state::{Paths, VmRecord, files};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -65,8 +65,31 @@ pub fn serial(name: &str) -> String {
     cove_guest::data_disk_serial(name)
 }
 
+/// The shared, persistent data disk `name` (see [`path_for`] for the file a VM attaches).
 pub fn path(paths: &Paths, name: &str) -> PathBuf {
     paths.data_disks().join(format!("{name}.qcow2"))
+}
+
+/// Whether `vm`'s data disks are its own. A clone's are: each a copy-on-write child of its
+/// snapshot's copy (the disk as it was when the memory image was saved), so a clone never
+/// writes to its source's disk nor shares one with another clone. Every other VM attaches the
+/// shared persistent disk of the name.
+pub fn owns_its_disks(vm: &VmRecord) -> bool {
+    vm.cloned_from.is_some()
+}
+
+/// The file `vm` attaches as its data disk `name`.
+pub fn path_for(paths: &Paths, vm: &VmRecord, name: &str) -> PathBuf {
+    if owns_its_disks(vm) {
+        paths.vm(vm.name.as_str()).own_data_disk(name)
+    } else {
+        path(paths, name)
+    }
+}
+
+/// Whether `vm` attaches the shared persistent disk `name`.
+pub fn uses_shared(vm: &VmRecord, name: &str) -> bool {
+    !owns_its_disks(vm) && vm.data_disks.iter().any(|d| d == name)
 }
 
 /// Creates the disk if it does not exist yet; an existing disk is kept as

@@ -103,9 +103,7 @@ pub fn vmm_identity(backend: cove_backend::BackendKind) -> String {
     crate::backends::for_kind(backend).map_or_else(|_| "absent".into(), |b| b.identity())
 }
 
-pub fn data_disk_file(name: &str) -> String {
-    format!("data-{name}.qcow2")
-}
+pub use cove_state::paths::data_disk_file;
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -380,8 +378,9 @@ pub fn overlay_of(
 }
 
 /// Puts the snapshot's disks in place for a restore of `record` from `owner@tag`: a new root
-/// overlay over the snapshot's root disk; data disks rolled back to the snapshot's copy (their
-/// content must match the memory image the guest resumes with).
+/// overlay over the snapshot's root disk; data disks as the snapshot has them (their content
+/// must match the memory image the guest resumes with). A clone's own data disks become new
+/// children of the snapshot's copies; a VM's shared disks are rolled back to those copies.
 pub fn prepare_disks(
     paths: &Paths,
     owner: &str,
@@ -392,10 +391,15 @@ pub fn prepare_disks(
     let vm = paths.vm(record.name.as_str());
     overlay_of(record.backend, &snap.join(ROOT), &vm.root_disk())?;
     for disk in &record.data_disks {
-        let target = crate::data_disk::path(paths, disk);
-        let tmp: PathBuf = target.with_extension("qcow2.restoring");
-        copy_sparse(&snap.join(data_disk_file(disk)), &tmp)?;
-        std::fs::rename(&tmp, &target)?;
+        let saved = snap.join(data_disk_file(disk));
+        let target = crate::data_disk::path_for(paths, record, disk);
+        if crate::data_disk::owns_its_disks(record) {
+            overlay_of(record.backend, &saved, &target)?;
+        } else {
+            let tmp: PathBuf = target.with_extension("qcow2.restoring");
+            copy_sparse(&saved, &tmp)?;
+            std::fs::rename(&tmp, &target)?;
+        }
     }
     Ok(())
 }
@@ -434,8 +438,9 @@ pub fn take(paths: &Paths, name: &str, tag: &str, resume: bool) -> Result<String
 }
 
 /// Creates VM `name` from snapshot `origin` (`OWNER@TAG`): the owner's settings and declared
-/// checks, a root disk backed by the snapshot's, and no forwarded ports (two VMs cannot hold
-/// one host port). Its first `start` restores the snapshot.
+/// checks, a root disk and data disks of its own backed by the snapshot's copies (the owner's
+/// disks are never attached to it), and no forwarded ports (two VMs cannot hold one host port).
+/// Its first `start` restores the snapshot.
 pub fn create_clone(
     paths: &Paths,
     origin: &str,
@@ -459,13 +464,7 @@ pub fn create_clone_with_ports(
     validate_tag(tag)?;
     let mut store = cove_state::Store::open(paths)?;
     let source = store.get_vm(owner)?;
-    check(paths, owner, tag, &source)?;
-    if !source.data_disks.is_empty() {
-        return Err(LifecycleError::BadResources(format!(
-            "`{owner}` has data disks; clones of VMs with data disks are not supported yet \
-             (each clone would need its own copy of every volume)"
-        )));
-    }
+    let manifest = check(paths, owner, tag, &source)?;
     if !source.networks.is_empty() {
         return Err(LifecycleError::BadResources(format!(
             "`{owner}` is on cove networks ({}); clones of such VMs are not supported yet (a \
@@ -479,12 +478,19 @@ pub fn create_clone_with_ports(
     let vm = paths.vm(name.as_str());
     vm.check_socket_paths()?;
     let staging = crate::lifecycle::tempfile_dir(&paths.vm_staging(), name.as_str())?;
-    let prepared = overlay_of(
-        source.backend,
-        &paths.vm(owner).snapshot(tag).join(ROOT),
-        &staging.join(ROOT),
-    )
-    .and_then(|()| copy_checks(&paths.vm(owner).checks_file(), &staging));
+    let snap = paths.vm(owner).snapshot(tag);
+    // The staging directory becomes the clone's directory, its own disks made inside it.
+    let prepared = overlay_of(source.backend, &snap.join(ROOT), &staging.join(ROOT))
+        .and_then(|()| {
+            manifest.data_disks.iter().try_for_each(|disk| {
+                overlay_of(
+                    source.backend,
+                    &snap.join(data_disk_file(disk)),
+                    &staging.join(data_disk_file(disk)),
+                )
+            })
+        })
+        .and_then(|()| copy_checks(&paths.vm(owner).checks_file(), &staging));
     if let Err(e) = prepared {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);

@@ -101,7 +101,7 @@ fn locate(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<(PathBuf, 
             format!("VM {source}'s disk"),
         )),
         Some(d) if record.data_disks.iter().any(|x| x == d) => Ok((
-            cove_supervisor::data_disk::path(&ctx.paths, d),
+            cove_supervisor::data_disk::path_for(&ctx.paths, &record, d),
             format!("VM {source}'s data disk {d}"),
         )),
         Some(d) => bail!(

@@ -82,7 +82,7 @@ fn users(ctx: &Ctx, name: &str) -> Result<Vec<String>> {
     Ok(Store::open(&ctx.paths)?
         .list_vms()?
         .into_iter()
-        .filter(|vm| vm.data_disks.iter().any(|d| d == name))
+        .filter(|vm| data_disk::uses_shared(vm, name))
         .map(|vm| vm.name.to_string())
         .collect())
 }

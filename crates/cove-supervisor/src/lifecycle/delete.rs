@@ -74,7 +74,7 @@ pub fn remove_unused_disk(paths: &Paths, disk: &str) -> Result<(), LifecycleErro
     let users: Vec<String> = Store::open(paths)?
         .list_vms()?
         .into_iter()
-        .filter(|vm| vm.data_disks.iter().any(|d| d == disk))
+        .filter(|vm| data_disk::uses_shared(vm, disk))
         .map(|vm| vm.name.to_string())
         .collect();
     if let Some(vm) = users.first() {
@@ -87,13 +87,17 @@ pub fn remove_unused_disk(paths: &Paths, disk: &str) -> Result<(), LifecycleErro
     data_disk::remove(paths, disk)
 }
 
-/// The data disks of `record` no other VM uses; refuses if another does.
+/// The shared data disks of `record` no other VM uses; refuses if another does. (A clone's
+/// own disks go with its directory.)
 fn disks_to_purge(store: &Store, record: &VmRecord) -> Result<Vec<String>, LifecycleError> {
+    if data_disk::owns_its_disks(record) {
+        return Ok(Vec::new());
+    }
     let others = store.list_vms()?;
     for disk in &record.data_disks {
         let users: Vec<String> = others
             .iter()
-            .filter(|o| o.name != record.name && o.data_disks.contains(disk))
+            .filter(|o| o.name != record.name && data_disk::uses_shared(o, disk))
             .map(|o| o.name.to_string())
             .collect();
         if !users.is_empty() {

@@ -70,7 +70,7 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, String
         copy(&vm.root_disk(), ROOT)?;
         for disk in &record.data_disks {
             copy(
-                &crate::data_disk::path(&shared.paths, disk),
+                &crate::data_disk::path_for(&shared.paths, &record, disk),
                 &snapshot::data_disk_file(disk),
             )?;
         }

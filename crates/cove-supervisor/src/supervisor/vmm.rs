@@ -80,7 +80,7 @@ pub async fn launch(
             .data_disks
             .iter()
             .map(|d| DataDisk {
-                path: crate::data_disk::path(paths, d),
+                path: crate::data_disk::path_for(paths, record, d),
                 serial: crate::data_disk::serial(d),
             })
             .collect(),
