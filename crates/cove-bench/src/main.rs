@@ -81,6 +81,17 @@ fn main() -> Result<()> {
     }
     let cove = cove::Cove::new(bin.clone())?;
     let mut m = machine::Machine::detect(&cove);
+    // Which build was measured: a debug CLI starts several times slower than a release one.
+    let profile = match bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+    {
+        Some("release") => "release build",
+        Some("debug") => "debug build",
+        _ => "build profile unknown",
+    };
+    m.cove = format!("{} ({profile}, {})", m.cove, bin.display());
     for (k, v) in m.lines() {
         println!("{k:>14}: {v}");
     }
