@@ -129,18 +129,14 @@ pub fn run(cove: &Cove, g: &Guest, fast: usize, slow: usize, s: &mut Section) ->
             format!("{:.1}×", ratio(x.p99(), c.p99())),
         ]);
     }
-    if let Some(floor) = guest_spawn_cost(cove) {
+    // The guest's own fork+exec+wait, measured in this run: every method pays it once per
+    // command, so what is above it is each method's own cost.
+    let floor = guest_spawn_cost(cove);
+    if let Some(floor) = floor {
         s.notes.push(format!(
-            "Floor inside the guest: one fork+exec+wait of /bin/true costs {} under this accelerator (a bash loop of 50, timed in the guest). Every method above pays it once per command.",
+            "Floor inside the guest: one fork+exec+wait of /bin/true costs {} under this accelerator (a bash loop of 50, timed in the guest, in this run). Every method above pays it once per command.",
             ms(floor)
         ));
-        if c.median() > Duration::from_millis(10) {
-            s.notes.push(format!(
-                "**Why the p50 goal is not met:** the guest alone needs {} to run /bin/true under this accelerator, more than the whole 10 ms budget, and the CLI's own start is {} (`cove --version`). Every method pays the same guest floor, which also compresses the ratios. The goal can only be judged on a host where the guest runs at native speed (KVM).",
-                ms(floor),
-                ms(samples[4].median())
-            ));
-        }
         let above = |x: &Samples| x.median().saturating_sub(floor);
         let (ca, cma, gaa) = (above(c), above(&samples[2]), above(&samples[3]));
         s.notes.push(format!(
@@ -152,12 +148,23 @@ pub fn run(cove: &Cove, g: &Guest, fast: usize, slow: usize, s: &mut Section) ->
             ratio(gaa, ca)
         ));
     }
-    s.goal(
-        "exec: cove p50",
-        "≤ 10 ms",
-        ms(c.median()),
-        c.median() <= Duration::from_millis(10),
-    );
+    match floor {
+        Some(floor) => {
+            let part = c.median().saturating_sub(floor);
+            s.goal(
+                "exec: cove's part (cove p50 − guest floor)",
+                "≤ 3 ms",
+                ms(part),
+                part <= Duration::from_millis(3),
+            );
+        }
+        None => s.goal(
+            "exec: cove's part (cove p50 − guest floor)",
+            "≤ 3 ms",
+            "not measured (the guest floor could not be timed)".into(),
+            false,
+        ),
+    }
     let r_new = ratio(samples[1].median(), c.median());
     s.goal(
         "exec: cove vs ssh, new connection (p50)",
@@ -168,16 +175,16 @@ pub fn run(cove: &Cove, g: &Guest, fast: usize, slow: usize, s: &mut Section) ->
     let r_cm = ratio(samples[2].median(), c.median());
     s.goal(
         "exec: cove vs ssh ControlMaster (p50)",
-        "≥ 5× faster",
+        "≥ 6× faster",
         format!("{r_cm:.1}×"),
-        r_cm >= 5.0,
+        r_cm >= 6.0,
     );
     let r_ga = ratio(samples[3].median(), c.median());
     s.goal(
         "exec: cove vs qemu-ga guest-exec (p50)",
-        "≥ 3× faster",
+        "≥ 4× faster",
         format!("{r_ga:.1}×"),
-        r_ga >= 3.0,
+        r_ga >= 4.0,
     );
     Ok(())
 }

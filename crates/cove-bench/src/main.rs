@@ -9,6 +9,7 @@ mod cove;
 mod create;
 mod exec;
 mod guest;
+mod list;
 mod machine;
 mod memory;
 mod net;
@@ -23,8 +24,8 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 9] = [
-    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net",
+const ALL: [&str; 10] = [
+    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list",
 ];
 
 #[derive(Parser, Debug)]
@@ -33,7 +34,7 @@ const ALL: [&str; 9] = [
 )]
 struct Args {
     /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch,
-    /// net (default: all; `net` needs root: it makes a network namespace). With a subset, the
+    /// net, list (default: all; `net` needs root: it makes a network namespace). With a subset, the
     /// other sections of the report file are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -81,6 +82,17 @@ fn main() -> Result<()> {
     }
     let cove = cove::Cove::new(bin.clone())?;
     let mut m = machine::Machine::detect(&cove);
+    // Which build was measured: a debug CLI starts several times slower than a release one.
+    let profile = match bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+    {
+        Some("release") => "release build",
+        Some("debug") => "debug build",
+        _ => "build profile unknown",
+    };
+    m.cove = format!("{} ({profile}, {})", m.cove, bin.display());
     for (k, v) in m.lines() {
         println!("{k:>14}: {v}");
     }
@@ -92,7 +104,7 @@ fn main() -> Result<()> {
         eprintln!("building images m64 and m4g (cached after the first time)");
     }
     let images = (|| -> Result<()> {
-        if want("boot") || want("memory") || want("create") || want("arch") {
+        if want("boot") || want("memory") || want("create") || want("arch") || want("list") {
             cove.build_image("minimal", &["--name", "m64", "--size", "64M"], None)?;
         }
         if want("arch") {
@@ -143,6 +155,14 @@ fn main() -> Result<()> {
         &mut |s| {
             need_images()?;
             create::run(&cove, runs, s)
+        },
+    );
+    bench(
+        "list",
+        "11. `cove list` and `cove show` with 100 VM records",
+        &mut |s| {
+            need_images()?;
+            list::run(&cove, runs * 5, s)
         },
     );
     bench("memory", "3. Supervisor memory", &mut |s| {

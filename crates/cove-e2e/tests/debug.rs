@@ -26,7 +26,7 @@ fn broken_debian_vm(cove: &Cove, name: &str) {
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots a VM"]
+#[ignore = "boots a VM; builds a Debian image"]
 fn trace_names_the_missing_nss_library_and_ldd_the_missing_zlib_in_a_guest_without_tools() {
     let cove = Cove::new();
     broken_debian_vm(&cove, "nss");

@@ -55,7 +55,7 @@ fn seed_fragments_on_a_base_without_vsockets_are_refused_before_compiling_naming
 }
 
 #[test]
-#[ignore = "compiles a kernel from Debian's source (cached) and boots VMs"]
+#[ignore = "boots VMs; compiles a kernel from Debian's source (cached)"]
 fn a_kernel_built_with_fragments_boots_an_image_without_initramfs_that_passes_its_checks() {
     // Opt-in: a cold compile of the kernel is the longest step of the whole suite and has not yet
     // been timed against CI's budget (issue 13). `COVE_E2E_KERNEL_BUILD=1 scripts/test` runs it.

@@ -240,7 +240,7 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots two PostgreSQL VMs in a network namespace (needs root)"]
+#[ignore = "boots two PostgreSQL VMs; builds a Debian image; needs root (a network namespace)"]
 fn app_and_db_example_comes_up_in_order_and_queries_by_name() {
     let ns = NetNs::new("appdb");
     let cove = Cove::in_netns(&ns);

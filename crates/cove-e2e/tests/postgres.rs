@@ -29,7 +29,7 @@ fn psql(port: &str, sql: &str) -> std::process::Output {
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots VMs"]
+#[ignore = "boots VMs; builds a Debian image"]
 fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     let cove = Cove::new();
     // The example forwards 5432; a test must not collide with a real server

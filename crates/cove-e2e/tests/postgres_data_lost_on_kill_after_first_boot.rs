@@ -110,19 +110,19 @@ fn rows_survive(kill: Kill, port: u16, vm: &str) {
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots VMs"]
+#[ignore = "boots VMs; builds a Debian image"]
 fn postgres_rows_survive_cove_kill_right_after_first_up() {
     rows_survive(Kill::ByCove, 25441, "pglost1");
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots VMs"]
+#[ignore = "boots VMs; builds a Debian image"]
 fn postgres_rows_survive_kill_9_of_qemu_right_after_first_up() {
     rows_survive(Kill::Qemu, 25442, "pglost2");
 }
 
 #[test]
-#[ignore = "builds a Debian image and boots VMs"]
+#[ignore = "boots VMs; builds a Debian image"]
 fn postgres_rows_survive_kill_9_of_supervisor_and_qemu_right_after_first_up() {
     rows_survive(Kill::SupervisorAndQemu, 25443, "pglost3");
 }

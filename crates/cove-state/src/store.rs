@@ -206,10 +206,10 @@ impl Store {
     }
 
     pub fn find_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        // Cached: `cove list` and reconcile loops read many VMs on one connection.
         self.conn
-            .query_row("SELECT record FROM vms WHERE name = ?1", [name], |r| {
-                r.get::<_, String>(0)
-            })
+            .prepare_cached("SELECT record FROM vms WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, String>(0))
             .optional()?
             .map(|json| decode(&json))
             .transpose()

@@ -1,5 +1,6 @@
 //! Regression tests for the races that lost or orphaned things (issue 10,
-//! finding 8): each one holds or kills the real thing it is about.
+//! finding 8): each one holds or kills the real thing it is about. Also the CLI side of talking
+//! to a supervisor that refuses (issue 11): a failed stop named as such, another API version.
 
 use crate::error::LifecycleError;
 use crate::lifecycle::{delete, kill, remove_unused_disk};
@@ -150,4 +151,100 @@ fn kill_never_signals_a_process_that_reused_the_vmm_pid() {
     drop(held);
     stranger.kill().unwrap();
     stranger.wait().unwrap();
+}
+
+/// A supervisor double on `vm`'s control socket: answers a status of `api_version`, then
+/// refuses the next request with `refusal`. Returns the requests it saw.
+fn refusing_supervisor(
+    paths: &Paths,
+    name: &str,
+    api_version: u32,
+    refusal: &str,
+) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::{BufRead, Write};
+    let vm = paths.vm(name);
+    std::fs::create_dir_all(&vm.run).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(vm.control_socket()).unwrap();
+    let refusal = refusal.to_owned();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for conn in listener.incoming().take(2) {
+            let mut conn = conn.unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+            let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let kind = request["request"].as_str().unwrap().to_owned();
+            let answer = if kind == "status" {
+                serde_json::json!({"response": "status", "api_version": api_version,
+                    "phase": "ready", "vmm_pid": null, "accel": "", "machine": "microvm",
+                    "agent_version": null, "boot_ms": 1, "console_viewers": 0})
+            } else {
+                serde_json::json!({"response": "failed", "message": refusal,
+                    "hint": null, "console_tail": []})
+            };
+            writeln!(conn, "{answer}").unwrap();
+            seen.push(kind);
+            if api_version != cove_api::API_VERSION {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// A running VM as far as reconcile can tell: recorded running, its supervisor lock held.
+fn running(paths: &Paths, name: &str) -> std::fs::File {
+    put_record(paths, name, &[]);
+    Store::open(paths)
+        .unwrap()
+        .update_vm(name, |r| r.state = VmState::Running)
+        .unwrap();
+    liveness::try_lock(&paths.vm(name).supervisor_lock())
+        .unwrap()
+        .unwrap()
+}
+
+/// Regression (issue 11): a stop the supervisor refused was printed as "the VM did not start".
+#[test]
+fn a_refused_stop_is_a_stop_failure_not_a_boot_failure() {
+    let (_dir, paths) = paths();
+    let _lock = running(&paths, "web");
+    let double = refusing_supervisor(&paths, "web", cove_api::API_VERSION, "disk busy");
+    let err = crate::lifecycle::stop(&paths, "web", std::time::Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LifecycleError::Control {
+                op: crate::ControlOp::Stop,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        text.contains("stopping `web` failed") && text.contains("disk busy"),
+        "{text}"
+    );
+    assert!(!text.contains("did not start"), "{text}");
+    assert_eq!(double.join().unwrap(), ["status", "stop"]);
+}
+
+/// A CLI meeting a supervisor of another API version says so, names both, and sends it nothing
+/// it might misread.
+#[test]
+fn a_supervisor_of_another_api_version_is_refused_by_name() {
+    let (_dir, paths) = paths();
+    let _lock = running(&paths, "web");
+    let theirs = cove_api::API_VERSION + 1;
+    let double = refusing_supervisor(&paths, "web", theirs, "unused");
+    let err = crate::lifecycle::stop(&paths, "web", std::time::Duration::from_secs(1)).unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(
+        cause.contains(&format!("version {theirs}"))
+            && cause.contains(&format!("speaks version {}", cove_api::API_VERSION))
+            && cause.contains("cove kill web"),
+        "{cause}"
+    );
+    assert_eq!(double.join().unwrap(), ["status"]);
 }

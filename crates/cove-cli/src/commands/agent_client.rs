@@ -14,12 +14,23 @@ use std::time::Duration;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks the VM is running and returns an opener for streams to its agent.
+///
+/// The supervisor is asked first (one status round trip, which is also the API version check):
+/// a supervisor that says its guest is ready needs no state store read, which keeps `cove exec`
+/// cheap. Anything else (no answer, still booting, stopping) goes through the store, which says
+/// why there is no agent and adopts a running VM whose supervisor died.
 pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener + use<>> {
+    let client = Client::new(name, ctx.paths.vm(name).control_socket());
+    match client.status() {
+        Ok(status) if status.phase == cove_api::Phase::Ready => return Ok(client_opener(client)),
+        Err(e @ ClientError::VersionMismatch { .. }) => return Err(e.into()),
+        _ => {}
+    }
     let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
     if let Some(why) = not_running(name, record.state) {
         bail!("{why}");
     }
-    Ok(socket_opener(name, ctx.paths.vm(name).control_socket()))
+    Ok(client_opener(client))
 }
 
 /// Why a VM in `state` has no agent to reach, with the next step; `None`
@@ -41,7 +52,10 @@ pub fn not_running(name: &str, state: VmState) -> Option<String> {
 /// one way the CLI and `cove serve` reach a guest's agent. The supervisor's API version is
 /// checked once, on the first stream.
 pub fn socket_opener(name: &str, socket: PathBuf) -> impl StreamOpener + Send + 'static + use<> {
-    let client = Client::new(name, socket);
+    client_opener(Client::new(name, socket))
+}
+
+fn client_opener(client: Client) -> impl StreamOpener + Send + 'static {
     FnOpener(move |req: OpenRequest| open(client.clone(), req))
 }
 

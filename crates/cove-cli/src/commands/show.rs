@@ -32,12 +32,14 @@ pub fn ports_text(ports: &[PortForward]) -> String {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let r = lifecycle::show(&ctx.paths, &args.name)?;
+    // One store for the record and its image: opening it is most of what `show` costs.
+    let mut store = cove_state::Store::open(&ctx.paths)?;
+    let r = lifecycle::reconcile(&mut store, &ctx.paths, &args.name)?;
     let vm = ctx.paths.vm(&args.name);
     if ctx.json {
         let mut value = summary(&r);
         value["console_log"] = json!(vm.console_log());
-        if let Ok(m) = image_manifest(ctx, &r.image_id) {
+        if let Ok(m) = cove_image::resolve(&store, &r.image_id) {
             value["kernel"] = json!({
                 "version": m.kernel_version,
                 "sha256": m.kernel_sha256,
@@ -60,7 +62,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             &r.image_id[..r.image_id.len().min(12)]
         ),
     );
-    if let Some(k) = kernel_summary(ctx, &r.image_id) {
+    if let Some(k) = kernel_summary(&store, &r.image_id) {
         field("kernel", k);
     }
     field("cpus", r.cpus.to_string());
@@ -96,15 +98,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn image_manifest(ctx: &Ctx, image_id: &str) -> Result<cove_image::ImageManifest> {
-    let store = cove_state::Store::open(&ctx.paths)?;
-    Ok(cove_image::resolve(&store, image_id)?)
-}
-
 /// The kernel the VM boots: version, bzImage hash and where it came from (the
 /// stale-kernel case of seed 001 shows here).
-fn kernel_summary(ctx: &Ctx, image_id: &str) -> Option<String> {
-    let m = image_manifest(ctx, image_id).ok()?;
+fn kernel_summary(store: &cove_state::Store, image_id: &str) -> Option<String> {
+    let m = cove_image::resolve(store, image_id).ok()?;
     let hash = m
         .kernel_sha256
         .as_deref()

@@ -2,10 +2,11 @@
 //! argv, QMP client and process hygiene, under whatever accelerator the
 //! probe picks (TCG on the build machines).
 //!
-//! `cargo test -p cove-qemu --test boot -- --include-ignored --test-threads=1`
+//! `cargo test -p cove-e2e --test qemu_boot -- --include-ignored --test-threads=1`
 //! (one at a time, or the timings printed are of two guests sharing 2 cores).
 
-mod common;
+#[path = "helpers/qemu_guest.rs"]
+mod guest;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -17,7 +18,7 @@ use cove_backend::{process, sockets};
 use cove_qemu::{Qemu, QmpClient, RunState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use common::guest::{self, AGENT_HELLO, INIT_STARTED, READY};
+use guest::{AGENT_HELLO, INIT_STARTED, READY};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);

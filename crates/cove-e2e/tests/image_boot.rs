@@ -1,6 +1,8 @@
 //! Boots the `minimal` image under QEMU (TCG, microvm) and waits for cove's
 //! init to say it is ready.
 
+// The image crate's own test helpers (its build and boot tests share them).
+#[path = "../../cove-image/tests/common.rs"]
 mod common;
 
 use cove_image::{ImageManifest, MinimalOptions};

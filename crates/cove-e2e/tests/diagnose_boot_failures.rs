@@ -1,6 +1,8 @@
 //! `why` on real console logs: the Debian cloud kernel booted under QEMU (TCG) into
 //! deliberately broken initramfs archives made with the real `cpio` and busybox-static.
 
+// cove-diagnose's own test helpers (the Debian cloud kernel, shared with its kernel tests).
+#[path = "../../cove-diagnose/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! device and ran e2fsck and fuse2fs by hand). Boots a real guest under
 //! QEMU with the real `cove` binary, so it is ignored in plain `cargo test`.
 
+// cove-disk's own test helpers (real images made with the real tools).
+#[path = "../../cove-disk/tests/common/mod.rs"]
 mod common;
 
 use common::run;
