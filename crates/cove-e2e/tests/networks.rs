@@ -95,9 +95,58 @@ fn networks_are_recorded_reconciled_after_a_reboot_and_removed_whole() {
         "--no-nat must not masquerade: {rules}"
     );
 
+    // `cove doctor` reports each network's bridge, dnsmasq and rules, and a bridge without
+    // its rules as a failure: its VMs would not be isolated.
+    let doctor = |cove: &Cove| -> Vec<Value> {
+        let out = cove.run(&["--json", "doctor", "--cached"]);
+        let report: Value = serde_json::from_slice(&out.stdout).expect("doctor printed JSON");
+        report["checks"].as_array().unwrap().clone()
+    };
+    let check = |checks: &[Value], name: &str| -> Value {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name} in {checks:?}"))
+            .clone()
+    };
+    let checks = doctor(&cove);
+    assert_eq!(check(&checks, "network privileges")["status"], "ok");
+    let lab = check(&checks, "network lab");
+    assert_eq!(lab["status"], "ok", "{lab}");
+    let detail = lab["detail"].as_str().unwrap();
+    for part in ["bridge covebr1 up", "dnsmasq pid", "cove_net1 present"] {
+        assert!(detail.contains(part), "{part} not in {detail}");
+    }
+    // The rules go first (the reboot below takes the rest).
+    ns.ok(&["nft", "delete", "table", "inet", "cove_net1"]);
+    let lab = check(&doctor(&cove), "network lab");
+    assert_eq!(lab["status"], "fail", "{lab}");
+    assert!(
+        lab["detail"].as_str().unwrap().contains("NOT isolated"),
+        "{lab}"
+    );
+    // Unprivileged, doctor says exactly what is missing, and that it cannot see the rules.
+    let out = cove
+        .command_via(&["setpriv", "--bounding-set", "-net_admin"])
+        .args(["--json", "doctor", "--cached"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor printed JSON");
+    let checks = report["checks"].as_array().unwrap();
+    let privileges = check(checks, "network privileges");
+    assert_eq!(privileges["status"], "warn");
+    // Exactly the one dropped: the list names it alone.
+    let detail = privileges["detail"].as_str().unwrap();
+    assert!(detail.contains("the capabilities CAP_NET_ADMIN ("), "{detail}");
+    assert!(
+        check(checks, "network iso")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable")
+    );
+
     // A host reboot, as far as the network goes: its devices, rules and dnsmasq vanish.
     ns.ok(&["ip", "link", "delete", "covebr1"]);
-    ns.ok(&["nft", "delete", "table", "inet", "cove_net1"]);
     let pid =
         std::fs::read_to_string(cove.root().join("state/cove/networks/lab/dnsmasq.pid")).unwrap();
     ns.ok(&["kill", "-9", pid.trim()]);

@@ -140,6 +140,35 @@ pub fn list(paths: &Paths) -> Result<Vec<NetworkStatus>, NetError> {
     Ok(out)
 }
 
+/// One network as the host has it, for `cove doctor`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub record: NetworkRecord,
+    pub bridge_up: bool,
+    pub dnsmasq: Option<u32>,
+    /// `None` when the rules cannot be read (without CAP_NET_ADMIN).
+    pub table_present: Option<bool>,
+    pub vms: usize,
+}
+
+/// What exists of every network on the host, read only: unlike [`list`], nothing is
+/// forgotten or changed, and it works without privileges (the rules then are unknown).
+pub fn health(paths: &Paths) -> Result<Vec<Health>, NetError> {
+    let store = Store::open(paths)?;
+    let can_read_rules = caps::missing().capabilities.is_empty();
+    let mut out = Vec::new();
+    for net in store.list_networks()? {
+        out.push(Health {
+            bridge_up: ip::is_up(&net.bridge()),
+            dnsmasq: dns::running(&dns_files(paths, &net.name)),
+            table_present: can_read_rules.then(|| nft::exists(&net.nft_table())),
+            vms: store.attachments(Some(&net.name), None)?.len(),
+            record: net,
+        });
+    }
+    Ok(out)
+}
+
 /// Puts a VM being created on its networks: addresses and names now (so peers resolve it at
 /// once), its TAPs when it starts ([`prepare_vm`]).
 pub fn attach_vm(paths: &Paths, vm: &str, networks: &[String]) -> Result<(), NetError> {
