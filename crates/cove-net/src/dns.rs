@@ -6,11 +6,13 @@
 //! that could drop a guest's DHCP exchange.
 //!
 //! Names come from cove's records only: the host file (`addn-hosts`) it rewrites as VMs come and
-//! go. dnsmasq would otherwise also serve the names in its lease database, which outlive the
-//! VM: a deleted VM's name kept resolving from its lease, even across a restart of dnsmasq (the
-//! leases file). So the DHCP host lines carry no names, names a guest sends are ignored, and
-//! there is no leases file at all (`leasefile-ro`): every address is a static reservation with
-//! an infinite lease, which dnsmasq grants again from the host lines alone after any restart.
+//! go. dnsmasq would also serve the names of its leases, which outlive the VM: it names a lease
+//! after the host-file entry of its address (and after the dhcp-host line or the guest, which
+//! cove gives no names, `dhcp-ignore-names`), and keeps that name when the entry is gone, even
+//! across a restart when there is a leases file. So there is no leases file (`leasefile-ro`;
+//! every address is a static reservation with an infinite lease, which dnsmasq grants again
+//! from the host lines alone) and a VM taken off the network restarts its dnsmasq
+//! ([`restart`]), dropping the leases held in memory with it.
 //!
 //! It runs as cove's own user (`user=`) instead of dropping to `nobody`: its files live in
 //! cove's private (0700) state directory, which `nobody` cannot read after the drop.
@@ -124,6 +126,16 @@ pub fn reload(files: &DnsFiles) {
             nix::sys::signal::Signal::SIGHUP,
         );
     }
+}
+
+/// Restarts the network's dnsmasq when it runs, so that it forgets its leases (a SIGHUP
+/// rereads the host files but keeps every lease with its name).
+pub fn restart(files: &DnsFiles) -> Result<(), NetError> {
+    if running(files).is_some() {
+        stop(files)?;
+        start(files)?;
+    }
+    Ok(())
 }
 
 /// Stops the network's dnsmasq: SIGTERM, then SIGKILL after two seconds.

@@ -228,6 +228,8 @@ pub fn detach_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
         store.forget_object(ObjectKind::Tap, &a.tap)?;
         store.detach(&a.network, vm)?;
         refresh_names(&store, paths, &net)?;
+        // Its lease, and the name dnsmasq gave it, go only with a restart.
+        dns::restart(&dns_files(paths, &a.network))?;
     }
     Ok(())
 }
