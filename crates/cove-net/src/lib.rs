@@ -35,6 +35,16 @@ pub enum NetError {
     BadName(String, #[source] cove_state::NameError),
     #[error("network `{0}` still has VMs on it: {1}; `cove delete` them first")]
     InUse(String, String),
+    #[error(
+        "`{vm}` resumes from a snapshot of `{owner}`, which is not on network `{network}`: the \
+         guest's NIC there cannot be found to move it; start `{vm}` cold (`cove start {vm}` \
+         after `cove stop {vm}`)"
+    )]
+    NoSourceNic {
+        vm: String,
+        owner: String,
+        network: String,
+    },
     #[error(transparent)]
     Store(#[from] NetStoreError),
     #[error(transparent)]
@@ -56,6 +66,19 @@ pub struct NetworkStatus {
     /// Bridge, rules and dnsmasq all present.
     pub up: bool,
     pub vms: Vec<Attachment>,
+}
+
+/// A NIC a guest restored from another VM's snapshot must move: it resumed with the
+/// snapshot owner's MAC and address on the network, and takes the VM's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicMove {
+    /// The MAC the guest resumed with (the owner's on this network).
+    pub from_mac: String,
+    /// The VM's own MAC, address and TAP on the network.
+    pub to: Attachment,
+    pub prefix: u8,
+    /// The network's gateway when it routes out (NAT), as its DHCP server says.
+    pub router: Option<std::net::Ipv4Addr>,
 }
 
 /// Refuses unless this process can manage networks, naming what is missing.
@@ -130,9 +153,13 @@ pub fn list(paths: &Paths) -> Result<Vec<NetworkStatus>, NetError> {
             }
         }
         let present = store.objects(Some(&net.name))?;
-        let has = |k: ObjectKind| present.iter().any(|o| o.kind == k);
+        let has = |k: ObjectKind, name: &str| present.iter().any(|o| o.kind == k && o.name == name);
+        let dnsmasq = dns_files(paths, &net.name).pid_file();
         out.push(NetworkStatus {
-            up: has(ObjectKind::Bridge) && has(ObjectKind::Nft) && has(ObjectKind::Dnsmasq),
+            // By name: a held TAP's table is no network's rules.
+            up: has(ObjectKind::Bridge, &net.bridge())
+                && has(ObjectKind::Nft, &net.nft_table())
+                && has(ObjectKind::Dnsmasq, &dnsmasq.to_string_lossy()),
             vms: store.attachments(Some(&net.name), None)?,
             record: net,
         });
@@ -189,10 +216,16 @@ pub fn attach_vm(paths: &Paths, vm: &str, networks: &[String]) -> Result<(), Net
 /// Makes sure everything a starting VM needs exists (after a host reboot nothing does): its
 /// networks up and its TAPs on them. Returns its attachments in the order of `networks`,
 /// which is the order of its NICs.
+///
+/// With `hold`, its TAPs drop everything the guest sends until [`release_vm`]: a clone
+/// resumes speaking with its source's MAC and address, which must never reach the network
+/// (the bridge would learn the source's MAC on the clone's port, peers its ARP answers).
+/// Without, a hold left by an earlier run is lifted.
 pub fn prepare_vm(
     paths: &Paths,
     vm: &str,
     networks: &[String],
+    hold: bool,
 ) -> Result<Vec<Attachment>, NetError> {
     if networks.is_empty() {
         return Ok(Vec::new());
@@ -208,9 +241,90 @@ pub fn prepare_vm(
             store.attach(network, vm)?
         };
         bring_up(&mut store, paths, &net)?;
+        if hold {
+            hold_tap(&mut store, paths, &a)?;
+        } else {
+            release_tap(&mut store, paths, &a)?;
+        }
         out.push(a);
     }
     Ok(out)
+}
+
+/// Lifts [`prepare_vm`]'s hold on the VM's TAPs, once its guest has moved its NICs.
+pub fn release_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
+    let mut store = Store::open(paths)?;
+    for a in store.attachments(None, Some(vm))? {
+        release_tap(&mut store, paths, &a)?;
+    }
+    Ok(())
+}
+
+/// What a VM restored from a snapshot of `owner` must move on each of its `networks` (in
+/// NIC order): nothing when the snapshot is its own.
+pub fn restore_moves(
+    paths: &Paths,
+    vm: &str,
+    owner: &str,
+    networks: &[String],
+) -> Result<Vec<NicMove>, NetError> {
+    if vm == owner || networks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = Store::open(paths)?;
+    let mut out = Vec::new();
+    for network in networks {
+        let net = store.get_network(network)?;
+        let from = store.attachments(Some(network), Some(owner))?;
+        let Some(from) = from.first() else {
+            return Err(NetError::NoSourceNic {
+                vm: vm.to_owned(),
+                owner: owner.to_owned(),
+                network: network.clone(),
+            });
+        };
+        // Attached at create; a VM recorded before its attachment is attached at start.
+        let Some(to) = store
+            .attachments(Some(network), Some(vm))?
+            .into_iter()
+            .next()
+        else {
+            continue;
+        };
+        out.push(NicMove {
+            from_mac: from.mac.clone(),
+            to,
+            prefix: net.subnet.prefix,
+            router: net.nat.then(|| net.subnet.gateway()),
+        });
+    }
+    Ok(out)
+}
+
+fn hold_tap(store: &mut Store, paths: &Paths, a: &Attachment) -> Result<(), NetError> {
+    let _lock = lock(paths, &a.network)?;
+    store.record_object(&HostObject {
+        kind: ObjectKind::Nft,
+        name: nft::hold_table(&a.tap),
+        network: a.network.clone(),
+    })?;
+    let file = dir(paths, &a.network).join(format!("hold-{}.nft", a.tap));
+    nft::hold(&a.tap, &file)
+}
+
+fn release_tap(store: &mut Store, paths: &Paths, a: &Attachment) -> Result<(), NetError> {
+    let table = nft::hold_table(&a.tap);
+    let held = store
+        .objects(Some(&a.network))?
+        .iter()
+        .any(|o| o.kind == ObjectKind::Nft && o.name == table);
+    if held {
+        let _lock = lock(paths, &a.network)?;
+        nft::delete(&table)?;
+        store.forget_object(ObjectKind::Nft, &table)?;
+        let _ = std::fs::remove_file(dir(paths, &a.network).join(format!("hold-{}.nft", a.tap)));
+    }
+    Ok(())
 }
 
 /// Takes a VM off all its networks: its TAPs removed, its names gone.
@@ -223,6 +337,7 @@ pub fn detach_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
     require_privileges()?;
     for a in attachments {
         let net = store.get_network(&a.network)?;
+        release_tap(&mut store, paths, &a)?;
         let _lock = lock(paths, &a.network)?;
         ip::delete_link(&a.tap)?;
         store.forget_object(ObjectKind::Tap, &a.tap)?;

@@ -469,6 +469,8 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
             });
         }
         Err(why) => {
+            // In the log too: the outcome may name a cause the console shows instead.
+            tracing::warn!(why = %why, "the boot failed; killing the VMM");
             // Mark the stop as ours before killing, so the outcome says why
             // instead of "crashed by itself".
             *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));
