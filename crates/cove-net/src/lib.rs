@@ -260,6 +260,21 @@ pub fn release_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Whether any TAP of the VM is still held ([`prepare_vm`]): its guest's NICs may not have
+/// moved yet (a supervisor that died during the post-restore fixup).
+pub fn is_held(paths: &Paths, vm: &str) -> Result<bool, NetError> {
+    let store = Store::open(paths)?;
+    let held: Vec<String> = store
+        .attachments(None, Some(vm))?
+        .iter()
+        .map(|a| nft::hold_table(&a.tap))
+        .collect();
+    Ok(store
+        .objects(None)?
+        .iter()
+        .any(|o| o.kind == ObjectKind::Nft && held.contains(&o.name)))
+}
+
 /// What a VM restored from a snapshot of `owner` must move on each of its `networks` (in
 /// NIC order): nothing when the snapshot is its own.
 pub fn restore_moves(
