@@ -182,7 +182,8 @@ pub struct Health {
 /// forgotten or changed, and it works without privileges (the rules then are unknown).
 pub fn health(paths: &Paths) -> Result<Vec<Health>, NetError> {
     let store = Store::open(paths)?;
-    let can_read_rules = caps::missing().capabilities.is_empty();
+    // Listing nftables needs CAP_NET_ADMIN alone.
+    let can_read_rules = !caps::missing().capabilities.contains(&"CAP_NET_ADMIN");
     let mut out = Vec::new();
     for net in store.list_networks()? {
         out.push(Health {
