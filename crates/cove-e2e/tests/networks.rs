@@ -323,6 +323,19 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
         "a hold outlived the move: {rules}"
     );
 
+    // `test --fresh` on a throwaway clone of b: on the network while it runs, gone after.
+    let fresh = cove.ok(&["test", "--fresh", "b"]);
+    assert!(fresh.contains("PASS"), "{fresh}");
+    let list = cove.json(&["network", "ls"]);
+    let on_lab: Vec<&str> = network(&list, "lab")["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_lab, ["a", "b", "b2"], "{list}");
+    cove.ok(&["exec", "a", "--", "ping", "-c", "1", "-W", "5", "b"]);
+
     // Stopped, a VM keeps its address and its name (as a libvirt or Incus reservation): the
     // clone's cold boot gets the same address by DHCP, with its own MAC.
     cove.ok(&["stop", "b2"]);
