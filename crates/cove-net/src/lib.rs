@@ -9,10 +9,13 @@
 //! Changes to one network are serialised by a lock file in its directory.
 
 pub mod caps;
+mod clone;
 pub mod dns;
 pub mod ip;
 pub mod nft;
 
+pub use clone::{NicMove, is_held, release_vm, restore_moves};
+use clone::{hold_tap, release_tap};
 use cove_state::net::{Attachment, HostObject, NetStoreError, NetworkRecord, ObjectKind, Subnet};
 use cove_state::{Paths, Store, StoreError, VmName};
 use cove_util::tool::ToolError;
@@ -66,19 +69,6 @@ pub struct NetworkStatus {
     /// Bridge, rules and dnsmasq all present.
     pub up: bool,
     pub vms: Vec<Attachment>,
-}
-
-/// A NIC a guest restored from another VM's snapshot must move: it resumed with the
-/// snapshot owner's MAC and address on the network, and takes the VM's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicMove {
-    /// The MAC the guest resumed with (the owner's on this network).
-    pub from_mac: String,
-    /// The VM's own MAC, address and TAP on the network.
-    pub to: Attachment,
-    pub prefix: u8,
-    /// The network's gateway when it routes out (NAT), as its DHCP server says.
-    pub router: Option<std::net::Ipv4Addr>,
 }
 
 /// Refuses unless this process can manage networks, naming what is missing.
@@ -250,97 +240,6 @@ pub fn prepare_vm(
         out.push(a);
     }
     Ok(out)
-}
-
-/// Lifts [`prepare_vm`]'s hold on the VM's TAPs, once its guest has moved its NICs.
-pub fn release_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
-    let mut store = Store::open(paths)?;
-    for a in store.attachments(None, Some(vm))? {
-        release_tap(&mut store, paths, &a)?;
-    }
-    Ok(())
-}
-
-/// Whether any TAP of the VM is still held ([`prepare_vm`]): its guest's NICs may not have
-/// moved yet (a supervisor that died during the post-restore fixup).
-pub fn is_held(paths: &Paths, vm: &str) -> Result<bool, NetError> {
-    let store = Store::open(paths)?;
-    let held: Vec<String> = store
-        .attachments(None, Some(vm))?
-        .iter()
-        .map(|a| nft::hold_table(&a.tap))
-        .collect();
-    Ok(store
-        .objects(None)?
-        .iter()
-        .any(|o| o.kind == ObjectKind::Nft && held.contains(&o.name)))
-}
-
-/// What a VM restored from a snapshot of `owner` must move on each of its `networks` (in
-/// NIC order): nothing when the snapshot is its own.
-pub fn restore_moves(
-    paths: &Paths,
-    vm: &str,
-    owner: &str,
-    networks: &[String],
-) -> Result<Vec<NicMove>, NetError> {
-    if vm == owner || networks.is_empty() {
-        return Ok(Vec::new());
-    }
-    let store = Store::open(paths)?;
-    let mut out = Vec::new();
-    for network in networks {
-        let net = store.get_network(network)?;
-        let from = store.attachments(Some(network), Some(owner))?;
-        let Some(from) = from.first() else {
-            return Err(NetError::NoSourceNic {
-                vm: vm.to_owned(),
-                owner: owner.to_owned(),
-                network: network.clone(),
-            });
-        };
-        // Attached at create; a VM recorded before its attachment is attached at start.
-        let Some(to) = store
-            .attachments(Some(network), Some(vm))?
-            .into_iter()
-            .next()
-        else {
-            continue;
-        };
-        out.push(NicMove {
-            from_mac: from.mac.clone(),
-            to,
-            prefix: net.subnet.prefix,
-            router: net.nat.then(|| net.subnet.gateway()),
-        });
-    }
-    Ok(out)
-}
-
-fn hold_tap(store: &mut Store, paths: &Paths, a: &Attachment) -> Result<(), NetError> {
-    let _lock = lock(paths, &a.network)?;
-    store.record_object(&HostObject {
-        kind: ObjectKind::Nft,
-        name: nft::hold_table(&a.tap),
-        network: a.network.clone(),
-    })?;
-    let file = dir(paths, &a.network).join(format!("hold-{}.nft", a.tap));
-    nft::hold(&a.tap, &file)
-}
-
-fn release_tap(store: &mut Store, paths: &Paths, a: &Attachment) -> Result<(), NetError> {
-    let table = nft::hold_table(&a.tap);
-    let held = store
-        .objects(Some(&a.network))?
-        .iter()
-        .any(|o| o.kind == ObjectKind::Nft && o.name == table);
-    if held {
-        let _lock = lock(paths, &a.network)?;
-        nft::delete(&table)?;
-        store.forget_object(ObjectKind::Nft, &table)?;
-        let _ = std::fs::remove_file(dir(paths, &a.network).join(format!("hold-{}.nft", a.tap)));
-    }
-    Ok(())
 }
 
 /// Takes a VM off all its networks: its TAPs removed, its names gone.
