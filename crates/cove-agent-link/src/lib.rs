@@ -70,7 +70,7 @@ pub use error::LinkError;
 pub use link::{AgentLink, LinkConfig};
 pub use mux::{AgentInfo, LinkState, LinkStats};
 pub use ops::{
-    ExecIo, FnOpener, Input, StreamOpener, exec, fixup, forward_signals, ps, shutdown,
+    ExecIo, FnOpener, Input, StreamOpener, exec, fixup, forward_signals, move_nics, ps, shutdown,
     spawn_stdin_reader, stat,
 };
 pub use relay::{RelayOutcome, RemoteStream, relay};

@@ -267,6 +267,20 @@ pub async fn fixup(
     .map(|_| ())
 }
 
+/// Has a guest restored from another VM's snapshot move its NICs to its own MACs and
+/// addresses, and waits until it has.
+pub async fn move_nics(
+    opener: &impl StreamOpener,
+    nics: Vec<cove_proto::NicMove>,
+) -> Result<(), LinkError> {
+    messages(
+        opener.open(OpenRequest::MoveNics { nics }).await?,
+        "answer to moving the NICs",
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Asks the agent to sync and power off (or reboot) the guest.
 pub async fn shutdown(opener: &impl StreamOpener, reboot: bool) -> Result<(), LinkError> {
     messages(

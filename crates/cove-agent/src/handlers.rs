@@ -17,6 +17,7 @@ pub fn run(stream: AgentStream, req: Result<OpenRequest, MsgError>) {
         OpenRequest::Ps => crate::procs::ps(stream),
         OpenRequest::Shutdown { reboot } => shutdown(stream, reboot),
         OpenRequest::Fixup(r) => crate::fixup::run(stream, r),
+        OpenRequest::MoveNics { nics } => crate::nic::run(stream, nics),
         OpenRequest::Trace(r) => crate::trace::run(stream, r),
         OpenRequest::Ldd { path } => crate::ldd::run(stream, &path),
     }

@@ -9,6 +9,7 @@ mod fixup;
 mod handlers;
 mod ldd;
 mod mux;
+mod nic;
 mod pid1;
 mod poweroff;
 mod procs;

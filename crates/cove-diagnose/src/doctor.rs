@@ -11,6 +11,9 @@ use std::process::Command;
 
 use serde::Serialize;
 
+mod net;
+pub use net::{NetworkFacts, NetworkHealth};
+
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +67,8 @@ pub struct HostFacts {
     pub qemu_sandbox: String,
     /// Each VMM backend and why it cannot boot VMs here (`None`: it can).
     pub backends: Vec<(String, Option<String>)>,
+    /// cove networks: privileges and each network's bridge, dnsmasq and rules.
+    pub network: NetworkFacts,
 }
 
 /// All checks.
@@ -138,6 +143,7 @@ pub fn doctor(facts: &HostFacts) -> DoctorReport {
         "TAP networking is unavailable; user-mode networking still works",
         "sudo modprobe tun",
     ));
+    checks.extend(net::checks(&facts.network));
     checks.push(free_space("state dir space", &facts.state_dir));
     checks.push(free_space("cache dir space", &facts.cache_dir));
     let tools: &[(&str, &[&str], Level, &str)] = &[
@@ -552,6 +558,7 @@ mod tests {
             cache_dir: dir.path().join("cache"),
             qemu_sandbox: "on".into(),
             backends: vec![],
+            network: Default::default(),
         });
         assert!(report.checks.len() >= 12);
         let json = serde_json::to_value(&report).unwrap();

@@ -76,6 +76,20 @@ pub struct NetworkInterface {
     pub guest_mac: Option<String>,
 }
 
+/// The `iface_id` of the VM's `i`th TAP (the same at a restore, so an override names it).
+pub fn iface_id(i: usize) -> String {
+    format!("tap{i}")
+}
+
+/// One of `SnapshotLoadParams.network_overrides`: the restored interface `iface_id` opens
+/// `host_dev_name` instead of the TAP it had when the snapshot was taken (a clone's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
 /// `PUT /actions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +139,8 @@ pub struct SnapshotLoadParams {
     pub snapshot_path: PathBuf,
     pub mem_backend: MemoryBackend,
     pub resume_vm: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,7 +268,18 @@ impl VmConfig {
                 guest_cid: GUEST_CID,
                 uds_path: spec.transports.agent.clone(),
             },
-            network_interfaces: Vec::new(),
+            // cove's TAPs (made and put on their bridges by cove-net), in NIC order; the guest
+            // finds each by its MAC (`cove.net=` in `cmdline_extra`), as under QEMU.
+            network_interfaces: spec
+                .taps
+                .iter()
+                .enumerate()
+                .map(|(i, tap)| NetworkInterface {
+                    iface_id: iface_id(i),
+                    host_dev_name: tap.ifname.clone(),
+                    guest_mac: Some(tap.mac.clone()),
+                })
+                .collect(),
         })
     }
 

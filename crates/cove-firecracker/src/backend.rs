@@ -21,7 +21,8 @@ use tokio::net::UnixStream;
 
 use crate::api::{
     AGENT_VSOCK_PORT, ActionType, ApiRequest, InstanceActionInfo, MemoryBackend, MemoryBackendType,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, Vm, VmConfig, VmRunState,
+    NetworkOverride, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, Vm, VmConfig,
+    VmRunState,
 };
 use crate::http;
 
@@ -193,7 +194,9 @@ impl Backend for Firecracker {
                 Memory::PrivateFile(file) | Memory::SharedFile(file) => Some(file.clone()),
                 Memory::Anonymous => None,
             };
-            let control = FirecrackerControl::new(api, memory);
+            let mut control = FirecrackerControl::new(api, memory);
+            // A restore reopens the VM's own TAPs, not those the snapshot's VM had.
+            control.taps = spec.taps.iter().map(|t| t.ifname.clone()).collect();
             // A VMM that waits for a saved state must stay unconfigured:
             // Firecracker loads a snapshot only into a fresh process.
             if !spec.incoming {
@@ -236,6 +239,8 @@ pub struct FirecrackerControl {
     /// `InstanceStart` was sent (or a snapshot loaded): resuming is then
     /// `PATCH /vm`.
     started: AtomicBool,
+    /// The VM's TAP devices in NIC order, overriding the snapshot's at a restore.
+    pub taps: Vec<String>,
 }
 
 impl FirecrackerControl {
@@ -244,6 +249,7 @@ impl FirecrackerControl {
             api,
             memory,
             started: AtomicBool::new(false),
+            taps: Vec::new(),
         }
     }
 
@@ -267,6 +273,15 @@ impl FirecrackerControl {
                 backend_path: self.memory.clone().unwrap_or_else(|| memory_file(state)),
             },
             resume_vm: false,
+            network_overrides: self
+                .taps
+                .iter()
+                .enumerate()
+                .map(|(i, tap)| NetworkOverride {
+                    iface_id: crate::api::iface_id(i),
+                    host_dev_name: tap.clone(),
+                })
+                .collect(),
         };
         self.call(
             "load a snapshot",

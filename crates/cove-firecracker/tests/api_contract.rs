@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{ApiDouble, serve_vsock, short_dir};
 use cove_backend::{
     Accel, AccelChoice, Backend, BackendError, ConnectMode, HostProbe, Machine, Memory,
-    PortForward, Transports, VmSpec,
+    PortForward, Tap, Transports, VmSpec,
 };
 use cove_firecracker::Firecracker;
 use cove_firecracker::api::{AGENT_VSOCK_PORT, VmConfig};
@@ -109,6 +109,77 @@ async fn a_launch_configures_everything_and_resume_starts_it() {
     ));
 }
 
+fn taps() -> Vec<Tap> {
+    vec![
+        Tap {
+            ifname: "cvt1-2".into(),
+            mac: "52:56:01:75:01:02".into(),
+        },
+        Tap {
+            ifname: "cvt2-7".into(),
+            mac: "52:56:02:75:02:07".into(),
+        },
+    ]
+}
+
+/// A VM on cove networks: each TAP becomes an interface with the TAP's name and the MAC the
+/// guest and the network's DHCP server know it by, before start.
+#[tokio::test]
+async fn taps_are_configured_as_network_interfaces_before_start() {
+    let (_keep, dir) = short_dir();
+    let mut spec = spec(&dir);
+    spec.taps = taps();
+    spec.cmdline_extra = "cove.net=52:56:01:75:01:02 cove.net=52:56:02:75:02:07".into();
+    let api = ApiDouble::serve(&spec.transports.vmm);
+    let control = Firecracker
+        .connect(&spec.transports, ConnectMode::Launched(&spec), &always)
+        .await
+        .unwrap()
+        .control;
+    assert_eq!(
+        api.calls(),
+        [
+            "PUT /machine-config",
+            "PUT /boot-source",
+            "PUT /drives/rootfs",
+            "PUT /network-interfaces/tap0",
+            "PUT /network-interfaces/tap1",
+            "PUT /vsock"
+        ]
+    );
+    let seen = api.seen();
+    assert!(seen.iter().all(|s| s.status == 204), "{seen:#?}");
+    for (i, tap) in taps().iter().enumerate() {
+        let body = &seen[3 + i].body;
+        assert_eq!(body["iface_id"], format!("tap{i}"));
+        assert_eq!(body["host_dev_name"], tap.ifname.as_str());
+        assert_eq!(body["guest_mac"], tap.mac.as_str());
+    }
+    // The guest finds its NICs by MAC on its command line, as under QEMU.
+    let args = seen[1].body["boot_args"].as_str().unwrap();
+    assert!(args.contains("cove.net=52:56:02:75:02:07"), "{args}");
+    control.resume().await.unwrap();
+    assert_eq!(
+        api.seen().last().unwrap().body["action_type"],
+        "InstanceStart"
+    );
+    // The double holds the API to its contract: a MAC that is none is refused.
+    let (_keep2, dir2) = short_dir();
+    let mut bad = spec.clone();
+    bad.transports = self::spec(&dir2).transports;
+    bad.taps[0].mac = "52:56:01:75:01".into();
+    let api2 = ApiDouble::serve(&bad.transports.vmm);
+    let refused = Firecracker
+        .connect(&bad.transports, ConnectMode::Launched(&bad), &always)
+        .await;
+    assert!(refused.is_err());
+    assert!(
+        api2.seen().iter().any(|s| s.status == 400),
+        "{:#?}",
+        api2.seen()
+    );
+}
+
 #[tokio::test]
 async fn saving_pauses_then_snapshots_and_a_restore_loads_it_paused() {
     let (_keep, dir) = short_dir();
@@ -138,6 +209,8 @@ async fn saving_pauses_then_snapshots_and_a_restore_loads_it_paused() {
     let (_keep2, dir2) = short_dir();
     let mut spec2 = spec(&dir2);
     spec2.incoming = true;
+    // Restored on TAPs of its own (a clone's), which the load names over the snapshot's.
+    spec2.taps = taps();
     spec2.memory = Memory::PrivateFile(cove_firecracker::backend::memory_file(&state));
     let api = ApiDouble::serve(&spec2.transports.vmm);
     let control = Firecracker
@@ -155,6 +228,13 @@ async fn saving_pauses_then_snapshots_and_a_restore_loads_it_paused() {
     let seen = api.seen();
     assert_eq!(seen[0].body["resume_vm"], false);
     assert_eq!(seen[0].body["mem_backend"]["backend_type"], "File");
+    assert_eq!(
+        seen[0].body["network_overrides"],
+        serde_json::json!([
+            {"iface_id": "tap0", "host_dev_name": "cvt1-2"},
+            {"iface_id": "tap1", "host_dev_name": "cvt2-7"}
+        ])
+    );
     assert!(seen.iter().all(|s| s.status == 204), "{seen:#?}");
 }
 

@@ -5,6 +5,15 @@
 //! rereads its host files on SIGHUP, so names follow VMs as they come and go without a restart
 //! that could drop a guest's DHCP exchange.
 //!
+//! Names come from cove's records only: the host file (`addn-hosts`) it rewrites as VMs come and
+//! go. dnsmasq would also serve the names of its leases, which outlive the VM: it names a lease
+//! after the host-file entry of its address (and after the dhcp-host line or the guest, which
+//! cove gives no names, `dhcp-ignore-names`), and keeps that name when the entry is gone, even
+//! across a restart when there is a leases file. So there is no leases file (`leasefile-ro`;
+//! every address is a static reservation with an infinite lease, which dnsmasq grants again
+//! from the host lines alone) and a VM taken off the network restarts its dnsmasq
+//! ([`restart`]), dropping the leases held in memory with it.
+//!
 //! It runs as cove's own user (`user=`) instead of dropping to `nobody`: its files live in
 //! cove's private (0700) state directory, which `nobody` cannot read after the drop.
 
@@ -29,12 +38,9 @@ impl DnsFiles {
     pub fn hosts(&self) -> PathBuf {
         self.dir.join("hosts")
     }
-    /// `MAC,IP,NAME,infinite` lines (DHCP).
+    /// `MAC,IP,infinite` lines (DHCP).
     pub fn dhcp_hosts(&self) -> PathBuf {
         self.dir.join("dhcp-hosts")
-    }
-    pub fn leases(&self) -> PathBuf {
-        self.dir.join("leases")
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("dnsmasq.log")
@@ -62,7 +68,9 @@ pub fn config(net: &NetworkRecord, files: &DnsFiles, user: &str) -> String {
         // Addresses only from dhcp-host entries: a guest unknown to cove gets none.
         format!("dhcp-range={},static,{mask},infinite", s.network),
         format!("dhcp-hostsfile={}", files.dhcp_hosts().display()),
-        format!("dhcp-leasefile={}", files.leases().display()),
+        // Leases only in memory, names only from the host file (see the module's comment).
+        "leasefile-ro".into(),
+        "dhcp-ignore-names".into(),
         "dhcp-authoritative".into(),
         "no-ping".into(),
         format!("dhcp-option=option:domain-search,{}", net.domain),
@@ -84,7 +92,7 @@ pub fn host_files(net: &NetworkRecord, vms: &[Attachment]) -> (String, String) {
     let mut dhcp = String::new();
     for a in vms {
         hosts += &format!("{} {}.{} {}\n", a.ip, a.vm, net.domain, a.vm);
-        dhcp += &format!("{},{},{},infinite\n", a.mac, a.ip, a.vm);
+        dhcp += &format!("{},{},infinite\n", a.mac, a.ip);
     }
     (hosts, dhcp)
 }
@@ -120,6 +128,16 @@ pub fn reload(files: &DnsFiles) {
     }
 }
 
+/// Restarts the network's dnsmasq when it runs, so that it forgets its leases (a SIGHUP
+/// rereads the host files but keeps every lease with its name).
+pub fn restart(files: &DnsFiles) -> Result<(), NetError> {
+    if running(files).is_some() {
+        stop(files)?;
+        start(files)?;
+    }
+    Ok(())
+}
+
 /// Stops the network's dnsmasq: SIGTERM, then SIGKILL after two seconds.
 pub fn stop(files: &DnsFiles) -> Result<(), NetError> {
     let Some(pid) = running(files) else {
@@ -152,6 +170,8 @@ pub fn write_files(
         .map(|u| u.name)
         .unwrap_or_else(|| "root".into());
     let (hosts, dhcp) = host_files(net, vms);
+    // A leases file of an earlier cove, whose names would come back were it ever read again.
+    let _ = std::fs::remove_file(files.dir.join("leases"));
     for (path, text) in [
         (files.conf(), config(net, files, &user)),
         (files.hosts(), hosts),
@@ -192,6 +212,9 @@ mod tests {
         assert!(c.contains("listen-address=10.117.2.1\n"));
         assert!(c.contains("dhcp-range=10.117.2.0,static,255.255.255.0,infinite\n"));
         assert!(c.contains("no-resolv\n") && c.contains("dhcp-option=option:router\n"));
+        // No lease database whose names could outlive a VM.
+        assert!(c.contains("leasefile-ro\n") && c.contains("dhcp-ignore-names\n"));
+        assert!(!c.contains("dhcp-leasefile"));
         let a = Attachment {
             network: "lab".into(),
             vm: "db".into(),
@@ -201,6 +224,6 @@ mod tests {
         };
         let (hosts, dhcp) = host_files(&net, &[a]);
         assert!(hosts.contains("10.117.2.2 db.cove db\n"));
-        assert_eq!(dhcp, "52:56:02:75:02:02,10.117.2.2,db,infinite\n");
+        assert_eq!(dhcp, "52:56:02:75:02:02,10.117.2.2,infinite\n");
     }
 }

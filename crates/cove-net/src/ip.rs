@@ -10,6 +10,18 @@ pub fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
+/// The link exists and is administratively up (`IFF_UP` in its sysfs flags).
+pub fn is_up(name: &str) -> bool {
+    std::fs::read_to_string(
+        std::path::Path::new("/sys/class/net")
+            .join(name)
+            .join("flags"),
+    )
+    .ok()
+    .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+    .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
+}
+
 /// A bridge with a fixed MAC and the host's address on the network, up. Idempotent.
 ///
 /// The MAC is pinned: a bridge otherwise takes the lowest MAC of its ports, so a TAP made

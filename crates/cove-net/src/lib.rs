@@ -9,10 +9,13 @@
 //! Changes to one network are serialised by a lock file in its directory.
 
 pub mod caps;
+mod clone;
 pub mod dns;
 pub mod ip;
 pub mod nft;
 
+pub use clone::{NicMove, is_held, release_vm, restore_moves};
+use clone::{hold_tap, release_tap};
 use cove_state::net::{Attachment, HostObject, NetStoreError, NetworkRecord, ObjectKind, Subnet};
 use cove_state::{Paths, Store, StoreError, VmName};
 use cove_util::tool::ToolError;
@@ -35,6 +38,16 @@ pub enum NetError {
     BadName(String, #[source] cove_state::NameError),
     #[error("network `{0}` still has VMs on it: {1}; `cove delete` them first")]
     InUse(String, String),
+    #[error(
+        "`{vm}` resumes from a snapshot of `{owner}`, which is not on network `{network}`: the \
+         guest's NIC there cannot be found to move it; start `{vm}` cold (`cove start {vm}` \
+         after `cove stop {vm}`)"
+    )]
+    NoSourceNic {
+        vm: String,
+        owner: String,
+        network: String,
+    },
     #[error(transparent)]
     Store(#[from] NetStoreError),
     #[error(transparent)]
@@ -130,10 +143,44 @@ pub fn list(paths: &Paths) -> Result<Vec<NetworkStatus>, NetError> {
             }
         }
         let present = store.objects(Some(&net.name))?;
-        let has = |k: ObjectKind| present.iter().any(|o| o.kind == k);
+        let has = |k: ObjectKind, name: &str| present.iter().any(|o| o.kind == k && o.name == name);
+        let dnsmasq = dns_files(paths, &net.name).pid_file();
         out.push(NetworkStatus {
-            up: has(ObjectKind::Bridge) && has(ObjectKind::Nft) && has(ObjectKind::Dnsmasq),
+            // By name: a held TAP's table is no network's rules.
+            up: has(ObjectKind::Bridge, &net.bridge())
+                && has(ObjectKind::Nft, &net.nft_table())
+                && has(ObjectKind::Dnsmasq, &dnsmasq.to_string_lossy()),
             vms: store.attachments(Some(&net.name), None)?,
+            record: net,
+        });
+    }
+    Ok(out)
+}
+
+/// One network as the host has it, for `cove doctor`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub record: NetworkRecord,
+    pub bridge_up: bool,
+    pub dnsmasq: Option<u32>,
+    /// `None` when the rules cannot be read (without CAP_NET_ADMIN).
+    pub table_present: Option<bool>,
+    pub vms: usize,
+}
+
+/// What exists of every network on the host, read only: unlike [`list`], nothing is
+/// forgotten or changed, and it works without privileges (the rules then are unknown).
+pub fn health(paths: &Paths) -> Result<Vec<Health>, NetError> {
+    let store = Store::open(paths)?;
+    // Listing nftables needs CAP_NET_ADMIN alone.
+    let can_read_rules = !caps::missing().capabilities.contains(&"CAP_NET_ADMIN");
+    let mut out = Vec::new();
+    for net in store.list_networks()? {
+        out.push(Health {
+            bridge_up: ip::is_up(&net.bridge()),
+            dnsmasq: dns::running(&dns_files(paths, &net.name)),
+            table_present: can_read_rules.then(|| nft::exists(&net.nft_table())),
+            vms: store.attachments(Some(&net.name), None)?.len(),
             record: net,
         });
     }
@@ -160,10 +207,16 @@ pub fn attach_vm(paths: &Paths, vm: &str, networks: &[String]) -> Result<(), Net
 /// Makes sure everything a starting VM needs exists (after a host reboot nothing does): its
 /// networks up and its TAPs on them. Returns its attachments in the order of `networks`,
 /// which is the order of its NICs.
+///
+/// With `hold`, its TAPs drop everything the guest sends until [`release_vm`]: a clone
+/// resumes speaking with its source's MAC and address, which must never reach the network
+/// (the bridge would learn the source's MAC on the clone's port, peers its ARP answers).
+/// Without, a hold left by an earlier run is lifted.
 pub fn prepare_vm(
     paths: &Paths,
     vm: &str,
     networks: &[String],
+    hold: bool,
 ) -> Result<Vec<Attachment>, NetError> {
     if networks.is_empty() {
         return Ok(Vec::new());
@@ -179,6 +232,11 @@ pub fn prepare_vm(
             store.attach(network, vm)?
         };
         bring_up(&mut store, paths, &net)?;
+        if hold {
+            hold_tap(&mut store, paths, &a)?;
+        } else {
+            release_tap(&mut store, paths, &a)?;
+        }
         out.push(a);
     }
     Ok(out)
@@ -194,11 +252,14 @@ pub fn detach_vm(paths: &Paths, vm: &str) -> Result<(), NetError> {
     require_privileges()?;
     for a in attachments {
         let net = store.get_network(&a.network)?;
+        release_tap(&mut store, paths, &a)?;
         let _lock = lock(paths, &a.network)?;
         ip::delete_link(&a.tap)?;
         store.forget_object(ObjectKind::Tap, &a.tap)?;
         store.detach(&a.network, vm)?;
         refresh_names(&store, paths, &net)?;
+        // Its lease, and the name dnsmasq gave it, go only with a restart.
+        dns::restart(&dns_files(paths, &a.network))?;
     }
     Ok(())
 }

@@ -64,14 +64,59 @@ pub fn apply(net: &NetworkRecord, file: &Path) -> Result<(), NetError> {
     Ok(())
 }
 
+const HOLD_PREFIX: &str = "cove_hold_";
+
+/// The table that holds a TAP: `cove_hold_<tap>` (`-` is not for table names).
+pub fn hold_table(tap: &str) -> String {
+    format!("{HOLD_PREFIX}{}", tap.replace('-', "_"))
+}
+
+/// The family of one of cove's tables: a hold is `netdev`, a network's rules `inet`.
+fn family(table: &str) -> &'static str {
+    if table.starts_with(HOLD_PREFIX) {
+        "netdev"
+    } else {
+        "inet"
+    }
+}
+
+/// A table dropping every frame that enters the host from `tap`, at its ingress hook: before
+/// the bridge sees it, learns its MAC or forwards it. Family `netdev`, which sees every
+/// ethertype: an `inet` ingress chain sees only IP, and let through the ARP and RARP
+/// announcements with the source's MAC that a restored guest (and QEMU for it) sends, after
+/// which the bridge sent the source's traffic to the clone.
+pub fn hold_ruleset(tap: &str) -> String {
+    format!(
+        "# Written by cove: `{tap}` is held until its guest has moved to its own MAC and address.\n\
+         table netdev {t} {{\n    chain ingress {{\n        \
+         type filter hook ingress device \"{tap}\" priority filter; policy drop;\n    }}\n}}\n",
+        t = hold_table(tap)
+    )
+}
+
+/// Holds `tap` ([`hold_ruleset`]), in one `nft -f` transaction; holding it again is no change.
+pub fn hold(tap: &str, file: &Path) -> Result<(), NetError> {
+    let text = format!(
+        "add table netdev {t}\ndelete table netdev {t}\n{}",
+        hold_ruleset(tap),
+        t = hold_table(tap)
+    );
+    crate::write_private(file, text.as_bytes()).map_err(|source| NetError::Io {
+        what: format!("writing {}", file.display()),
+        source,
+    })?;
+    run("nft", &["-f".as_ref(), file.as_os_str()])?;
+    Ok(())
+}
+
 pub fn exists(table: &str) -> bool {
-    crate::output("nft", &["list", "table", "inet", table]).is_ok_and(|o| o.status.success())
+    crate::output("nft", &["list", "table", family(table), table]).is_ok_and(|o| o.status.success())
 }
 
 /// Deletes the table; a table already gone is success.
 pub fn delete(table: &str) -> Result<(), NetError> {
     if exists(table) {
-        run("nft", &["delete", "table", "inet", table])?;
+        run("nft", &["delete", "table", family(table), table])?;
     }
     Ok(())
 }
@@ -100,6 +145,16 @@ mod tests {
         assert!(r.contains("ip saddr 10.117.3.0/24 oifname != \"covebr3\" masquerade"));
         // Drops to other cove bridges come before the NAT accept.
         assert!(r.find("oifname \"covebr*\" drop") < r.find("ip saddr 10.117.3.0/24 accept"));
+    }
+
+    #[test]
+    fn a_held_tap_drops_all_it_brings_in_before_the_bridge() {
+        let r = hold_ruleset("cvt3-12");
+        assert!(r.contains("table netdev cove_hold_cvt3_12 {"));
+        assert_eq!(family(&hold_table("cvt3-12")), "netdev");
+        assert_eq!(family("cove_net3"), "inet");
+        assert!(r.contains("hook ingress device \"cvt3-12\" priority filter; policy drop;"));
+        assert!(!r.contains("accept"));
     }
 
     #[test]

@@ -100,6 +100,14 @@ pub enum OpenRequest {
     /// Sent by the host right after a restore from a snapshot: what the snapshot froze and this
     /// machine must not share with its siblings. Answered by [`StreamMsg::Done`].
     Fixup(FixupRequest),
+    /// Sent after [`OpenRequest::Fixup`] to a guest restored from another VM's snapshot on cove
+    /// networks: each NIC still has that VM's MAC and address and takes its own. Answered by
+    /// [`StreamMsg::Done`] once every NIC has moved. A request of its own, not a field of
+    /// `Fixup`: an agent too old to know it refuses it, where it would ignore a new field and
+    /// leave the guest speaking with the other VM's identity.
+    MoveNics {
+        nics: Vec<NicMove>,
+    },
     /// Run a command (or attach to a process) under the agent's own tracer. Answered like an
     /// exec (output on Stdout/Stderr, then `Exit`), with [`StreamMsg::Trace`] events meanwhile
     /// and one [`StreamMsg::TraceSummary`] before `Exit`.
@@ -214,6 +222,24 @@ pub struct FixupRequest {
 
 impl FixupRequest {
     pub const MAX_ENTROPY: usize = 512;
+}
+
+/// One NIC of [`OpenRequest::MoveNics`]: the NIC whose MAC is `from_mac` takes `mac` and
+/// `address/prefix` (instead of its old address), with the default route through `router` when
+/// the network has one, as its DHCP server would have said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicMove {
+    pub from_mac: String,
+    pub mac: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    #[serde(default)]
+    pub router: Option<std::net::Ipv4Addr>,
+}
+
+impl NicMove {
+    /// More NICs than any VM has: a longer list is refused.
+    pub const MAX: usize = 16;
 }
 
 /// Metadata of a path.
@@ -368,6 +394,18 @@ mod tests {
         let bytes = to_payload(&req);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("\"op\":\"exec\""), "{text}");
+        assert_eq!(from_payload::<OpenRequest>("open", &bytes).unwrap(), req);
+        // Every request must serialize: a failure would go out as an empty payload.
+        let req = OpenRequest::MoveNics {
+            nics: vec![NicMove {
+                from_mac: "52:56:01:75:01:03".into(),
+                mac: "52:56:01:75:01:05".into(),
+                address: std::net::Ipv4Addr::new(10, 117, 1, 5),
+                prefix: 24,
+                router: Some(std::net::Ipv4Addr::new(10, 117, 1, 1)),
+            }],
+        };
+        let bytes = to_payload(&req);
         assert_eq!(from_payload::<OpenRequest>("open", &bytes).unwrap(), req);
     }
 

@@ -162,7 +162,7 @@ pub struct Attachment {
 pub enum ObjectKind {
     Bridge,
     Tap,
-    /// An nftables table of family `inet`.
+    /// An nftables table: family `inet` (a network's rules), `netdev` (a held TAP).
     Nft,
     /// A dnsmasq instance; the name is its pid file.
     Dnsmasq,

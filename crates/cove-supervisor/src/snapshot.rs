@@ -466,11 +466,9 @@ pub fn create_clone_with_ports(
     let source = store.get_vm(owner)?;
     let manifest = check(paths, owner, tag, &source)?;
     if !source.networks.is_empty() {
-        return Err(LifecycleError::BadResources(format!(
-            "`{owner}` is on cove networks ({}); clones of such VMs are not supported yet (a \
-             clone resumes with its source's address and MAC on them)",
-            source.networks.join(", ")
-        )));
+        // On its source's networks with an address, MAC, TAP and name of its own (attached
+        // below); its first start moves the guest's NICs to them.
+        cove_net::require_privileges()?;
     }
     if store.find_vm(name.as_str())?.is_some() {
         return Err(cove_state::StoreError::AlreadyExists(name.clone()).into());
@@ -521,6 +519,11 @@ pub fn create_clone_with_ports(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result?;
+    // Names now, as `create` does, so peers resolve the clone before it first starts.
+    if let Err(e) = cove_net::attach_vm(paths, name.as_str(), &record.networks) {
+        let _ = crate::lifecycle::delete(paths, name.as_str(), true, false);
+        return Err(e.into());
+    }
     Ok(record)
 }
 

@@ -4,7 +4,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
 use cove_backend::Accel;
-use cove_diagnose::doctor::{self, HostFacts, KvmFact, Level};
+use cove_diagnose::doctor::{self, HostFacts, KvmFact, Level, NetworkFacts, NetworkHealth};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +38,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
                 (b.kind().to_string(), verdict)
             })
             .collect(),
+        network: network_facts(ctx),
     };
     let report = doctor::doctor(&facts);
     if ctx.json {
@@ -50,4 +51,31 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// cove networks as the host has them (cove-net finds, cove-diagnose judges).
+fn network_facts(ctx: &Ctx) -> NetworkFacts {
+    let missing = cove_net::caps::missing();
+    let mut facts = NetworkFacts {
+        missing: (!missing.is_empty()).then(|| missing.to_string()),
+        ..Default::default()
+    };
+    match cove_net::health(&ctx.paths) {
+        Ok(networks) => {
+            facts.networks = networks
+                .into_iter()
+                .map(|h| NetworkHealth {
+                    bridge: h.record.bridge(),
+                    table: h.record.nft_table(),
+                    name: h.record.name,
+                    bridge_up: h.bridge_up,
+                    dnsmasq: h.dnsmasq,
+                    table_present: h.table_present,
+                    vms: h.vms,
+                })
+                .collect()
+        }
+        Err(e) => facts.unreadable = Some(format!("{:#}", anyhow::Error::from(e))),
+    }
+    facts
 }

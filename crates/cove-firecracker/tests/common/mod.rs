@@ -187,6 +187,14 @@ fn one_of(obj: &Map<String, Value>, key: &str, values: &[&str]) -> Result<(), St
     }
 }
 
+/// A Linux interface name (at most 15 bytes), which Firecracker opens as a TAP.
+fn host_dev_name(v: &Value) -> Result<(), String> {
+    match v.as_str() {
+        Some(n) if !n.is_empty() && n.len() <= 15 => Ok(()),
+        _ => Err(format!("host_dev_name {v} is not an interface name")),
+    }
+}
+
 fn pre_boot(st: &State, what: &str) -> Result<(), String> {
     if st.started {
         Err(format!("{what} is not allowed after the microVM started"))
@@ -283,6 +291,17 @@ fn judge(st: &mut State, method: &str, path: &str, body: &Value) -> Result<(), S
             if o["iface_id"].as_str() != Some(&p["/network-interfaces/".len()..]) {
                 return Err("the iface_id in the body differs from the path".into());
             }
+            host_dev_name(&o["host_dev_name"])?;
+            if let Some(mac) = o.get("guest_mac") {
+                let ok = mac.as_str().is_some_and(|m| {
+                    m.len() == 17
+                        && m.split(':')
+                            .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+                });
+                if !ok {
+                    return Err(format!("guest_mac {mac} is not a MAC address"));
+                }
+            }
             st.configured.push(p.into());
             Ok(())
         }
@@ -368,6 +387,19 @@ fn judge(st: &mut State, method: &str, path: &str, body: &Value) -> Result<(), S
                     &["backend_type", "backend_path"],
                 )?;
                 one_of(b, "backend_type", &["File", "Uffd"])?;
+            }
+            if let Some(list) = o.get("network_overrides") {
+                for item in list
+                    .as_array()
+                    .ok_or("network_overrides must be an array")?
+                {
+                    let n = fields(
+                        item,
+                        &["iface_id", "host_dev_name"],
+                        &["iface_id", "host_dev_name"],
+                    )?;
+                    host_dev_name(&n["host_dev_name"])?;
+                }
             }
             if st.started || !st.configured.is_empty() {
                 return Err("a snapshot loads only into a fresh microVM".into());

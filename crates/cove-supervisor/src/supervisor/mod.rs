@@ -361,7 +361,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         vmm_pid: pid,
         stop: Mutex::new(None),
         boot_failure: Mutex::new(None),
-        restored: restore_dir.is_some(),
+        // An adopted clone whose TAPs are still held lost its supervisor during the
+        // post-restore fixup: it is done again (the agent finds a NIC by either MAC).
+        restored: restore_dir.is_some()
+            || (opts.adopt && cove_net::is_held(paths, &opts.name).unwrap_or(false)),
     });
     let server = tokio::spawn(control::serve(listener, Arc::clone(&shared)));
     let readiness = tokio::spawn(wait_ready(Arc::clone(&shared), started, opts.boot_timeout));
@@ -469,6 +472,8 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
             });
         }
         Err(why) => {
+            // In the log too: the outcome may name a cause the console shows instead.
+            tracing::warn!(why = %why, "the boot failed; killing the VMM");
             // Mark the stop as ours before killing, so the outcome says why
             // instead of "crashed by itself".
             *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));

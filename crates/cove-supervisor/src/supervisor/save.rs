@@ -107,12 +107,19 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, String
 
 /// Clock, entropy and (for a clone) identity, sent to a guest just restored.
 pub async fn fixup(shared: &Shared) -> Result<(), String> {
-    let Some(link) = &shared.agent else {
-        return Ok(());
-    };
     let record = Store::open(&shared.paths)
         .and_then(|s| s.get_vm(&shared.name))
         .map_err(|e| e.to_string())?;
+    let Some(link) = &shared.agent else {
+        if nic_moves(&shared.paths, &record).is_ok_and(|m| m.is_empty()) {
+            return Ok(());
+        }
+        return Err(format!(
+            "`{}` resumed with another VM's MACs and addresses on its cove networks, and \
+             without an agent nothing can move them; start it cold",
+            shared.name
+        ));
+    };
     let mut entropy = vec![0u8; 64];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut entropy))
@@ -146,5 +153,62 @@ pub async fn fixup(shared: &Shared) -> Result<(), String> {
     tokio::time::timeout(vmm::FIXUP_TIMEOUT, cove_agent_link::fixup(link, req))
         .await
         .map_err(|_| "the restored guest's agent did not apply the fixups in time".to_owned())?
-        .map_err(|e| format!("the restored guest's agent refused the fixups: {e}"))
+        .map_err(|e| format!("the restored guest's agent refused the fixups: {e}"))?;
+    move_nics(shared, link, &record).await
+}
+
+/// What a guest restored into `record` must move on its cove networks: each NIC resumed with
+/// the MAC and address of the snapshot's owner there, which is another VM for a clone.
+pub fn nic_moves(
+    paths: &cove_state::Paths,
+    record: &cove_state::VmRecord,
+) -> Result<Vec<cove_net::NicMove>, cove_net::NetError> {
+    let Some(owner) = record
+        .restored_from
+        .as_deref()
+        .and_then(|from| from.split_once('@'))
+        .map(|(owner, _)| owner)
+    else {
+        return Ok(Vec::new());
+    };
+    cove_net::restore_moves(paths, record.name.as_str(), owner, &record.networks)
+}
+
+/// Moves a restored clone's NICs to its own MACs and addresses (its TAPs are held until
+/// then, see `cove_net::prepare_vm`), then lets its traffic onto the networks.
+async fn move_nics(
+    shared: &Shared,
+    link: &cove_agent_link::AgentLink,
+    record: &cove_state::VmRecord,
+) -> Result<(), String> {
+    let moves = nic_moves(&shared.paths, record).map_err(|e| e.to_string())?;
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let nics = moves
+        .iter()
+        .map(|m| cove_proto::NicMove {
+            from_mac: m.from_mac.clone(),
+            mac: m.to.mac.clone(),
+            address: m.to.ip,
+            prefix: m.prefix,
+            router: m.router,
+        })
+        .collect();
+    tokio::time::timeout(vmm::FIXUP_TIMEOUT, cove_agent_link::move_nics(link, nics))
+        .await
+        .map_err(|_| "the restored guest's agent did not move its NICs in time".to_owned())?
+        .map_err(|e| {
+            format!(
+                "the restored guest's agent did not move its NICs to `{}`'s own MACs and \
+                 addresses ({e}); an agent older than this cove cannot: start it cold \
+                 (`cove stop {0}; cove start {0}`)",
+                shared.name
+            )
+        })?;
+    let (paths, name) = (shared.paths.clone(), shared.name.clone());
+    tokio::task::spawn_blocking(move || cove_net::release_vm(&paths, &name))
+        .await
+        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))?
+        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))
 }

@@ -56,9 +56,13 @@ pub async fn launch(
         }
         .into());
     }
-    // The VM's networks up (a host reboot took them away) and its TAPs on them.
+    // The VM's networks up (a host reboot took them away) and its TAPs on them; held while a
+    // guest resumed from another VM's snapshot still has that VM's MACs and addresses (the
+    // post-restore fixup moves them, then lifts the hold).
+    let hold = matches!(start, Start::Restore { .. })
+        && !super::save::nic_moves(paths, record)?.is_empty();
     let taps: Vec<cove_backend::Tap> =
-        cove_net::prepare_vm(paths, record.name.as_str(), &record.networks)?
+        cove_net::prepare_vm(paths, record.name.as_str(), &record.networks, hold)?
             .into_iter()
             .map(|a| cove_backend::Tap {
                 ifname: a.tap,
