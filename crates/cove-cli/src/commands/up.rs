@@ -335,3 +335,55 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         networks: want.networks.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_snapshot_key_changes_with_the_image_and_every_setting() {
+        let base = CreateOptions {
+            name: cove_state::VmName::new("web").unwrap(),
+            image: "image-a".into(),
+            cpus: 1,
+            memory_mib: 256,
+            machine: cove_backend::Machine::Microvm,
+            backend: cove_backend::BackendKind::Qemu,
+            ports: Vec::new(),
+            disks: vec![data_disk::DiskRequest {
+                name: "vol".into(),
+                size_bytes: 16 << 20,
+                mount: Some("/data".into()),
+            }],
+            mounts: Vec::new(),
+            networks: Vec::new(),
+        };
+        let key = |o: &CreateOptions| up_snapshot::key(o);
+        assert_eq!(key(&base), key(&base.clone()));
+        let changed = [
+            CreateOptions {
+                image: "image-b".into(),
+                ..base.clone()
+            },
+            CreateOptions {
+                cpus: 2,
+                ..base.clone()
+            },
+            CreateOptions {
+                memory_mib: 320,
+                ..base.clone()
+            },
+            CreateOptions {
+                machine: cove_backend::Machine::Q35,
+                ..base.clone()
+            },
+            CreateOptions {
+                disks: Vec::new(),
+                ..base.clone()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(key(&base), key(other), "{other:?}");
+        }
+    }
+}
