@@ -158,6 +158,13 @@ impl Cove {
         self.run(&args).map(|_| ())
     }
 
+    /// Kills (if running) and deletes a VM and, with `purge`, its data disks.
+    pub fn delete_purging(&self, name: &str) -> Result<()> {
+        self.run(&["delete", "--force", "--purge", name])?;
+        self.created.borrow_mut().retain(|n| n != name);
+        Ok(())
+    }
+
     /// Kills (if running) and deletes a VM.
     pub fn delete(&self, name: &str) -> Result<()> {
         self.run(&["delete", "--force", name])?;

@@ -16,6 +16,7 @@ mod net;
 mod qga;
 mod report;
 mod shares;
+mod snapshot;
 mod stats;
 mod trace;
 
@@ -24,8 +25,9 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 13] = [
     "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list",
+    "snapshot", "pgsnap", "density",
 ];
 
 #[derive(Parser, Debug)]
@@ -34,8 +36,8 @@ const ALL: [&str; 10] = [
 )]
 struct Args {
     /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch,
-    /// net, list (default: all; `net` needs root: it makes a network namespace). With a subset, the
-    /// other sections of the report file are kept.
+    /// net, list, snapshot, pgsnap, density (default: all; `net` needs root: it makes a network
+    /// namespace). With a subset, the other sections of the report file are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Runs per slow measurement (boots, creates, new ssh connections); fast
@@ -43,6 +45,9 @@ struct Args {
     /// half as often (at least 3).
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// Clones of one snapshot the density run starts (fewer if the host's memory runs low).
+    #[arg(long, default_value_t = 100)]
+    clones: usize,
     /// The `cove` binary (default: `cove` beside this program, i.e. the same build).
     #[arg(long)]
     cove: Option<PathBuf>,
@@ -104,7 +109,8 @@ fn main() -> Result<()> {
         eprintln!("building images m64 and m4g (cached after the first time)");
     }
     let images = (|| -> Result<()> {
-        if want("boot") || want("memory") || want("create") || want("arch") || want("list") {
+        let m64 = ["boot", "memory", "create", "arch", "list", "snapshot", "density"];
+        if m64.iter().any(|b| want(b)) {
             cove.build_image("minimal", &["--name", "m64", "--size", "64M"], None)?;
         }
         if want("arch") {
@@ -134,6 +140,11 @@ fn main() -> Result<()> {
         if let Err(e) = f(&mut s) {
             eprintln!("{title}: failed: {e:#}");
             s.error = Some(format!("{e:#}"));
+        }
+        if cfg!(debug_assertions) {
+            s.notes.push(
+                "`cove` and `cove-bench` were the debug build in this run (not release).".into(),
+            );
         }
         cove.delete_all_except(&[guest::NAME, shares::NAME]);
         println!("\n{}", s.markdown());
@@ -169,6 +180,27 @@ fn main() -> Result<()> {
         need_images()?;
         memory::run(&cove, 20, s)
     });
+    bench(
+        "snapshot",
+        "11. Snapshot restore vs cold boot (minimal VM)",
+        &mut |s| {
+            need_images()?;
+            snapshot::restore(&cove, runs, s)
+        },
+    );
+    bench(
+        "pgsnap",
+        "12. PostgreSQL example: restore vs cold boot to `select 1`",
+        &mut |s| snapshot::postgres(&cove, (runs / 2).max(3), s),
+    );
+    bench(
+        "density",
+        "13. Density: clones of one snapshot vs one cold-booted VM",
+        &mut |s| {
+            need_images()?;
+            snapshot::density(&cove, args.clones, s)
+        },
+    );
     bench(
         "arch",
         "10. arm64 guest beside amd64, both under TCG",
@@ -231,7 +263,13 @@ fn main() -> Result<()> {
         &mut |s| net::run(&bin, (runs / 2).max(3), s),
     );
 
-    let mut cmdline = String::from("target/release/cove-bench");
+    // The build profile is part of what was measured: name the one that ran.
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let mut cmdline = format!("target/{profile}/cove-bench");
     for a in std::env::args().skip(1) {
         cmdline.push(' ');
         cmdline.push_str(&a);

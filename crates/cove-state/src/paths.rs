@@ -99,6 +99,13 @@ impl Paths {
         self.state.join("vms")
     }
 
+    /// The snapshot `cove up` keeps of each declared VM for its fresh starts, one directory
+    /// per VM name (see `cove_supervisor::up_snapshot`). Outside the VM's directory, since it
+    /// outlives the VM (`cove down`, then `cove up`).
+    pub fn up_snapshot(&self, vm: &str) -> PathBuf {
+        self.state.join("up-snapshots").join(vm)
+    }
+
     pub fn vm(&self, name: &str) -> VmPaths {
         VmPaths {
             dir: self.vms().join(name),

@@ -12,5 +12,6 @@ mod lifecycle_races;
 pub mod liveness;
 pub mod snapshot;
 pub mod supervisor;
+pub mod up_snapshot;
 
 pub use error::{ControlOp, LifecycleError};

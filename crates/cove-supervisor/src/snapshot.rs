@@ -377,10 +377,11 @@ pub fn overlay_of(
     Ok(())
 }
 
-/// Puts the snapshot's disks in place for a restore of `record` from `owner@tag`: a new root
-/// overlay over the snapshot's root disk; data disks as the snapshot has them (their content
-/// must match the memory image the guest resumes with). A clone's own data disks become new
-/// children of the snapshot's copies; a VM's shared disks are rolled back to those copies.
+/// Puts the snapshot's disks in place for a restore of `record` from `owner@tag`, as the
+/// snapshot has them (their content must match the memory image the guest resumes with). A
+/// clone restoring its origin gets new children of the snapshot's copies (that snapshot cannot
+/// go while the clone exists). Any other restore gets copies, so the VM never depends on the
+/// snapshot's files (`cove snapshot rm` may remove them); shared data disks are rolled back.
 pub fn prepare_disks(
     paths: &Paths,
     owner: &str,
@@ -388,18 +389,26 @@ pub fn prepare_disks(
     record: &VmRecord,
 ) -> Result<(), LifecycleError> {
     let snap = paths.vm(owner).snapshot(tag);
-    let vm = paths.vm(record.name.as_str());
-    overlay_of(record.backend, &snap.join(ROOT), &vm.root_disk())?;
-    for disk in &record.data_disks {
-        let saved = snap.join(data_disk_file(disk));
-        let target = crate::data_disk::path_for(paths, record, disk);
-        if crate::data_disk::owns_its_disks(record) {
-            overlay_of(record.backend, &saved, &target)?;
-        } else {
-            let tmp: PathBuf = target.with_extension("qcow2.restoring");
-            copy_sparse(&saved, &tmp)?;
-            std::fs::rename(&tmp, &target)?;
+    let origin = format!("{owner}@{tag}");
+    let clone = record.cloned_from.as_deref() == Some(origin.as_str());
+    let put = |saved: &Path, target: &Path| {
+        if clone {
+            return overlay_of(record.backend, saved, target);
         }
+        let tmp: PathBuf = target.with_extension("qcow2.restoring");
+        copy_sparse(saved, &tmp)?;
+        std::fs::rename(&tmp, target)?;
+        Ok(())
+    };
+    put(
+        &snap.join(ROOT),
+        &paths.vm(record.name.as_str()).root_disk(),
+    )?;
+    for disk in &record.data_disks {
+        put(
+            &snap.join(data_disk_file(disk)),
+            &crate::data_disk::path_for(paths, record, disk),
+        )?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use cove_image::ImageManifest;
 use cove_state::{Store, VmRecord};
 use cove_supervisor::lifecycle::{self, CreateOptions, StartOptions};
+use cove_supervisor::{data_disk, snapshot, up_snapshot};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,19 +38,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     ensure_networks(ctx, &spec)?;
     // In dependency order (`after`, see `UpSpec`): each VM is running with its agent answering
     // before the VMs that name it start.
+    let mut keep = Vec::new();
     for vm in &spec.vms {
-        let action = converge(ctx, &image, vm, args.force)
+        let (action, fresh) = converge(ctx, &image, vm, args.force)
             .with_context(|| format!("bringing up VM `{}`", vm.name))?;
         cove_check::save(&ctx.paths.vm(vm.name.as_str()).checks_file(), &vm.checks)?;
         if !ctx.json {
             println!("{}: {action}", vm.name);
         }
+        keep.push(fresh);
     }
     if args.no_test {
         return Ok(ExitCode::SUCCESS);
     }
     let mut all_passed = true;
-    for vm in &spec.vms {
+    for (vm, fresh) in spec.vms.iter().zip(keep) {
         let junit = args
             .junit
             .as_ref()
@@ -64,6 +67,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             },
         )?;
         all_passed &= code == ExitCode::SUCCESS;
+        if code == ExitCode::SUCCESS
+            && let Some(key) = fresh
+        {
+            keep_snapshot(ctx, vm.name.as_str(), &key);
+        }
     }
     Ok(if all_passed {
         ExitCode::SUCCESS
@@ -145,8 +153,14 @@ pub(crate) fn ensure_image(
     Ok(built)
 }
 
-/// Brings one VM to its declared shape and to `running`; says what it did.
-fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) -> Result<String> {
+/// Brings one VM to its declared shape and to `running`; says what it did, and the key to keep
+/// a snapshot under once its checks pass when it is a fresh VM that booted cold.
+fn converge(
+    ctx: &Ctx,
+    image: &ImageManifest,
+    want: &DeclaredVm,
+    force: bool,
+) -> Result<(String, Option<String>)> {
     let paths = &ctx.paths;
     let name = want.name.as_str();
     let start = StartOptions {
@@ -154,12 +168,7 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
         from: None,
     };
     if Store::open(paths)?.find_vm(name)?.is_none() {
-        lifecycle::create(paths, &create_options(image, want))?;
-        let started = lifecycle::start(paths, name, &start)?;
-        return Ok(format!(
-            "created and started (ready in {:.1}s)",
-            started.boot_ms as f64 / 1000.0
-        ));
+        return create_fresh(ctx, image, want, &start);
     }
     let have = lifecycle::show(paths, name)?;
     let stop_timeout = Duration::from_secs(30);
@@ -181,9 +190,8 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
         }
         lifecycle::stop(paths, name, stop_timeout)?;
         lifecycle::delete(paths, name, false, false)?;
-        lifecycle::create(paths, &create_options(image, want))?;
-        lifecycle::start(paths, name, &start)?;
-        return Ok(format!("recreated ({why}) and started"));
+        let (how, fresh) = create_fresh(ctx, image, want, &start)?;
+        return Ok((format!("recreated ({why}); {how}"), fresh));
     }
     let mut did = Vec::new();
     if have.cpus != want.cpus || have.memory_mib != want.memory_mib {
@@ -195,11 +203,93 @@ fn converge(ctx: &Ctx, image: &ImageManifest, want: &DeclaredVm, force: bool) ->
         lifecycle::start(paths, name, &start)?;
         did.push("started");
     }
-    Ok(if did.is_empty() {
+    let how = if did.is_empty() {
         "up to date, running".to_owned()
     } else {
         did.join(" and ")
-    })
+    };
+    Ok((how, None))
+}
+
+/// Creates the declared VM, which does not exist, and starts it: restored from the snapshot an
+/// earlier `up` kept for the same image and settings when the VM may take it, else booted.
+///
+/// It may only when nothing it would resume over holds data of its own: every data disk it
+/// declares is created now (one that exists holds what a VM wrote after the snapshot, or is
+/// another VM's), and it is on no network and shares no host folder (their state lives outside
+/// the guest). The second value is the key to keep a snapshot under after a cold boot.
+fn create_fresh(
+    ctx: &Ctx,
+    image: &ImageManifest,
+    want: &DeclaredVm,
+    start: &StartOptions,
+) -> Result<(String, Option<String>)> {
+    let paths = &ctx.paths;
+    let name = want.name.as_str();
+    let opts = create_options(image, want);
+    let may_restore = want.networks.is_empty()
+        && want.mounts.is_empty()
+        && want
+            .disks
+            .iter()
+            .all(|d| !data_disk::path(paths, &d.name).exists());
+    let key = may_restore.then(|| up_snapshot::key(&opts));
+    lifecycle::create(paths, &opts)?;
+    if let Some(key) = &key
+        && up_snapshot::link_into(paths, name, key)?
+    {
+        let from = StartOptions {
+            from: Some(up_snapshot::TAG.to_owned()),
+            ..start.clone()
+        };
+        match lifecycle::start(paths, name, &from) {
+            Ok(started) => {
+                return Ok((
+                    format!(
+                        "created and restored from its `up` snapshot (image and settings \
+                         unchanged; ready in {:.2}s)",
+                        started.boot_ms as f64 / 1000.0
+                    ),
+                    None,
+                ));
+            }
+            Err(e) => {
+                // Nothing of the VM's own is lost: it and its disks were made just now.
+                eprintln!(
+                    "warning: `{name}` could not be restored from its `up` snapshot ({e}); \
+                     booting it cold"
+                );
+                up_snapshot::forget(paths, name)?;
+                let _ = lifecycle::kill(paths, name);
+                lifecycle::delete(paths, name, true, true)?;
+                lifecycle::create(paths, &opts)?;
+            }
+        }
+    }
+    let started = lifecycle::start(paths, name, start)?;
+    Ok((
+        format!(
+            "created and started (ready in {:.1}s)",
+            started.boot_ms as f64 / 1000.0
+        ),
+        key,
+    ))
+}
+
+/// Snapshots a fresh VM whose checks just passed for the next fresh `up` of it. A failure costs
+/// only that speed-up: said, not fatal.
+fn keep_snapshot(ctx: &Ctx, name: &str, key: &str) {
+    let kept = snapshot::take(&ctx.paths, name, up_snapshot::TAG, true)
+        .and_then(|_| up_snapshot::keep(&ctx.paths, name, key));
+    match kept {
+        Ok(()) if !ctx.json => println!(
+            "{name}: kept snapshot `{}` of it; a new `{name}` with this image and these \
+             settings restores it instead of booting",
+            up_snapshot::TAG
+        ),
+        Ok(()) => {}
+        Err(e) => eprintln!("warning: no snapshot of `{name}` kept for the next `up`: {e}"),
+    }
 }
 
 /// What cannot change on an existing VM without recreating it.
@@ -243,5 +333,57 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),
         networks: want.networks.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_snapshot_key_changes_with_the_image_and_every_setting() {
+        let base = CreateOptions {
+            name: cove_state::VmName::new("web").unwrap(),
+            image: "image-a".into(),
+            cpus: 1,
+            memory_mib: 256,
+            machine: cove_backend::Machine::Microvm,
+            backend: cove_backend::BackendKind::Qemu,
+            ports: Vec::new(),
+            disks: vec![data_disk::DiskRequest {
+                name: "vol".into(),
+                size_bytes: 16 << 20,
+                mount: Some("/data".into()),
+            }],
+            mounts: Vec::new(),
+            networks: Vec::new(),
+        };
+        let key = |o: &CreateOptions| up_snapshot::key(o);
+        assert_eq!(key(&base), key(&base.clone()));
+        let changed = [
+            CreateOptions {
+                image: "image-b".into(),
+                ..base.clone()
+            },
+            CreateOptions {
+                cpus: 2,
+                ..base.clone()
+            },
+            CreateOptions {
+                memory_mib: 320,
+                ..base.clone()
+            },
+            CreateOptions {
+                machine: cove_backend::Machine::Q35,
+                ..base.clone()
+            },
+            CreateOptions {
+                disks: Vec::new(),
+                ..base.clone()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(key(&base), key(other), "{other:?}");
+        }
     }
 }
