@@ -228,7 +228,9 @@ fn build_spec(
         agent,
         ..cove_image::BuildOptions::default()
     };
-    Ok(cove_image::build_image(paths, store, &spec, &opts, progress)?)
+    Ok(cove_image::build_image(
+        paths, store, &spec, &opts, progress,
+    )?)
 }
 
 /// The static agent for `arch` built by `scripts/build`, found relative to this binary
