@@ -26,7 +26,8 @@ pub use cove_guest::Arch;
 pub use error::BackendError;
 pub use host::{AccelChoice, HostProbe};
 pub use model::{
-    Accel, BackendKind, DataDisk, Machine, Memory, PortForward, SharedDir, Tap, Transports, VmSpec,
+    Accel, BackendKind, DataDisk, Machine, Memory, PortForward, SharedDir, Tap, Transports,
+    UserNet, VmSpec,
 };
 pub use vmm::{
     Backend, BoxFuture, Capabilities, ConnectMode, Connected, DiskFormat, Launch, VmmControl,

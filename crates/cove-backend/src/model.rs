@@ -254,6 +254,21 @@ pub struct VmSpec {
     /// NICs on cove networks, after the user-mode one, in this order.
     #[serde(default)]
     pub taps: Vec<Tap>,
+    /// What the user-mode NIC is plugged into.
+    #[serde(default)]
+    pub user_net: UserNet,
+}
+
+/// The other end of the user-mode NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum UserNet {
+    /// The VMM's own user-mode stack (QEMU: slirp), forwarding [`VmSpec::ports`] itself.
+    #[default]
+    Builtin,
+    /// A connected stream socket the VMM inherits on this descriptor, whose other end a
+    /// user-mode network daemon (passt) holds; the daemon owns the forwards and what the guest
+    /// may reach. Only for a backend whose [`crate::Capabilities::user_net_stream`] says so.
+    StreamFd(i32),
 }
 
 /// A NIC on a TAP device that already exists (cove-net made it, on a bridge); the VMM only

@@ -41,6 +41,9 @@ pub struct Capabilities {
     pub adopt: bool,
     /// Can run guests without KVM (software emulation).
     pub software_emulation: bool,
+    /// Can plug its user-mode NIC into a stream socket ([`crate::UserNet::StreamFd`]), so the
+    /// supervisor runs passt for it instead of the VMM's own user-mode stack.
+    pub user_net_stream: bool,
 }
 
 /// The on-disk format of a backend's root and data disks.

@@ -14,6 +14,9 @@ use std::process::Command;
 const PORT: u16 = 7000;
 /// The host port the user-mode path goes through (inside the benchmark's own namespace).
 const HOST_PORT: u16 = 17000;
+/// A host address of the namespace that is not its loopback: user-mode networking (passt)
+/// never reaches the host's loopback, so the forward listens here.
+const HOST_ADDR: &str = "192.0.2.1";
 const ROUNDTRIPS: usize = 1000;
 const STREAM_MIB: u64 = 64;
 
@@ -26,6 +29,17 @@ impl Ns {
         sh(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Ns(name);
         sh(Command::new("ip").args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]))?;
+        sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.0,
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/32"),
+            "dev",
+            "lo",
+        ]))?;
         Ok(ns)
     }
 }
@@ -104,8 +118,8 @@ pub fn run(bin: &Path, runs: usize, s: &mut Section) -> Result<()> {
         format!(
             "Four minimal guests (1 vCPU, 256 MiB) inside a network namespace the benchmark makes: \
              two on a cove network (bridge + TAPs), two on user-mode networking only, the client \
-             reaching the server through a host forward (guest → 10.0.2.2:{HOST_PORT} → host \
-             127.0.0.1:{HOST_PORT} → QEMU's forward → server guest port {PORT})."
+             reaching the server through a host forward (guest → passt → host \
+             {HOST_ADDR}:{HOST_PORT} → the server's passt forward → server guest port {PORT})."
         ),
         format!(
             "The same static tool in every guest (`crates/cove-bench/guest/netperf.rs`): round \
@@ -123,7 +137,7 @@ pub fn run(bin: &Path, runs: usize, s: &mut Section) -> Result<()> {
         cove.create("n1", &["--network", "bench"])?;
         cove.create("n2", &["--network", "bench"])?;
         cove.create("u1", &[])?;
-        let fwd = format!("127.0.0.1:{HOST_PORT}:{PORT}");
+        let fwd = format!("{HOST_ADDR}:{HOST_PORT}:{PORT}");
         cove.create("u2", &["-p", &fwd])?;
         for vm in ["n1", "n2", "u1", "u2"] {
             cove.run(&["start", vm])?;
@@ -145,7 +159,7 @@ pub fn run(bin: &Path, runs: usize, s: &mut Section) -> Result<()> {
             .and_then(|v| v["ip"].as_str())
             .context("n2's address in `cove network ls`")?
             .to_owned();
-        let (net_to, user_to) = (format!("{n2}:{PORT}"), format!("10.0.2.2:{HOST_PORT}"));
+        let (net_to, user_to) = (format!("{n2}:{PORT}"), format!("{HOST_ADDR}:{HOST_PORT}"));
         // Alternating, so load on the machine weighs on both paths alike.
         let (net_rtt, user_rtt) = (
             roundtrips(&cove, "n1", &net_to)?,

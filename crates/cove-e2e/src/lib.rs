@@ -234,6 +234,17 @@ impl Cove {
         }
         pids
     }
+
+    /// Pids of this installation's passt processes (the user-mode networks of its VMs).
+    pub fn passts(&self) -> Vec<u32> {
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.starts_with("passt"))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Cove {

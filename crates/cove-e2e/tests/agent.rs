@@ -185,6 +185,8 @@ fn a_killed_supervisor_is_replaced_and_the_vm_never_stops() {
         show["supervisor_pid"].as_u64().unwrap(),
         show["pid"].as_u64().unwrap(),
     );
+    let passt = cove.passts();
+    assert_eq!(passt.len(), 1, "one passt per VM");
     // SAFETY: kill has no memory effects; the pid is this test's supervisor.
     unsafe {
         libc::kill(supervisor as i32, libc::SIGKILL);
@@ -203,8 +205,16 @@ fn a_killed_supervisor_is_replaced_and_the_vm_never_stops() {
         "the same QEMU, never restarted"
     );
     assert_ne!(show["supervisor_pid"].as_u64(), Some(supervisor));
+    assert_eq!(
+        cove.passts(),
+        passt,
+        "the same passt serves the adopted QEMU"
+    );
     cove.ok(&["stop", "sv"]);
     assert_eq!(cove.state("sv"), "stopped");
+    cove.wait_for("passt to end with QEMU", Duration::from_secs(10), || {
+        cove.passts().is_empty()
+    });
 }
 
 #[test]

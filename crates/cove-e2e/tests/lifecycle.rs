@@ -92,6 +92,10 @@ fn qemu_killed_shows_crashed_at_once() {
     });
     let show = cove.json(&["show", "c"]);
     assert_eq!(show["state"], "crashed", "{show}");
+    // Its user-mode network (passt) ended with it: it lives exactly as long as its QEMU.
+    cove.wait_for("passt to end with QEMU", Duration::from_secs(10), || {
+        cove.passts().is_empty()
+    });
     cove.wait_for(
         "the supervisor to record the exit",
         Duration::from_secs(10),
@@ -144,6 +148,7 @@ fn delete_leaves_no_files_and_no_processes() {
     cove.minimal_image();
     cove.ok(&["create", "gone", "--image", "minimal"]);
     cove.ok(&["start", "gone"]);
+    assert_eq!(cove.passts().len(), 1, "one passt per VM");
     let err = cove.fails(&["delete", "gone"]);
     assert!(
         err.contains("--force"),

@@ -192,7 +192,7 @@ fn reaches(cove: &Cove, vm: &str, addr: &str, port: u16) -> bool {
 }
 
 #[test]
-#[ignore = "boots three VMs in a network namespace (needs root)"]
+#[ignore = "boots four VMs in a network namespace (needs root)"]
 fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     let ns = NetNs::new("netvm");
     let cove = Cove::in_netns(&ns);
@@ -209,9 +209,11 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     cove.ok(&["create", "a", "--network", "lab"]);
     cove.ok(&["create", "b", "--network", "lab"]);
     cove.ok(&["create", "c", "--network", "other"]);
+    // On no cove network: the default user-mode network (passt).
+    cove.ok(&["create", "u"]);
     let err = cove.fails(&["create", "d", "--network", "nope"]);
     assert!(err.contains("no network named `nope`"), "{err}");
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "u"] {
         cove.ok(&["start", vm]);
     }
     let list = cove.json(&["network", "ls"]);
@@ -260,6 +262,20 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     assert!(
         !reaches(&cove, "c", "192.0.2.1", any_port),
         "no-NAT network out"
+    );
+    // The default user-mode network goes out (here: to an address of the namespace that is
+    // not its loopback) but never reaches the host's loopback, neither through the gateway
+    // (slirp's 10.0.2.2 is the host's 127.0.0.1) nor through its DNS address.
+    assert!(reaches(&cove, "u", "192.0.2.1", any_port), "user-mode out");
+    for addr in ["10.0.2.2", "10.0.2.3", "192.0.2.1"] {
+        assert!(
+            !reaches(&cove, "u", addr, lo_port),
+            "host loopback from the default user-mode network via {addr}"
+        );
+    }
+    assert!(
+        !reaches(&cove, "u", "10.0.2.2", any_port),
+        "the gateway is not the host"
     );
     // No network reaches another.
     let across = cove.run(&["exec", "a", "--", "ping", "-c", "1", "-W", "3", &c_ip]);
@@ -363,7 +379,7 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     );
 
     // Deleting VMs takes their TAPs and names; removing networks leaves nothing.
-    for vm in ["a", "b", "c"] {
+    for vm in ["a", "b", "c", "u"] {
         cove.ok(&["delete", "--force", vm]);
     }
     let hosts = std::fs::read_to_string(cove.root().join("state/cove/networks/lab/hosts")).unwrap();

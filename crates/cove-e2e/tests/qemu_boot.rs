@@ -103,6 +103,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         incoming: false,
         shares: vec![],
         taps: vec![],
+        user_net: Default::default(),
     };
     let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths.cache)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

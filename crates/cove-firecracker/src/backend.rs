@@ -90,6 +90,8 @@ impl Backend for Firecracker {
             // that launched it: a new supervisor cannot reconnect it.
             adopt: false,
             software_emulation: false,
+            // Its only NICs are TAPs.
+            user_net_stream: false,
         }
     }
 

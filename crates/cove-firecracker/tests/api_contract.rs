@@ -41,6 +41,7 @@ fn spec(dir: &Path) -> VmSpec {
         incoming: false,
         shares: vec![],
         taps: vec![],
+        user_net: Default::default(),
     }
 }
 

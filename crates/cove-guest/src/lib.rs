@@ -32,6 +32,16 @@ pub const NET_ARG: &str = "cove.net";
 /// finds it by this, whatever the order the NICs were probed in.
 pub const USER_NIC_MAC: &str = "52:54:00:12:34:56";
 
+/// The user-mode network as the guest configures it statically (the initramfs, the kernel's
+/// `ip=`, systemd-networkd in Debian images): its address and prefix, the gateway, and the DNS
+/// forwarder. QEMU's slirp and passt (told these) both serve it.
+pub mod user_net {
+    pub const GUEST: &str = "10.0.2.15";
+    pub const PREFIX_LEN: u8 = 24;
+    pub const GATEWAY: &str = "10.0.2.2";
+    pub const DNS: &str = "10.0.2.3";
+}
+
 /// The kernel argument for a NIC on a cove network.
 pub fn net_arg(mac: &str) -> String {
     format!("{NET_ARG}={mac}")

@@ -9,7 +9,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cove_backend::{Accel, BackendError, Machine, Memory, VmSpec};
+use cove_backend::{Accel, BackendError, Machine, Memory, UserNet, VmSpec};
 
 /// The virtio-serial port name the guest agent looks for in
 /// `/sys/class/virtio-ports/*/name`.
@@ -328,17 +328,26 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         a.push(format!("virtio-blk-{bus},drive={id},serial={serial}").into());
     }
 
-    // User-mode networking with the port forwards. A VM on cove networks goes out through
-    // them (their nftables rules decide what it reaches): its user-mode NIC is restricted to
-    // the forwards, or it would reach, through the host, everything the host reaches (other
-    // networks' VMs, the host's loopback as 10.0.2.2).
-    let restrict = if spec.taps.is_empty() {
-        ""
-    } else {
-        ",restrict=on"
-    };
     a.push("-netdev".into());
-    a.push(format!("user,id=net0{restrict}{}", hostfwd(spec)?).into());
+    match &spec.user_net {
+        // passt (started by the supervisor) owns the forwards and keeps the guest off the
+        // host's loopback; QEMU 7.2's stream netdev speaks its protocol over the inherited
+        // socket.
+        UserNet::StreamFd(fd) => {
+            a.push(format!("stream,id=net0,server=off,addr.type=fd,addr.str={fd}").into())
+        }
+        // slirp with the port forwards. Its gateway 10.0.2.2 is the host's 127.0.0.1, so
+        // this is only for a VM on cove networks, which goes out through them (their nftables
+        // rules decide what it reaches): its user-mode NIC is restricted to the forwards.
+        UserNet::Builtin => {
+            let restrict = if spec.taps.is_empty() {
+                ""
+            } else {
+                ",restrict=on"
+            };
+            a.push(format!("user,id=net0{restrict}{}", hostfwd(spec)?).into());
+        }
+    }
     a.push("-device".into());
     a.push(format!("virtio-net-{bus},netdev=net0").into());
     // NICs on cove networks: TAPs cove-net made and put on their bridges.
@@ -409,6 +418,7 @@ mod tests {
             incoming: false,
             shares: vec![],
             taps: vec![],
+            user_net: Default::default(),
         }
     }
 
@@ -432,6 +442,29 @@ mod tests {
             tsc_khz: None,
         };
         assert!(q.args(&s).is_err());
+    }
+
+    #[test]
+    fn a_stream_user_net_plugs_the_nic_into_passt_and_leaves_the_forwards_to_it() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        s.ports = vec![PortForward {
+            host_addr: "127.0.0.1".into(),
+            host_port: 15432,
+            guest_port: 5432,
+        }];
+        s.user_net = UserNet::StreamFd(4);
+        let text = render(&args(&s, None));
+        assert!(
+            text.contains(
+                "-netdev stream,id=net0,server=off,addr.type=fd,addr.str=4\n\
+                 -device virtio-net-device,netdev=net0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hostfwd") && !text.contains("-netdev user"),
+            "{text}"
+        );
     }
 
     /// One argument per line, options grouped with their value, for readable snapshots.

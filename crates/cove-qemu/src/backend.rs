@@ -44,6 +44,8 @@ impl Backend for QemuBackend {
             hotplug: false,
             adopt: true,
             software_emulation: true,
+            // `-netdev stream` (QEMU 7.2+) to passt's socket.
+            user_net_stream: true,
         }
     }
 

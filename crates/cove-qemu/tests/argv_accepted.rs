@@ -6,11 +6,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cove_backend::{Accel, DataDisk, Machine, PortForward, VmSpec};
+use cove_backend::{Accel, DataDisk, Machine, PortForward, UserNet, VmSpec};
 use cove_backend::{process, sockets};
 use cove_qemu::{Qemu, QmpClient, RunState};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The descriptor QEMU finds its user-mode NIC's socket on.
+const NET_FD: i32 = 4;
 
 /// The smallest file QEMU's Linux loader takes as a bzImage: boot protocol
 /// 2.15 header ("HdrS" at 0x202), one setup sector, loaded high. Never run.
@@ -75,9 +77,20 @@ async fn starts_paused(machine: Machine) {
         incoming: false,
         shares: vec![],
         taps: vec![],
+        // What the supervisor gives it: one end of a socket pair whose other end passt holds.
+        user_net: UserNet::StreamFd(NET_FD),
     };
     let qemu = Qemu::find_for(machine, Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();
+    let (net, qemu_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let qemu_end = std::os::fd::OwnedFd::from(qemu_end);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&qemu_end);
+    // SAFETY: inherit_as only calls dup2/fcntl between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            process::inherit_as(raw, NET_FD)
+        });
+    }
     process::supervise(&mut cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -107,12 +120,16 @@ async fn starts_paused(machine: Machine) {
     for sock in [&spec.transports.console, &spec.transports.agent] {
         tokio::net::UnixStream::connect(sock).await.unwrap();
     }
+    drop(qemu_end);
     qmp.quit().await.unwrap();
     let status = tokio::time::timeout(TIMEOUT, child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    // QEMU held the NIC's socket: its exit closed it, as passt sees.
+    net.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(std::io::Read::read(&mut &net, &mut [0u8; 1]).unwrap(), 0);
 }
 
 #[tokio::test]

@@ -264,6 +264,11 @@ impl VmPaths {
         self.dir.join(format!("virtiofsd{index}.log"))
     }
 
+    /// What passt printed (its forwards, a port it could not bind).
+    pub fn passt_log(&self) -> PathBuf {
+        self.dir.join("passt.log")
+    }
+
     /// Checks that every socket path of this VM fits in `sun_path`.
     pub fn check_socket_paths(&self) -> Result<(), PathError> {
         let transports = self.transports();

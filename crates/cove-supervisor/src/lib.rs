@@ -10,6 +10,7 @@ pub mod lifecycle;
 #[cfg(test)]
 mod lifecycle_races;
 pub mod liveness;
+pub mod passt;
 pub mod snapshot;
 pub mod supervisor;
 pub mod up_snapshot;

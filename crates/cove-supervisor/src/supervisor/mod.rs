@@ -77,6 +77,8 @@ pub enum SuperviseError {
     #[error(transparent)]
     Network(#[from] cove_net::NetError),
     #[error(transparent)]
+    Passt(#[from] crate::passt::PasstError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -4,7 +4,7 @@ use super::{Phase, Shared, StopKind, SuperviseError};
 use crate::boot_image::BootImage;
 use crate::console_log::tail_lines;
 use cove_api::Failure;
-use cove_backend::{Backend, ConnectMode, Connected, DataDisk, Memory, VmSpec};
+use cove_backend::{Backend, ConnectMode, Connected, DataDisk, Memory, UserNet, VmSpec};
 use cove_state::{Paths, VmPaths, VmRecord, VmState};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
@@ -70,6 +70,14 @@ pub async fn launch(
             })
             .collect();
     let (shares, daemons) = super::shares::start(&vm, record)?;
+    // The user-mode NIC: passt, unless the VM is on cove networks (then it goes out through
+    // them, and the VMM's own user-mode stack carries only the forwards, restricted) or the
+    // backend cannot plug a NIC into a socket.
+    let passt = if taps.is_empty() && caps.user_net_stream {
+        Some(crate::passt::start(&vm, &record.ports)?)
+    } else {
+        None
+    };
     let spec = VmSpec {
         name: record.name.to_string(),
         cpus: record.cpus,
@@ -102,11 +110,18 @@ pub async fn launch(
         },
         incoming: matches!(start, Start::Restore { .. }),
         shares,
+        user_net: match passt {
+            Some(_) => UserNet::StreamFd(crate::passt::VMM_FD),
+            None => UserNet::Builtin,
+        },
         taps,
     };
     let launch = backend.launch(&spec, &host)?;
     std::fs::write(vm.vmm_cmdline(), &launch.description)?;
     let (mut cmd, gate) = cove_backend::process::gate(&launch.command)?;
+    if let Some(passt) = &passt {
+        passt.hand_to(&mut cmd);
+    }
     let vmm_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -123,10 +138,14 @@ pub async fn launch(
     let child = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => {
             daemons.detach();
+            if let Some(p) = passt {
+                p.detach();
+            }
             c
         }
         Err(source) => {
             daemons.kill();
+            drop(passt);
             return Err(cove_backend::BackendError::Spawn {
                 binary: program.into(),
                 source,
