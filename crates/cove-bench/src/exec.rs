@@ -70,9 +70,15 @@ pub fn run(cove: &Cove, g: &Guest, fast: usize, slow: usize, s: &mut Section) ->
     g.start_master()?;
     let mut qga = g.qga()?;
     let mut samples: Vec<Samples> = WAYS.iter().map(|_| Samples::new()).collect();
+    let mut floors = Vec::new();
     let every = (fast / slow.max(1)).max(1);
     let result = (|| -> Result<()> {
         for i in 0..=fast {
+            // The floor is timed at the start, the middle and the end of the run (its median is
+            // used), so a change of load during the run moves it with the samples.
+            if i == 1 || i == fast / 2 + 1 {
+                floors.extend(guest_spawn_cost(cove));
+            }
             for k in 0..WAYS.len() {
                 let idx = (i + k) % WAYS.len();
                 let way = WAYS[idx];
@@ -131,37 +137,49 @@ pub fn run(cove: &Cove, g: &Guest, fast: usize, slow: usize, s: &mut Section) ->
     }
     // The guest's own fork+exec+wait, measured in this run: every method pays it once per
     // command, so what is above it is each method's own cost.
-    let floor = guest_spawn_cost(cove);
-    if let Some(floor) = floor {
-        s.notes.push(format!(
-            "Floor inside the guest: one fork+exec+wait of /bin/true costs {} under this accelerator (a bash loop of 50, timed in the guest, in this run). Every method above pays it once per command.",
-            ms(floor)
-        ));
-        let above = |x: &Samples| x.median().saturating_sub(floor);
-        let (ca, cma, gaa) = (above(c), above(&samples[2]), above(&samples[3]));
-        s.notes.push(format!(
-            "Above that floor (p50 − floor, an estimate that assumes each method pays it exactly once): cove {}, ssh ControlMaster {} ({:.1}×), qemu-ga {} ({:.1}×).",
-            ms(ca),
-            ms(cma),
-            ratio(cma, ca),
-            ms(gaa),
-            ratio(gaa, ca)
-        ));
-    }
+    floors.extend(guest_spawn_cost(cove));
+    floors.sort();
+    let floor = floors.get(floors.len() / 2).copied();
+    let goal = "exec: cove's part (cove p50 − guest floor)";
     match floor {
+        Some(floor) if floor < c.median() => {
+            s.notes.push(format!(
+                "Floor inside the guest: one fork+exec+wait of /bin/true costs {} under this accelerator (a bash loop of 50, timed in the guest at the start, middle and end of this run; the median of {}). Every method above pays it once per command.",
+                ms(floor),
+                floors.len()
+            ));
+            let above = |x: &Samples| x.median().saturating_sub(floor);
+            let (ca, cma, gaa) = (above(c), above(&samples[2]), above(&samples[3]));
+            s.notes.push(format!(
+                "Above that floor (p50 − floor, an estimate that assumes each method pays it exactly once): cove {}, ssh ControlMaster {} ({:.1}×), qemu-ga {} ({:.1}×).",
+                ms(ca),
+                ms(cma),
+                ratio(cma, ca),
+                ms(gaa),
+                ratio(gaa, ca)
+            ));
+            s.goal(goal, "≤ 3 ms", ms(ca), ca <= Duration::from_millis(3));
+        }
         Some(floor) => {
-            let part = c.median().saturating_sub(floor);
+            // The guest was slower timing its own loop than cove's whole exec: the machine's
+            // load moved the floor more than cove's part can be told apart from it.
+            s.notes.push(format!(
+                "Floor inside the guest: {} per fork+exec+wait (median of {}), not below cove's whole p50 ({}): the load on this machine during the run moved the guest's speed more than cove's part; that part is not judged from this run.",
+                ms(floor),
+                floors.len(),
+                ms(c.median())
+            ));
             s.goal(
-                "exec: cove's part (cove p50 − guest floor)",
+                goal,
                 "≤ 3 ms",
-                ms(part),
-                part <= Duration::from_millis(3),
+                "not judged (the guest floor was not below cove's p50 in this run)".into(),
+                false,
             );
         }
         None => s.goal(
-            "exec: cove's part (cove p50 − guest floor)",
+            goal,
             "≤ 3 ms",
-            "not measured (the guest floor could not be timed)".into(),
+            "not judged (the guest floor could not be timed)".into(),
             false,
         ),
     }
