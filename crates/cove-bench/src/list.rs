@@ -1,4 +1,4 @@
-//! Benchmark 11: `cove list` and `cove show` with 100 VM records in the store.
+//! Benchmark 14: `cove list` and `cove show` with 100 VM records in the store.
 
 use crate::cove::Cove;
 use crate::report::Section;

@@ -26,8 +26,8 @@ use report::Section;
 use std::path::PathBuf;
 
 const ALL: [&str; 13] = [
-    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list",
-    "snapshot", "pgsnap", "density",
+    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list", "snapshot",
+    "pgsnap", "density",
 ];
 
 #[derive(Parser, Debug)]
@@ -109,7 +109,9 @@ fn main() -> Result<()> {
         eprintln!("building images m64 and m4g (cached after the first time)");
     }
     let images = (|| -> Result<()> {
-        let m64 = ["boot", "memory", "create", "arch", "list", "snapshot", "density"];
+        let m64 = [
+            "boot", "memory", "create", "arch", "list", "snapshot", "density",
+        ];
         if m64.iter().any(|b| want(b)) {
             cove.build_image("minimal", &["--name", "m64", "--size", "64M"], None)?;
         }
@@ -170,7 +172,7 @@ fn main() -> Result<()> {
     );
     bench(
         "list",
-        "11. `cove list` and `cove show` with 100 VM records",
+        "14. `cove list` and `cove show` with 100 VM records",
         &mut |s| {
             need_images()?;
             list::run(&cove, runs * 5, s)

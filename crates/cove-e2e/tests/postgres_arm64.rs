@@ -11,10 +11,13 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-#[ignore = "builds an arm64 Debian image (qemu-user) and boots it"]
+#[ignore = "boots an arm64 Debian guest; builds its image (qemu-user)"]
 fn postgres_example_as_an_arm64_guest_comes_up_and_passes_its_checks() {
     let cove = Cove::new();
-    let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/postgres.toml"));
+    let example = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/postgres.toml"
+    ));
     let spec = std::fs::read_to_string(example)
         .unwrap()
         .replacen(
@@ -27,7 +30,10 @@ fn postgres_example_as_an_arm64_guest_comes_up_and_passes_its_checks() {
             "name = \"pgdata\"",
             &format!("name = \"arm{}\"", std::process::id() % 1_000_000),
         );
-    assert!(spec.contains("arch = \"arm64\""), "the example's [image] moved");
+    assert!(
+        spec.contains("arch = \"arm64\""),
+        "the example's [image] moved"
+    );
     let spec_path = cove.root().join("postgres-arm64.toml");
     std::fs::write(&spec_path, spec).unwrap();
     let spec_path = spec_path.to_str().unwrap();
@@ -36,12 +42,19 @@ fn postgres_example_as_an_arm64_guest_comes_up_and_passes_its_checks() {
     assert!(up.contains("ALL 5 CHECKS PASSED"), "{up}");
     let shown = cove.json(&["show", "pg"]);
     assert_eq!(shown["arch"], "arm64", "{shown}");
-    assert_eq!(
-        cove.ok(&["exec", "pg", "--", "uname", "-m"]),
-        "aarch64\n"
-    );
+    assert_eq!(cove.ok(&["exec", "pg", "--", "uname", "-m"]), "aarch64\n");
     let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", "25433", "-U", "postgres"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "25433",
+            "-U",
+            "postgres",
+        ])
         .args(["-c", "select 6 * 7"])
         .output()
         .expect("the host's psql (postgresql-client) is installed");
