@@ -339,6 +339,46 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
         "a hold outlived the move: {rules}"
     );
 
+    // kill -9 of b2's supervisor in the middle of its fixup, as far as the host can tell: its
+    // TAP held again and recorded as cove records it. The next command adopts b2, and the
+    // adopting supervisor does the fixup again and only then lifts the hold.
+    let b2_tap = b2["tap"].as_str().unwrap();
+    let hold = format!("cove_hold_{}", b2_tap.replace('-', "_"));
+    let mut paths = cove_state::Paths::under(cove.root());
+    paths.state = cove.root().join("state/cove");
+    let supervisor = cove_state::Store::open(&paths)
+        .unwrap()
+        .get_vm("b2")
+        .unwrap()
+        .supervisor_pid
+        .expect("b2 has a supervisor");
+    ns.ok(&["kill", "-9", &supervisor.to_string()]);
+    ns.ok(&["nft", "add", "table", "netdev", &hold]);
+    let chain =
+        format!("{{ type filter hook ingress device \"{b2_tap}\" priority filter; policy drop; }}");
+    ns.ok(&["nft", "add", "chain", "netdev", &hold, "ingress", &chain]);
+    cove_state::Store::open(&paths)
+        .unwrap()
+        .record_object(&cove_state::net::HostObject {
+            kind: cove_state::net::ObjectKind::Nft,
+            name: hold.clone(),
+            network: "lab".into(),
+        })
+        .unwrap();
+    // Held, b2 answers nobody, while b does (the control case). `cove exec a` reconciles
+    // only `a`: b2 is not adopted yet.
+    let held = cove.run(&["exec", "a", "--", "ping", "-c", "1", "-W", "2", "b2"]);
+    assert!(!held.status.success(), "a held TAP let b2 answer");
+    cove.ok(&["exec", "a", "--", "ping", "-c", "1", "-W", "5", "b"]);
+    cove.ok(&["show", "b2"]);
+    cove.wait_for(
+        "the adopting supervisor to lift the hold",
+        Duration::from_secs(60),
+        || !ns.ok(&["nft", "list", "tables"]).contains(&hold),
+    );
+    cove.ok(&["exec", "a", "--", "ping", "-c", "1", "-W", "5", "b2"]);
+    assert!(guest_addrs("b2").contains(&format!("inet {b2_ip}/24")));
+
     // `test --fresh` on a throwaway clone of b: on the network while it runs, gone after.
     let fresh = cove.ok(&["test", "--fresh", "b"]);
     assert!(fresh.contains("PASS"), "{fresh}");

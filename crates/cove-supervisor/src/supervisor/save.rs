@@ -182,9 +182,23 @@ async fn move_nics(
     record: &cove_state::VmRecord,
 ) -> Result<(), String> {
     let moves = nic_moves(&shared.paths, record).map_err(|e| e.to_string())?;
-    if moves.is_empty() {
-        return Ok(());
+    if !moves.is_empty() {
+        send_moves(shared, link, &moves).await?;
     }
+    // Whatever held its TAPs (this start, or one whose supervisor died mid-fixup) is lifted
+    // only now that its NICs are its own.
+    let (paths, name) = (shared.paths.clone(), shared.name.clone());
+    tokio::task::spawn_blocking(move || cove_net::release_vm(&paths, &name))
+        .await
+        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))?
+        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))
+}
+
+async fn send_moves(
+    shared: &Shared,
+    link: &cove_agent_link::AgentLink,
+    moves: &[cove_net::NicMove],
+) -> Result<(), String> {
     let nics = moves
         .iter()
         .map(|m| cove_proto::NicMove {
@@ -205,10 +219,6 @@ async fn move_nics(
                  (`cove stop {0}; cove start {0}`)",
                 shared.name
             )
-        })?;
-    let (paths, name) = (shared.paths.clone(), shared.name.clone());
-    tokio::task::spawn_blocking(move || cove_net::release_vm(&paths, &name))
-        .await
-        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))?
-        .map_err(|e| format!("lifting the hold on the clone's TAPs: {e}"))
+        })
+        .map(drop)
 }
