@@ -184,7 +184,7 @@ fn main() -> Result<()> {
     });
     bench(
         "snapshot",
-        "11. Snapshot restore vs cold boot (minimal VM)",
+        "12. Snapshot restore vs cold boot (minimal VM)",
         &mut |s| {
             need_images()?;
             snapshot::restore(&cove, runs, s)
@@ -192,12 +192,12 @@ fn main() -> Result<()> {
     );
     bench(
         "pgsnap",
-        "12. PostgreSQL example: restore vs cold boot to `select 1`",
+        "13. PostgreSQL example: restore vs cold boot to `select 1`",
         &mut |s| snapshot::postgres(&cove, (runs / 2).max(3), s),
     );
     bench(
         "density",
-        "13. Density: clones of one snapshot vs one cold-booted VM",
+        "14. Density: clones of one snapshot vs one cold-booted VM",
         &mut |s| {
             need_images()?;
             snapshot::density(&cove, args.clones, s)

@@ -90,4 +90,13 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
         "survives restarts"
     );
     cove.ok(&["down", "--purge", spec_path]);
+
+    // A fresh `pg` (its data disk purged) restores the snapshot the first `up` kept once the
+    // checks passed: PostgreSQL answers at once, with none of the data written since.
+    let up = cove.ok(&["up", spec_path]);
+    assert!(up.contains("restored from its `up` snapshot"), "{up}");
+    assert!(up.contains("ALL 5 CHECKS PASSED"), "{up}");
+    let read = psql("25432", "select v from kept");
+    assert!(!read.status.success(), "a purged table came back: {read:?}");
+    cove.ok(&["down", "--purge", spec_path]);
 }
