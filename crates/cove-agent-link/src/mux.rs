@@ -683,15 +683,30 @@ async fn reader<R: AsyncRead + Unpin>(mut r: R, shared: Arc<Shared>) {
     }
 }
 
-/// Link upkeep: retransmits Hello while unsynced and pings while synced; an agent that sends
+/// Link upkeep: retransmits Hello while unsynced and pings while synced; an agent that answers
 /// nothing for `dead_after` is declared unresponsive and a new session is started.
+///
+/// Silence is counted in time this side was awake and waiting for an answer, not in wall time:
+/// it starts with a ping the agent has not answered (any frame from it is an answer), and a wake
+/// later than asked counts only as the nap it asked for. A host that could not run (a loaded
+/// machine, a thread of this runtime blocked for a while) neither pinged nor read, so its own
+/// stall is never blamed on the agent: a copy under load 12+ was cut with `AgentUnresponsive`
+/// right after the host's runtime had been blocked, while the agent had nothing to answer.
 pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_after: Duration) {
     let tick = Duration::from_millis(250).min(interval);
     let mut last_ping = Instant::now();
     let mut last_hello = Instant::now();
     let mut nap = tick;
+    let mut last_wake = Instant::now();
+    // Frames seen at the last wake, whether a ping is waiting for its answer, and for how long.
+    let mut seen = 0u64;
+    let mut asking = false;
+    let mut silent = Duration::ZERO;
     loop {
         tokio::time::sleep(nap).await;
+        let woke = Instant::now();
+        let awake = woke.duration_since(last_wake).min(nap + tick);
+        last_wake = woke;
         // Fine-grained while a handshake is pending; once synced, wake only when the next ping
         // is due: an idle link then costs the host one wakeup per ping instead of four a second.
         nap = tick;
@@ -702,6 +717,13 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
         let Some(session) = st.session.as_ref() else {
             return;
         };
+        if st.frames_seen != seen {
+            seen = st.frames_seen;
+            asking = false;
+            silent = Duration::ZERO;
+        } else if asking {
+            silent += awake;
+        }
         // Frames are queued under the state lock, like every session-related frame.
         if !session.synced() {
             if last_hello.elapsed() >= Duration::from_millis(500) && !shared.over_limit() {
@@ -713,14 +735,14 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
                     &to_payload(&session.retransmit()),
                 ));
             }
-        } else if st.last_rx.elapsed() > dead_after {
+        } else if silent > dead_after {
             if st.warn.allow() {
                 tracing::warn!(
-                    "agent silent for {:?}; starting a new session",
-                    st.last_rx.elapsed()
+                    "agent silent for {silent:?} of waiting for its answer; starting a new session"
                 );
             }
             st.last_rx = Instant::now();
+            (asking, silent) = (false, Duration::ZERO);
             shared.restart_locked(
                 &mut st,
                 &LinkError::AgentUnresponsive { waited: dead_after },
@@ -728,6 +750,7 @@ pub(crate) async fn keepalive(shared: Arc<Shared>, interval: Duration, dead_afte
         } else if last_ping.elapsed() >= interval && !shared.over_limit() {
             last_ping = Instant::now();
             let _ = shared.send(encode(FrameKind::Ping, 0, 0, &0u64.to_le_bytes()));
+            asking = true;
             nap = interval;
         } else {
             nap = interval.saturating_sub(last_ping.elapsed()).max(tick);

@@ -162,6 +162,35 @@ async fn hung_agent_gives_typed_errors_then_recovers() {
     assert_eq!(echo(&link, "awake").await.unwrap(), "awake");
 }
 
+/// `copy_100mib_in_and_out_keeps_bytes_and_modes` failed under load with `AgentUnresponsive`:
+/// the host's own runtime had not run for longer than `dead_after` (there, hashing 100 MiB on
+/// the test's thread; in a supervisor, a loaded machine), and the keepalive then counted that
+/// stall as the agent's silence. The agent is only unresponsive if it leaves a ping unanswered
+/// while this side is awake to hear it.
+#[tokio::test]
+async fn a_host_that_could_not_run_does_not_blame_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let _agent = Agent::start(&broker.agent_sock);
+    let cfg = LinkConfig {
+        op_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_millis(300),
+        dead_after: Duration::from_secs(2),
+    };
+    let link = AgentLink::connect_with(&broker.host_sock, T, cfg)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        link.ping().await.unwrap();
+        // The runtime's only thread blocked for longer than `dead_after`: nothing of the link
+        // runs meanwhile, as when the host is not scheduled.
+        std::thread::sleep(Duration::from_secs(3));
+        link.ping().await.unwrap();
+        assert!(link.ready());
+        assert_eq!(echo(&link, "still").await.unwrap(), "still");
+    }
+}
+
 #[tokio::test]
 async fn a_peer_sending_garbage_gets_a_typed_error_and_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
