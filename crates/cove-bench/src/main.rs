@@ -172,7 +172,7 @@ fn main() -> Result<()> {
     );
     bench(
         "list",
-        "14. `cove list` and `cove show` with 100 VM records",
+        "11. `cove list` and `cove show` with 100 VM records",
         &mut |s| {
             need_images()?;
             list::run(&cove, runs * 5, s)
