@@ -3,8 +3,9 @@
 //! example is, so an appliance destined for an arm64 device passes its checks here first.
 //!
 //! Its Debian root is made by mmdebstrap with every arm64 maintainer script run under
-//! qemu-user: cached by content in the shared cache, it costs nothing on a warm machine and
-//! about half an hour on a cold one (README, "arm64 guests").
+//! qemu-user: cached by content in the shared cache, it costs nothing on a warm machine, but a
+//! cold build took 75 min here beside other work (README, "arm64 guests"), more than CI's whole
+//! budget, so the test is opt-in: `COVE_E2E_ARM64_POSTGRES=1 scripts/test`.
 
 use cove_e2e::Cove;
 use std::path::Path;
@@ -13,6 +14,10 @@ use std::process::Command;
 #[test]
 #[ignore = "boots an arm64 Debian guest; builds its image (qemu-user)"]
 fn postgres_example_as_an_arm64_guest_comes_up_and_passes_its_checks() {
+    if std::env::var_os("COVE_E2E_ARM64_POSTGRES").is_none() {
+        eprintln!("skipped: set COVE_E2E_ARM64_POSTGRES=1 to build the arm64 PostgreSQL image");
+        return;
+    }
     let cove = Cove::new();
     let example = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
