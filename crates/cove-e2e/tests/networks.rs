@@ -186,7 +186,9 @@ fn reaches(cove: &Cove, vm: &str, addr: &str, port: u16) -> bool {
         "--",
         "sh",
         "-c",
-        &format!("nc -w 3 {addr} {port} </dev/null"),
+        // `nc -w` bounds the connect, not a connection that opens and then says nothing (one
+        // hung for 7 minutes here): the guest's `timeout` bounds the whole attempt.
+        &format!("timeout 10 nc -w 3 {addr} {port} </dev/null"),
     ]);
     String::from_utf8_lossy(&out.stdout).contains("hello")
 }
