@@ -175,19 +175,49 @@ impl Passt {
         }
     }
 
-    /// The VMM was spawned with its end: this process's copy closes (so passt's life is the
-    /// VMM's alone) and a thread reaps passt when it exits.
-    pub fn detach(mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = std::thread::Builder::new()
-                .name("passt-wait".into())
-                .spawn(move || c.wait());
-        }
-    }
-
     /// passt's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The VMM was spawned with its end: this process's copy closes (so passt's life is the
+    /// VMM's alone) and a thread reaps passt when it exits.
+    pub fn detach(mut self) -> Option<Exiting> {
+        let mut child = self.child.take()?;
+        let pid = child.id();
+        let (gone, exited) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("passt-wait".into())
+            .spawn(move || {
+                let _ = child.wait();
+                let _ = gone.send(());
+            })
+            .ok()?;
+        Some(Exiting { pid, exited })
+    }
+}
+
+/// A passt whose QEMU runs, reaped by its own thread.
+pub struct Exiting {
+    pid: u32,
+    exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Exiting {
+    /// Returns once passt has exited, and so closed the host ports it forwarded: a VM is
+    /// reported stopped only then, so that an immediate `start` finds its ports free (passt
+    /// exits when it sees its QEMU's end close, a moment after QEMU). One that outlives its
+    /// QEMU by `grace` is killed.
+    pub async fn gone(mut self, grace: Duration) {
+        if tokio::time::timeout(grace, &mut self.exited).await.is_ok() {
+            return;
+        }
+        // Not reaped yet (the thread has not returned), so the pid is still this child's.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = tokio::time::timeout(grace, self.exited).await;
     }
 }
 
@@ -359,7 +389,7 @@ mod tests {
         cmd.arg("30");
         passt.hand_to(&mut cmd);
         let mut peer = cmd.spawn().unwrap();
-        passt.detach();
+        let exiting = passt.detach().unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert!(
             cove_util::process::alive(pid),
@@ -367,11 +397,18 @@ mod tests {
         );
         peer.kill().unwrap();
         peer.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cove_util::process::alive(pid) {
-            assert!(Instant::now() < deadline, "passt outlived its peer");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let began = Instant::now();
+        rt.block_on(exiting.gone(Duration::from_secs(10)));
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "passt outlived its peer and had to be killed"
+        );
+        // Once it is gone its forward is free: a `start` right after a `stop` can bind it.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 
     #[test]

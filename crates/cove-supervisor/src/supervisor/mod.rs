@@ -243,7 +243,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel, spec, gate) = if opts.adopt {
+    let (mut process, pid, accel, spec, gate, passt) = if opts.adopt {
         if !backend.capabilities().adopt {
             return Err(SuperviseError::CannotAdopt {
                 backend: record.backend,
@@ -255,7 +255,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             .filter(|p| backend.is_ours(*p, &vm.transports()))
             .ok_or_else(|| SuperviseError::NothingToAdopt(opts.name.clone()))?;
         let accel = record.accel;
-        (VmmProcess::Adopted { pid }, pid, accel, None, None)
+        (VmmProcess::Adopted { pid }, pid, accel, None, None, None)
     } else {
         let start = match &restore_dir {
             Some(dir) => vmm::Start::Restore { snapshot: dir },
@@ -268,6 +268,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             Some(launch.accel),
             Some(launch.spec),
             Some(launch.gate),
+            launch.passt,
         )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -373,6 +374,9 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
 
     let status = process.wait().await?;
     readiness.abort();
+    if let Some(passt) = passt {
+        passt.gone(PASST_GRACE).await;
+    }
     let outcome = vmm::outcome(&shared, status.as_ref()).await;
     record_exit(
         paths,
@@ -417,6 +421,9 @@ async fn wait_ready(shared: Arc<Shared>, started: Instant, timeout: Duration) {
 
 /// How long a kernel that panicked during boot may go on printing before its VMM is killed.
 const PANIC_EVIDENCE_GRACE: Duration = Duration::from_secs(2);
+/// How long a VM's passt may outlive its QEMU before it is killed (it exits at once when it
+/// sees QEMU's end close; this only bounds a wedged one).
+const PASST_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for the guest's agent (or its init's ready marker without an agent).
 async fn wait_guest(shared: &Shared, timeout: Duration) -> Result<(), BootFailure> {

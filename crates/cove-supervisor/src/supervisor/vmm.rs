@@ -24,6 +24,8 @@ pub struct Launch {
     /// The VMM runs only once this opens: the caller records its pid first,
     /// so a supervisor dying in between never leaves a VMM nobody knows of.
     pub gate: cove_backend::process::Gate,
+    /// The VM's passt, if it has one, to be waited for once the VMM has exited.
+    pub passt: Option<crate::passt::Exiting>,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -135,13 +137,10 @@ pub async fn launch(
         .stdout(vmm_log.try_clone()?)
         .stderr(vmm_log);
     let program = cmd.get_program().to_owned();
-    let child = match tokio::process::Command::from(cmd).spawn() {
+    let (child, passt) = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => {
             daemons.detach();
-            if let Some(p) = passt {
-                p.detach();
-            }
-            c
+            (c, passt.and_then(crate::passt::Passt::detach))
         }
         Err(source) => {
             daemons.kill();
@@ -161,6 +160,7 @@ pub async fn launch(
         accel: host.accel.accel,
         spec,
         gate,
+        passt,
     })
 }
 
