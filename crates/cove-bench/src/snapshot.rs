@@ -35,16 +35,65 @@ fn take(cove: &Cove, name: &str, tag: &str) -> Result<(Duration, u64, u64)> {
     ))
 }
 
-fn size_row(what: &str, (took, disk, apparent): (Duration, u64, u64)) -> Vec<String> {
-    vec![
-        what.into(),
-        ms(took),
-        format!(
-            "{:.1} MiB on disk ({:.0} MiB apparent)",
-            disk as f64 / 1048576.0,
-            apparent as f64 / 1048576.0
-        ),
-    ]
+/// A snapshot's size as the reports give it: on disk, and apparent (its sparse memory file).
+fn size_text(disk: u64, apparent: u64) -> String {
+    format!(
+        "{:.1} MiB on disk ({:.0} MiB apparent)",
+        disk as f64 / 1048576.0,
+        apparent as f64 / 1048576.0
+    )
+}
+
+/// One untimed warm-up of each, then `runs` of each, restore and cold alternating which goes
+/// first; `one(true)` times a restore, `one(false)` a cold start.
+fn alternate(
+    what: &str,
+    runs: usize,
+    mut one: impl FnMut(bool) -> Result<Duration>,
+) -> Result<(Samples, Samples)> {
+    let (mut restored, mut cold) = (Samples::new(), Samples::new());
+    for i in 0..=runs {
+        for turn in 0..2 {
+            let is_restore = (turn == 0) == (i % 2 == 0);
+            let d = one(is_restore)?;
+            eprintln!(
+                "  {what} run {i} {}: {}",
+                if is_restore { "restore" } else { "cold" },
+                ms(d)
+            );
+            if i > 0 {
+                if is_restore {
+                    restored.push(d)
+                } else {
+                    cold.push(d)
+                }
+            }
+        }
+    }
+    Ok((restored, cold))
+}
+
+/// The restore and cold rows side by side and their ratios; returns the p50 ratio.
+fn restore_vs_cold_table(
+    s: &mut Section,
+    (restore_label, restored): (&str, &Samples),
+    (cold_label, cold): (&str, &Samples),
+) -> f64 {
+    s.headers = ["", "runs", "p50", "p99", "min", "max"]
+        .map(String::from)
+        .to_vec();
+    s.rows.push(spread_row(restore_label, restored));
+    s.rows.push(spread_row(cold_label, cold));
+    let r50 = ratio(restored.median(), cold.median());
+    s.rows.push(vec![
+        "restore / cold".into(),
+        String::new(),
+        format!("{r50:.3}×"),
+        format!("{:.3}×", ratio(restored.p99(), cold.p99())),
+        String::new(),
+        String::new(),
+    ]);
+    r50
 }
 
 /// Minimal image: `cove start --from` (restore, agent answered, fixups applied) against a cold
@@ -59,56 +108,27 @@ pub fn restore(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     cove.create(name, &["--image", IMAGE])?;
     cove.run(&["start", name])?;
     let size = take(cove, name, "base")?;
-    let (mut restored, mut cold) = (Samples::new(), Samples::new());
-    for i in 0..=runs {
-        for turn in 0..2 {
-            let is_restore = (turn == 0) == (i % 2 == 0);
-            let d = if is_restore {
-                cove.timed(&["start", name, "--from", "base"])?
-            } else {
-                cove.timed(&["start", name])?
-            };
-            cove.run(&["kill", name])?;
-            eprintln!(
-                "  snapshot run {i} {}: {}",
-                if is_restore { "restore" } else { "cold" },
-                ms(d)
-            );
-            if i > 0 {
-                if is_restore {
-                    restored.push(d)
-                } else {
-                    cold.push(d)
-                }
-            }
-        }
-    }
-    s.headers = ["", "runs", "p50", "p99", "min", "max"]
-        .map(String::from)
-        .to_vec();
-    s.rows.push(spread_row(
-        "`cove start --from base` (restore to agent answer)",
-        &restored,
-    ));
-    s.rows.push(spread_row(
-        "`cove start` (cold boot to agent answer)",
-        &cold,
-    ));
-    let r50 = ratio(restored.median(), cold.median());
-    let r99 = ratio(restored.p99(), cold.p99());
-    s.rows.push(vec![
-        "restore / cold".into(),
-        String::new(),
-        format!("{r50:.3}×"),
-        format!("{r99:.3}×"),
-        String::new(),
-        String::new(),
-    ]);
+    let (restored, cold) = alternate("snapshot", runs, |is_restore| {
+        let d = if is_restore {
+            cove.timed(&["start", name, "--from", "base"])?
+        } else {
+            cove.timed(&["start", name])?
+        };
+        cove.run(&["kill", name])?;
+        Ok(d)
+    })?;
+    let r50 = restore_vs_cold_table(
+        s,
+        (
+            "`cove start --from base` (restore to agent answer)",
+            &restored,
+        ),
+        ("`cove start` (cold boot to agent answer)", &cold),
+    );
     s.notes.push(format!(
-        "`cove snapshot snap base --stop` took {}; the snapshot is {:.1} MiB on disk ({:.0} MiB apparent: the 256 MiB memory file is sparse).",
+        "`cove snapshot snap base --stop` took {}; the snapshot is {} (the 256 MiB memory file is sparse).",
         ms(size.0),
-        size.1 as f64 / 1048576.0,
-        size.2 as f64 / 1048576.0
+        size_text(size.1, size.2)
     ));
     s.goal(
         "restore to first agent answer (p50)",
@@ -150,56 +170,26 @@ pub fn postgres(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
         cove.run(&["up", "--no-test", &spec_path.to_string_lossy()])?;
         wait_select1(PORT, Instant::now())?;
         let size = take(cove, name, "base")?;
-        let (mut restored, mut cold) = (Samples::new(), Samples::new());
-        for i in 0..=runs {
-            for turn in 0..2 {
-                let is_restore = (turn == 0) == (i % 2 == 0);
-                let t = Instant::now();
-                if is_restore {
-                    cove.run(&["start", name, "--from", "base"])?;
-                } else {
-                    cove.run(&["start", name])?;
-                }
-                let d = wait_select1(PORT, t)?;
-                cove.run(&["stop", name])?;
-                eprintln!(
-                    "  postgres run {i} {}: {}",
-                    if is_restore { "restore" } else { "cold" },
-                    ms(d)
-                );
-                if i > 0 {
-                    if is_restore {
-                        restored.push(d)
-                    } else {
-                        cold.push(d)
-                    }
-                }
+        let (restored, cold) = alternate("postgres", runs, |is_restore| {
+            let t = Instant::now();
+            if is_restore {
+                cove.run(&["start", name, "--from", "base"])?;
+            } else {
+                cove.run(&["start", name])?;
             }
-        }
-        s.headers = ["", "runs", "p50", "p99", "min", "max"]
-            .map(String::from)
-            .to_vec();
-        s.rows.push(spread_row(
-            "`cove start --from base` to `select 1` answered",
-            &restored,
-        ));
-        s.rows.push(spread_row(
-            "`cove start` (cold) to `select 1` answered",
-            &cold,
-        ));
-        let r50 = ratio(restored.median(), cold.median());
-        s.rows.push(vec![
-            "restore / cold".into(),
-            String::new(),
-            format!("{r50:.3}×"),
-            format!("{:.3}×", ratio(restored.p99(), cold.p99())),
-            String::new(),
-            String::new(),
-        ]);
-        let row = size_row("", size);
+            let d = wait_select1(PORT, t)?;
+            cove.run(&["stop", name])?;
+            Ok(d)
+        })?;
+        restore_vs_cold_table(
+            s,
+            ("`cove start --from base` to `select 1` answered", &restored),
+            ("`cove start` (cold) to `select 1` answered", &cold),
+        );
         s.notes.push(format!(
             "`cove snapshot {name} base --stop` took {}; the snapshot is {} (1 GiB memory file, sparse; the root overlay and the data disk's copy).",
-            row[1], row[2]
+            ms(size.0),
+            size_text(size.1, size.2)
         ));
         s.goal(
             "PostgreSQL: restore to `select 1` (p50)",
@@ -382,7 +372,7 @@ pub fn density(cove: &Cove, want: usize, s: &mut Section) -> Result<()> {
             "`cove list` among them: p50 / p99 (10 runs)",
             format!("{} / {}", ms(list.median()), ms(list.p99())),
         ),
-        ("snapshot `base`", size_row("", size)[2].clone()),
+        ("snapshot `base`", size_text(size.1, size.2)),
     ];
     s.rows = rows
         .into_iter()
