@@ -2,7 +2,7 @@
 //! the host's entropy, and take the clone's own hostname and machine-id. Every VM restored from
 //! one snapshot otherwise shares the snapshot's clock, CRNG state and identity.
 
-use cove_proto::{ErrorKind, ErrorMsg, FixupRequest, StreamMsg};
+use cove_proto::{ErrorKind, ErrorMsg, FixupRequest};
 
 use crate::mux::AgentStream;
 
@@ -11,15 +11,7 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 pub fn run(stream: AgentStream, req: FixupRequest) {
-    match apply(&req) {
-        Ok(()) => {
-            let s = stream.sender();
-            let _ = s.msg(&StreamMsg::Started { pid: None });
-            let _ = s.msg(&StreamMsg::Done);
-            stream.finish();
-        }
-        Err(e) => stream.fail(e),
-    }
+    stream.answer(apply(&req));
 }
 
 fn apply(req: &FixupRequest) -> Result<(), ErrorMsg> {

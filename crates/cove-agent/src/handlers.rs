@@ -63,10 +63,7 @@ fn shutdown(stream: AgentStream, reboot: bool) {
             "this agent was started with --no-poweroff; stop the VM from the host instead",
         ));
     }
-    let s = stream.sender();
-    let _ = s.msg(&StreamMsg::Started { pid: None });
-    let _ = s.msg(&StreamMsg::Done);
-    stream.finish();
+    stream.answer(Ok(()));
     crate::log(if reboot {
         "rebooting at the host's request"
     } else {

@@ -364,6 +364,19 @@ impl AgentStream {
         }
     }
 
+    /// Answers a one-shot request that has no output: started and done, or its error; closes.
+    pub fn answer(self, result: Result<(), cove_proto::ErrorMsg>) {
+        match result {
+            Ok(()) => {
+                let s = self.sender();
+                let _ = s.msg(&StreamMsg::Started { pid: None });
+                let _ = s.msg(&StreamMsg::Done);
+                self.finish();
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
     /// Reports an error and closes.
     pub fn fail(self, e: cove_proto::ErrorMsg) {
         let _ = self.sender().msg(&StreamMsg::Error(e));

@@ -7,22 +7,14 @@
 //! Plain ioctls on an `AF_INET` socket, not netlink: four one-shot changes, no dependency, and
 //! nothing in the guest (no `ip`, no DHCP client) needed.
 
-use cove_proto::{ErrorKind, ErrorMsg, NicMove, StreamMsg};
+use cove_proto::{ErrorKind, ErrorMsg, NicMove};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::mux::AgentStream;
 
 pub fn run(stream: AgentStream, nics: Vec<NicMove>) {
-    match move_all(&nics) {
-        Ok(()) => {
-            let s = stream.sender();
-            let _ = s.msg(&StreamMsg::Started { pid: None });
-            let _ = s.msg(&StreamMsg::Done);
-            stream.finish();
-        }
-        Err(e) => stream.fail(e),
-    }
+    stream.answer(move_all(&nics));
 }
 
 fn invalid(what: impl Into<String>) -> ErrorMsg {
