@@ -255,17 +255,7 @@ fn read_line(conn: &mut impl BufRead) -> Result<Vec<u8>, WireError> {
     let n = conn
         .take(MAX_LINE as u64 + 1)
         .read_until(b'\n', &mut line)?;
-    if n == 0 {
-        return Err(WireError::Closed);
-    }
-    if line.last() != Some(&b'\n') {
-        return Err(if n > MAX_LINE {
-            WireError::TooLong
-        } else {
-            WireError::Closed
-        });
-    }
-    Ok(line)
+    crate::whole_line(n, line)
 }
 
 #[cfg(test)]

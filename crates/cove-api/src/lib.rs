@@ -184,6 +184,12 @@ pub async fn read_message<T: for<'de> Deserialize<'de>>(
         .take(MAX_LINE as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
+    Ok(serde_json::from_slice(&whole_line(n, line)?)?)
+}
+
+/// A line read with at most [`MAX_LINE`] + 1 bytes (`n` of them): whole, or why not (the peer
+/// closed, or sent more than a line may hold). The one rule of the sync and async readers.
+pub(crate) fn whole_line(n: usize, line: Vec<u8>) -> Result<Vec<u8>, WireError> {
     if n == 0 {
         return Err(WireError::Closed);
     }
@@ -194,7 +200,7 @@ pub async fn read_message<T: for<'de> Deserialize<'de>>(
             WireError::Closed
         });
     }
-    Ok(serde_json::from_slice(&line)?)
+    Ok(line)
 }
 
 #[cfg(test)]
