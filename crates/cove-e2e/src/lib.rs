@@ -18,6 +18,16 @@ use std::time::{Duration, Instant};
 
 /// The `cove` binary under test: `$COVE_BIN`, else the one of the same
 /// build profile as this test (`<target>/<profile>/deps/test` → `<target>/<profile>/cove`).
+/// `psql` on the host against a guest's PostgreSQL forwarded to 127.0.0.1:`port`, as user
+/// `postgres`, unaligned and tuples only (so stdout is just the values).
+pub fn psql(port: u16, sql: &str) -> Output {
+    Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args(["-p", &port.to_string(), "-U", "postgres", "-c", sql])
+        .output()
+        .expect("the host's psql (postgresql-client) is installed")
+}
+
 pub fn cove_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("COVE_BIN") {
         return PathBuf::from(bin);

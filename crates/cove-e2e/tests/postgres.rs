@@ -1,31 +1,11 @@
 //! Seed 000's goal, end to end: build → deploy → start → test, all green,
 //! for a VM that runs PostgreSQL, with its data surviving a restart.
 
-use cove_e2e::Cove;
+use cove_e2e::{Cove, psql};
 use std::path::Path;
-use std::process::Command;
 
 fn examples() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples"))
-}
-
-fn psql(port: &str, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-U",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("the host's psql (postgresql-client) is installed")
 }
 
 #[test]
@@ -48,7 +28,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
 
     let up = cove.ok(&["up", spec_path]);
     assert!(up.contains("ALL 5 CHECKS PASSED"), "{up}");
-    let out = psql("25432", "select 1");
+    let out = psql(25432, "select 1");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
 
     // A second `up` with nothing changed changes nothing.
@@ -56,7 +36,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     assert!(again.contains("up to date"), "{again}");
 
     let write = psql(
-        "25432",
+        25432,
         "create table kept(v text); insert into kept values ('survives restarts')",
     );
     assert!(write.status.success(), "{write:?}");
@@ -74,7 +54,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
         junit.contains("<testsuite") && junit.contains("failures=\"0\""),
         "{junit}"
     );
-    let read = psql("25432", "select v from kept");
+    let read = psql(25432, "select v from kept");
     assert_eq!(
         String::from_utf8_lossy(&read.stdout).trim(),
         "survives restarts"
@@ -84,7 +64,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     cove.ok(&["down", spec_path]);
     cove.ok(&["up", "--no-test", spec_path]);
     cove.ok(&["test", "pg"]);
-    let read = psql("25432", "select v from kept");
+    let read = psql(25432, "select v from kept");
     assert_eq!(
         String::from_utf8_lossy(&read.stdout).trim(),
         "survives restarts"
@@ -96,7 +76,7 @@ fn postgres_example_comes_up_passes_its_checks_and_keeps_its_data() {
     let up = cove.ok(&["up", spec_path]);
     assert!(up.contains("restored from its `up` snapshot"), "{up}");
     assert!(up.contains("ALL 5 CHECKS PASSED"), "{up}");
-    let read = psql("25432", "select v from kept");
+    let read = psql(25432, "select v from kept");
     assert!(!read.status.success(), "a purged table came back: {read:?}");
     cove.ok(&["down", "--purge", spec_path]);
 }

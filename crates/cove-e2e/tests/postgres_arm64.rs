@@ -7,9 +7,8 @@
 //! cold build took 75 min here beside other work (README, "arm64 guests"), more than CI's whole
 //! budget, so the test is opt-in: `COVE_E2E_ARM64_POSTGRES=1 scripts/test`.
 
-use cove_e2e::Cove;
+use cove_e2e::{Cove, psql};
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 #[ignore = "boots an arm64 Debian guest; builds its image (qemu-user)"]
@@ -48,21 +47,7 @@ fn postgres_example_as_an_arm64_guest_comes_up_and_passes_its_checks() {
     let shown = cove.json(&["show", "pg"]);
     assert_eq!(shown["arch"], "arm64", "{shown}");
     assert_eq!(cove.ok(&["exec", "pg", "--", "uname", "-m"]), "aarch64\n");
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "25433",
-            "-U",
-            "postgres",
-        ])
-        .args(["-c", "select 6 * 7"])
-        .output()
-        .expect("the host's psql (postgresql-client) is installed");
+    let out = psql(25433, "select 6 * 7");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
     cove.ok(&["down", "--purge", spec_path]);
 }

@@ -9,17 +9,8 @@
 //! that was filled during this very boot: `cove kill`, kill -9 of QEMU,
 //! kill -9 of the supervisor and QEMU together.
 
-use cove_e2e::Cove;
+use cove_e2e::{Cove, psql};
 use std::path::Path;
-use std::process::Command;
-
-fn psql(port: u16, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "-U", "postgres", "-c", sql])
-        .output()
-        .expect("the host's psql (postgresql-client) is installed")
-}
 
 #[derive(Clone, Copy)]
 enum Kill {
