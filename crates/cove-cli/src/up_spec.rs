@@ -116,6 +116,12 @@ pub struct UpSpec {
     pub vms: Vec<DeclaredVm>,
 }
 
+/// A spec's `[image]` table as an image spec, read by the image spec's own parser (so its
+/// checks and its relative paths, taken from `dir`, are the same as in an image spec file).
+fn image_table(table: &toml::Value, path: &Path, dir: &Path) -> Result<ImageSpec> {
+    Ok(ImageSpec::parse(&toml::to_string(table)?, path, dir)?)
+}
+
 /// The image spec in `path`: an image spec file, or a `cove up` spec whose `image` is an
 /// `[image]` table, so `cove image build examples/postgres.toml` builds what `up` would.
 pub fn load_image_spec(path: &Path) -> Result<ImageSpec> {
@@ -127,10 +133,7 @@ pub fn load_image_spec(path: &Path) -> Result<ImageSpec> {
         .ok()
         .and_then(|mut t| t.remove("image"));
     match image {
-        Some(toml::Value::Table(image)) => {
-            let text = toml::to_string(&image)?;
-            Ok(ImageSpec::parse(&text, path, dir)?)
-        }
+        Some(image @ toml::Value::Table(_)) => image_table(&image, path, dir),
         Some(toml::Value::String(name)) => bail!(
             "{} names the image `{name}` rather than declaring one: build `{name}` itself",
             path.display()
@@ -152,8 +155,7 @@ impl UpSpec {
         let image = match raw.image {
             toml::Value::String(name) => ImageSource::Named(name),
             table @ toml::Value::Table(_) => {
-                let text = toml::to_string(&table)?;
-                ImageSource::Spec(Box::new(ImageSpec::parse(&text, path, dir)?))
+                ImageSource::Spec(Box::new(image_table(&table, path, dir)?))
             }
             other => bail!("`image` must be an image name or an [image] table, not {other}"),
         };
