@@ -3,7 +3,8 @@
 //! `qapi`'s tokio support speaks QMP over a `tokio::net::UnixStream`
 //! directly: it reads the greeting, and a background task reads responses
 //! (and discards events) while [`QmpClient`] sends commands. Commands are
-//! typed (`qapi::qmp::*`), so no JSON is written by hand.
+//! typed (`qapi::qmp::*`), so no JSON is written by hand. The greeting is found
+//! here first (see [`read_greeting`]): QEMU 7.2 can send an event before it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use qapi::futures::{QapiService, QmpStreamTokio};
 use qapi::qmp;
-use tokio::io::WriteHalf;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader, WriteHalf};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
@@ -117,7 +118,12 @@ impl QmpClient {
             source,
         };
         let handshake = async {
-            let negotiation = QmpStreamTokio::open(stream).await?;
+            let (read, write) = tokio::io::split(stream);
+            let mut read = BufReader::new(read);
+            let greeting = read_greeting(&mut read).await?;
+            // qapi reads the greeting itself: hand it the greeting again, then the rest.
+            let read = std::io::Cursor::new(greeting).chain(read);
+            let negotiation = QmpStreamTokio::open_split(read, write).await?;
             negotiation.negotiate().await
         };
         let stream = tokio::time::timeout(DEFAULT_COMMAND_TIMEOUT, handshake)
@@ -186,6 +192,55 @@ impl QmpClient {
     }
 }
 
+/// The longest QMP line read before the greeting (QEMU's greeting is ~140 bytes).
+const MAX_LINE: u64 = 64 * 1024;
+/// How many events may come before the greeting before the peer is not taken for QEMU.
+const MAX_EVENTS_BEFORE_GREETING: usize = 16;
+
+/// Reads up to and including QEMU's greeting line (`{"QMP": ...}`), skipping events before it.
+///
+/// The QMP protocol puts the greeting first, but QEMU 7.2 sends events to a monitor whose
+/// first client has connected and not yet been greeted (its command table is still unset, which
+/// its event filter reads as "negotiated"). A stream netdev (passt's socket) reports
+/// `NETDEV_STREAM_CONNECTED` from QEMU's main loop just after start, so a supervisor that
+/// connected early enough got that event as its first line, and qapi's strict greeting parser
+/// failed the start with "missing field `QMP`" (once in ~130 clone starts).
+async fn read_greeting<R: AsyncBufRead + Unpin>(read: &mut R) -> io::Result<Vec<u8>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    for _ in 0..=MAX_EVENTS_BEFORE_GREETING {
+        let mut line = Vec::new();
+        (&mut *read)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if line.last() != Some(&b'\n') {
+            return Err(if line.is_empty() {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "QMP greeting expected")
+            } else {
+                invalid(format!(
+                    "QMP greeting expected, got {} bytes without a line end",
+                    line.len()
+                ))
+            });
+        }
+        let message: serde_json::Value = serde_json::from_slice(&line)
+            .map_err(|e| invalid(format!("QMP greeting expected, got no JSON object: {e}")))?;
+        if message.get("QMP").is_some() {
+            return Ok(line);
+        }
+        if message.get("event").is_none() {
+            return Err(invalid(
+                "QMP greeting expected, got a message that is neither a greeting nor an event"
+                    .into(),
+            ));
+        }
+        tracing::debug!("QMP event before the greeting: {}", message["event"]);
+    }
+    Err(invalid(format!(
+        "QMP greeting expected, got more than {MAX_EVENTS_BEFORE_GREETING} events first"
+    )))
+}
+
 impl Drop for QmpClient {
     fn drop(&mut self) {
         self.reader.abort();
@@ -194,6 +249,87 @@ impl Drop for QmpClient {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What QEMU 7.2 sent a supervisor before its greeting (byte for byte, from a real QEMU
+    /// with passt's stream netdev; it is 167 columns, the column of the error it caused).
+    const STREAM_EVENT: &str = r#"{"timestamp": {"seconds": 1796124018, "microseconds": 558473}, "event": "NETDEV_STREAM_CONNECTED", "data": {"netdev-id": "net0", "addr": {"path": "", "type": "unix"}}}"#;
+    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}"#;
+
+    /// A fake QMP peer that writes `lines`, then answers `qmp_capabilities` and one
+    /// `query-status` the way QEMU does.
+    async fn peer(lines: Vec<String>) -> tokio::net::UnixStream {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            for line in lines {
+                theirs.write_all(line.as_bytes()).await.unwrap();
+                theirs.write_all(b"\n").await.unwrap();
+            }
+            let (r, mut w) = theirs.split();
+            let mut r = BufReader::new(r);
+            let mut command = String::new();
+            while r.read_line(&mut command).await.unwrap() > 0 {
+                let request: serde_json::Value = serde_json::from_str(&command).unwrap();
+                let mut answer = match request["execute"].as_str().unwrap() {
+                    "query-status" => serde_json::json!({
+                        "return": {"status": "prelaunch", "singlestep": false, "running": false}
+                    }),
+                    _ => serde_json::json!({"return": {}}),
+                };
+                if let Some(id) = request.get("id") {
+                    answer["id"] = id.clone();
+                }
+                w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+                command.clear();
+            }
+        });
+        ours
+    }
+
+    #[test]
+    fn the_recorded_event_is_the_line_of_the_failure() {
+        assert_eq!(STREAM_EVENT.len(), 167);
+    }
+
+    #[tokio::test]
+    async fn events_before_the_greeting_are_skipped() {
+        let stream = peer(vec![
+            STREAM_EVENT.into(),
+            STREAM_EVENT.into(),
+            GREETING.into(),
+        ])
+        .await;
+        let qmp = QmpClient::from_stream(stream, Path::new("fake.sock"))
+            .await
+            .unwrap();
+        assert_eq!(qmp.query_status().await.unwrap(), RunState::Prelaunch);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_qemu_is_refused() {
+        for first in [
+            r#"{"return": {}}"#.to_string(),
+            "not json".into(),
+            "x".repeat(70_000),
+        ] {
+            let stream = peer(vec![first.clone(), GREETING.into()]).await;
+            let err = QmpClient::from_stream(stream, Path::new("fake.sock"))
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(err, QmpError::Connect { .. }), "{err:?}");
+            assert!(err.to_string().contains("greeting expected"), "{err}");
+        }
+        // Events without end are not waited for forever.
+        let stream = peer(vec![STREAM_EVENT.to_string(); 40]).await;
+        let err = QmpClient::from_stream(stream, Path::new("fake.sock"))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("events first"), "{err}");
+    }
+
     /// The supervisor shares one client between tasks.
     #[test]
     fn client_is_send_and_sync() {
