@@ -64,9 +64,10 @@ pub enum PasstError {
         #[source]
         source: std::io::Error,
     },
-    #[error("passt exited ({status}) while starting: {said}; its log is {}", log.display())]
+    #[error("passt exited ({}) while starting: {said}; its log is {}", exit_text(.status), log.display())]
     Exited {
-        status: ExitStatus,
+        /// `None` if its waiter could not learn it.
+        status: Option<ExitStatus>,
         said: String,
         log: PathBuf,
     },
@@ -84,6 +85,10 @@ pub enum PasstError {
 
 /// passt's arguments for a VM whose forwards are `ports`; its end of the socket pair is
 /// [`PASST_FD`].
+fn exit_text(status: &Option<ExitStatus>) -> String {
+    status.map_or_else(|| "status unknown".into(), |s| s.to_string())
+}
+
 pub fn args(ports: &[PortForward]) -> Result<Vec<OsString>, PasstError> {
     use cove_guest::user_net;
     let mut a: Vec<OsString> = [
@@ -153,6 +158,7 @@ pub fn args(ports: &[PortForward]) -> Result<Vec<OsString>, PasstError> {
 pub struct Passt {
     child: Option<Child>,
     vmm_end: OwnedFd,
+    log: PathBuf,
 }
 
 impl Drop for Passt {
@@ -182,37 +188,68 @@ impl Passt {
 
     /// The VMM was spawned with its end: this process's copy closes (so passt's life is the
     /// VMM's alone) and a thread reaps passt when it exits.
-    pub fn detach(mut self) -> Option<Exiting> {
+    /// Hands the process to a thread that waits for its exit (so it never lingers as a zombie
+    /// while the VM runs); `None` if it was already handed over or no thread could start.
+    pub fn detach(mut self) -> Option<Detached> {
         let mut child = self.child.take()?;
         let pid = child.id();
         let (gone, exited) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("passt-wait".into())
             .spawn(move || {
-                let _ = child.wait();
-                let _ = gone.send(());
+                let _ = gone.send(child.wait().ok());
             })
             .ok()?;
-        Some(Exiting { pid, exited })
+        Some(Detached {
+            pid,
+            exited,
+            log: self.log.clone(),
+        })
     }
 }
 
-/// A passt whose QEMU runs, reaped by its own thread.
-pub struct Exiting {
+/// A running passt whose exit a thread waits for.
+pub struct Detached {
     pid: u32,
-    exited: tokio::sync::oneshot::Receiver<()>,
+    exited: tokio::sync::oneshot::Receiver<Option<ExitStatus>>,
+    log: PathBuf,
 }
 
-impl Exiting {
-    /// Returns once passt has exited, and so closed the host ports it forwarded: a VM is
-    /// reported stopped only then, so that an immediate `start` finds its ports free (passt
-    /// exits when it sees its QEMU's end close, a moment after QEMU). One that outlives its
-    /// QEMU by `grace` is killed.
+impl Detached {
+    /// Waits until passt serves: its forwards bound and its sandbox in place (its last step
+    /// before it serves). A forward it cannot bind makes it exit, reported in its own words.
+    pub async fn ready(&mut self) -> Result<(), PasstError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.exited.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                // Exited, or its waiter went (then its status is unknown).
+                gone => {
+                    return Err(PasstError::Exited {
+                        status: gone.ok().flatten(),
+                        said: last_words(&read_log(&self.log)),
+                        log: self.log.clone(),
+                    });
+                }
+            }
+            if sandboxed(self.pid) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(PasstError::Timeout {
+                    timeout: READY_TIMEOUT,
+                    log: self.log.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits up to `grace` for passt to exit (its peer, the VMM, is gone), then kills it.
     pub async fn gone(mut self, grace: Duration) {
         if tokio::time::timeout(grace, &mut self.exited).await.is_ok() {
             return;
         }
-        // Not reaped yet (the thread has not returned), so the pid is still this child's.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -221,7 +258,6 @@ impl Exiting {
     }
 }
 
-/// A connected stream socket pair, both ends close-on-exec and moved to [`HIGH_FD`] or above.
 fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = std::os::unix::net::UnixStream::pair()?;
     let high =
@@ -229,10 +265,10 @@ fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((high(a.into())?, high(b.into())?))
 }
 
-/// Starts passt for `vm` with `ports` forwarded and waits until it is ready: its forwards
-/// bound and its sandbox in place (its last step before it serves; a forward it cannot bind
-/// makes it exit, and that is reported with its own words).
-pub fn start(vm: &VmPaths, ports: &[PortForward]) -> Result<Passt, PasstError> {
+/// Starts passt for `vm` with `ports` forwarded. It is not ready yet: the VMM is started
+/// meanwhile (passt's start, ~40 ms here, overlaps QEMU's), and [`Detached::ready`] waits for it
+/// before the VM runs.
+pub fn spawn(vm: &VmPaths, ports: &[PortForward]) -> Result<Passt, PasstError> {
     let binary = cove_util::path::which(BINARY).ok_or(PasstError::NotInstalled)?;
     let args = args(ports)?;
     let (passt_end, vmm_end) = socket_pair().map_err(PasstError::SocketPair)?;
@@ -260,32 +296,11 @@ pub fn start(vm: &VmPaths, ports: &[PortForward]) -> Result<Passt, PasstError> {
         source,
     })?;
     drop(passt_end);
-    let mut passt = Passt {
+    Ok(Passt {
         child: Some(child),
         vmm_end,
-    };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let child = passt.child.as_mut().expect("not detached");
-        if let Ok(Some(status)) = child.try_wait() {
-            passt.child = None;
-            return Err(PasstError::Exited {
-                status,
-                said: last_words(&read_log(&log_path)),
-                log: log_path,
-            });
-        }
-        if sandboxed(child.id()) {
-            return Ok(passt);
-        }
-        if Instant::now() > deadline {
-            return Err(PasstError::Timeout {
-                timeout: READY_TIMEOUT,
-                log: log_path,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        log: log_path,
+    })
 }
 
 /// passt's seccomp filter is in place: the last thing it does before serving.
@@ -380,16 +395,21 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let passt = start(&vm, &[forward("127.0.0.1", port, 80)]).unwrap();
-        // The forward is passt's: the port is taken.
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let passt = spawn(&vm, &[forward("127.0.0.1", port, 80)]).unwrap();
         let pid = passt.pid().unwrap();
         // A child holding the VMM's end (as QEMU does), then this process's copy closed.
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         passt.hand_to(&mut cmd);
         let mut peer = cmd.spawn().unwrap();
-        let exiting = passt.detach().unwrap();
+        let mut exiting = passt.detach().unwrap();
+        rt.block_on(exiting.ready()).unwrap();
+        // The forward is passt's: the port is taken.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
         std::thread::sleep(Duration::from_millis(200));
         assert!(
             cove_util::process::alive(pid),
@@ -397,10 +417,6 @@ mod tests {
         );
         peer.kill().unwrap();
         peer.wait().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
         let began = Instant::now();
         rt.block_on(exiting.gone(Duration::from_secs(10)));
         assert!(
@@ -423,7 +439,15 @@ mod tests {
         let vm = vm_paths(root.path());
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let Err(err) = start(&vm, &[forward("127.0.0.1", port, 80)]) else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut passt = spawn(&vm, &[forward("127.0.0.1", port, 80)])
+            .unwrap()
+            .detach()
+            .unwrap();
+        let Err(err) = rt.block_on(passt.ready()) else {
             panic!("passt started on a taken port");
         };
         let text = err.to_string();

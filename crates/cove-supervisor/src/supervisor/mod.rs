@@ -243,7 +243,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel, spec, gate, passt) = if opts.adopt {
+    let (mut process, pid, accel, spec, gate, mut passt) = if opts.adopt {
         if !backend.capabilities().adopt {
             return Err(SuperviseError::CannotAdopt {
                 backend: record.backend,
@@ -293,6 +293,15 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     // The pid is on record: only now may the VMM run (see `process::gate`).
     if let Some(gate) = gate {
         gate.open()?;
+    }
+    // passt started just before the VMM and got ready while the VMM started (`vmm::launch`);
+    // the guest runs only after `cont`, below, so nothing is sent before passt serves.
+    if let Some(passt) = &mut passt
+        && let Err(e) = passt.ready().await
+    {
+        process.start_kill();
+        let _ = process.wait().await;
+        return Err(e.into());
     }
     let connected = match vmm::connect(&*backend, &vm, pid, spec.as_ref()).await {
         Ok(c) => c,

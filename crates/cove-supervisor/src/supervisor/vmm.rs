@@ -25,7 +25,7 @@ pub struct Launch {
     /// so a supervisor dying in between never leaves a VMM nobody knows of.
     pub gate: cove_backend::process::Gate,
     /// The VM's passt, if it has one, to be waited for once the VMM has exited.
-    pub passt: Option<crate::passt::Exiting>,
+    pub passt: Option<crate::passt::Detached>,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -76,7 +76,7 @@ pub async fn launch(
     // them, and the VMM's own user-mode stack carries only the forwards, restricted) or the
     // backend cannot plug a NIC into a socket.
     let passt = if taps.is_empty() && caps.user_net_stream {
-        Some(crate::passt::start(&vm, &record.ports)?)
+        Some(crate::passt::spawn(&vm, &record.ports)?)
     } else {
         None
     };
