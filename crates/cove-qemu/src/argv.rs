@@ -382,11 +382,10 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
 }
 
 /// The `-sandbox` QEMU runs under (`cove doctor` checks the host's QEMU
-/// accepts it). Spawning stays allowed: QEMU 7.2 has no `file:` migration
-/// URI, so a snapshot saves and restores device state through `exec:cat`
-/// (`crate::save`), which `spawn=deny` answers by killing QEMU. Passing the
-/// file as a descriptor (`getfd` + `fd:`) would let it be denied again.
-pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+/// accepts it). `spawn=deny`: QEMU never forks or runs a program (a snapshot's
+/// device state goes through a socket, see `crate::save`), so a guest that took
+/// QEMU over cannot start one either.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 #[cfg(test)]
 mod tests {

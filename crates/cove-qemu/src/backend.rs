@@ -126,7 +126,10 @@ impl Backend for QemuBackend {
                 .map_err(|e| BackendError::control("negotiate QMP", e))?;
             let console = connect_socket("console", &transports.console, alive).await?;
             Ok(Connected {
-                control: Box::new(QemuControl { qmp }),
+                control: Box::new(QemuControl {
+                    qmp,
+                    migration: migration_socket(transports),
+                }),
                 console: Some(console),
             })
         })
@@ -169,9 +172,17 @@ async fn connect_socket(
         })
 }
 
+/// Where a snapshot's device state passes between QEMU and the supervisor: beside the VM's
+/// other sockets, in its private runtime directory.
+fn migration_socket(transports: &Transports) -> std::path::PathBuf {
+    transports.vmm.with_file_name("migration.sock")
+}
+
 /// A running QEMU's control over QMP.
 pub struct QemuControl {
     qmp: QmpClient,
+    /// See [`migration_socket`].
+    migration: std::path::PathBuf,
 }
 
 impl VmmControl for QemuControl {
@@ -214,7 +225,7 @@ impl VmmControl for QemuControl {
     fn save_state<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.qmp
-                .save_state(path)
+                .save_state(path, &self.migration)
                 .await
                 .map_err(|e| BackendError::control("save its state", e))
         })
@@ -223,7 +234,7 @@ impl VmmControl for QemuControl {
     fn restore_state<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.qmp
-                .restore_state(path)
+                .restore_state(path, &self.migration)
                 .await
                 .map_err(|e| BackendError::control("restore its state", e))
         })

@@ -143,6 +143,8 @@ impl QmpClient {
         name: &'static str,
         command: C,
     ) -> Result<C::Ok, QmpError> {
+        // A command cancelled in flight makes qapi drop the whole connection when its answer
+        // comes: only a hung VMM's command is given up on, and it is then killed anyway.
         let result = tokio::time::timeout(self.command_timeout, self.service.execute(command))
             .await
             .map_err(|_| QmpError::Timeout {
