@@ -400,17 +400,24 @@ pub fn prepare_disks(
         std::fs::rename(&tmp, target)?;
         Ok(())
     };
-    put(
-        &snap.join(ROOT),
-        &paths.vm(record.name.as_str()).root_disk(),
-    )?;
-    for disk in &record.data_disks {
-        put(
-            &snap.join(data_disk_file(disk)),
-            &crate::data_disk::path_for(paths, record, disk),
-        )?;
-    }
-    Ok(())
+    let mut disks = vec![(snap.join(ROOT), paths.vm(record.name.as_str()).root_disk())];
+    disks.extend(record.data_disks.iter().map(|disk| {
+        (
+            snap.join(data_disk_file(disk)),
+            crate::data_disk::path_for(paths, record, disk),
+        )
+    }));
+    // All at once: a restore waits for the slowest copy, not their sum.
+    std::thread::scope(|scope| {
+        let copies: Vec<_> = disks
+            .iter()
+            .map(|(saved, target)| scope.spawn(|| put(saved, target)))
+            .collect();
+        copies
+            .into_iter()
+            .map(|c| c.join().expect("a disk copy panicked"))
+            .collect::<Result<(), LifecycleError>>()
+    })
 }
 
 /// How long the supervisor may take to save a running VM (its device state and disks; the RAM
