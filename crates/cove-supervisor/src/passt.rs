@@ -34,6 +34,8 @@ pub const PACKAGE: &str = "passt";
 const BINARY: &str = "passt";
 /// How long passt may take to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most passt keeps in a VM's passt.log (it drops the oldest lines beyond).
+const LOG_SIZE: u64 = 1 << 20;
 /// passt's own MAC on the guest's link: locally administered, fixed, so it does not depend on
 /// the host having an interface (passt otherwise copies the host's outbound interface's).
 const PASST_MAC: &str = "9a:55:9a:55:9a:55";
@@ -277,13 +279,18 @@ pub fn spawn(vm: &VmPaths, ports: &[PortForward]) -> Result<Passt, PasstError> {
         path: log_path.clone(),
         source,
     };
-    // This start's log only (the supervisor's umask makes it 0600).
-    let log = std::fs::File::create(&log_path).map_err(log_err)?;
+    // This start's log only (the supervisor's umask makes it 0600), kept by passt itself at
+    // most LOG_SIZE long: what a guest makes it complain about cannot fill the host's disk.
+    // Its stderr repeats the same lines (and that it is root), so it goes nowhere.
+    std::fs::File::create(&log_path).map_err(log_err)?;
     let mut cmd = Command::new(&binary);
     cmd.args(args)
+        .arg("--log-file")
+        .arg(&log_path)
+        .args(["--log-size", &LOG_SIZE.to_string()])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(log_err)?)
-        .stderr(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         // Terminal signals and a group kill of the supervisor never reach it.
         .process_group(0);
     let fd = passt_end.as_raw_fd();
@@ -320,14 +327,18 @@ fn read_log(path: &Path) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// passt's own lines, without its complaints that there is no syslog to send them to.
+/// What passt said last, from its log file: its lines without the header naming its version
+/// and without each line's uptime stamp (`0.3140: ERROR:   Failed to bind ...`).
 fn last_words(said: &str) -> String {
     let lines: Vec<&str> = said
         .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.contains("to syslog") && !l.starts_with("Don't run as root")
+        .filter(|l| !l.starts_with("passt "))
+        .map(|l| match l.split_once(": ") {
+            Some((stamp, rest)) if stamp.parse::<f64>().is_ok() => rest,
+            _ => l,
         })
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
         .collect();
     lines[lines.len().saturating_sub(3)..].join(" / ")
 }
@@ -342,6 +353,16 @@ mod tests {
             host_port: host,
             guest_port: guest,
         }
+    }
+
+    #[test]
+    fn last_words_are_passts_lines_without_header_or_stamps() {
+        let log = "passt unknown version: /usr/bin/passt.avx2 (10754)\n\
+                   0.3140: ERROR:   Failed to bind any port for '-t 127.0.0.1/58519:80', exiting\n";
+        assert_eq!(
+            last_words(log),
+            "ERROR:   Failed to bind any port for '-t 127.0.0.1/58519:80', exiting"
+        );
     }
 
     #[test]
