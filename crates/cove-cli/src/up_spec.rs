@@ -61,6 +61,9 @@ struct RawVm {
     /// Cove networks the VM sits on (made by `up` when missing).
     #[serde(default)]
     networks: Vec<String>,
+    /// Whether the guest may reach the host's loopback as 10.0.2.2 (`--host-loopback`).
+    #[serde(default)]
+    host_loopback: bool,
     /// VMs of this spec that must be up (running, agent answering) before this one starts.
     #[serde(default)]
     after: Vec<String>,
@@ -107,6 +110,7 @@ pub struct DeclaredVm {
     pub checks: Vec<Check>,
     pub boot_timeout: u64,
     pub networks: Vec<String>,
+    pub host_loopback: bool,
     pub after: Vec<String>,
 }
 
@@ -209,6 +213,7 @@ impl UpSpec {
                     .with_context(|| format!("mounts of VM `{name}`"))?,
                 checks: vm.check,
                 networks: vm.networks,
+                host_loopback: vm.host_loopback,
                 after: vm.after,
                 boot_timeout: match vm
                     .boot_timeout
@@ -280,12 +285,14 @@ mod tests {
             memory = "1G"
             ports = ["5432:5432"]
             disks = [{ name = "pgdata", size = "2G", mount = "/var/lib/postgresql" }]
+            host_loopback = true
             [[vm.check]]
             tcp = 5432
             "#,
         )
         .unwrap();
         let vm = &spec.vms[0];
+        assert!(vm.host_loopback);
         assert_eq!(vm.memory_mib, 1024);
         assert_eq!(vm.ports[0].host_port, 5432);
         assert_eq!(vm.disks[0].size_bytes, 2 << 30);

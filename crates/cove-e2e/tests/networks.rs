@@ -194,7 +194,7 @@ fn reaches(cove: &Cove, vm: &str, addr: &str, port: u16) -> bool {
 }
 
 #[test]
-#[ignore = "boots four VMs in a network namespace (needs root)"]
+#[ignore = "boots five VMs in a network namespace (needs root)"]
 fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     let ns = NetNs::new("netvm");
     let cove = Cove::in_netns(&ns);
@@ -211,11 +211,14 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     cove.ok(&["create", "a", "--network", "lab"]);
     cove.ok(&["create", "b", "--network", "lab"]);
     cove.ok(&["create", "c", "--network", "other"]);
-    // On no cove network: the default user-mode network (passt).
+    // On no cove network: the default user-mode network (passt); `h` asked for the host.
     cove.ok(&["create", "u"]);
+    cove.ok(&["create", "h", "--host-loopback"]);
+    let err = cove.fails(&["create", "hl", "--host-loopback", "--network", "lab"]);
+    assert!(err.contains("cannot be used with"), "{err}");
     let err = cove.fails(&["create", "d", "--network", "nope"]);
     assert!(err.contains("no network named `nope`"), "{err}");
-    for vm in ["a", "b", "c", "u"] {
+    for vm in ["a", "b", "c", "u", "h"] {
         cove.ok(&["start", vm]);
     }
     let list = cove.json(&["network", "ls"]);
@@ -278,6 +281,16 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     assert!(
         !reaches(&cove, "u", "10.0.2.2", any_port),
         "the gateway is not the host"
+    );
+    // Asked for, and only then: the host's loopback as the gateway.
+    assert!(
+        reaches(&cove, "h", "10.0.2.2", lo_port),
+        "a VM created with --host-loopback reaches the host's 127.0.0.1"
+    );
+    assert!(
+        cove.ok(&["show", "h"])
+            .contains("reaches the host's 127.0.0.1"),
+        "show says so"
     );
     // No network reaches another.
     let across = cove.run(&["exec", "a", "--", "ping", "-c", "1", "-W", "3", &c_ip]);

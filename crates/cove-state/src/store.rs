@@ -358,6 +358,7 @@ mod tests {
             disk_mounts: Default::default(),
             host_mounts: vec![],
             networks: vec![],
+            host_loopback: false,
             last_exit: None,
             agent_answered: false,
             last_error: None,

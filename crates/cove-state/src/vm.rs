@@ -267,6 +267,10 @@ pub struct VmRecord {
     /// attachments in the store (`net::Attachment`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// Whether the guest may reach the host's loopback (its 127.0.0.1 as 10.0.2.2). Off unless
+    /// asked for (`--host-loopback`): a guest is not trusted with the host's local services.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_loopback: bool,
     /// How the VMM last ended, e.g. `exit status 0` or `killed by signal 9`.
     pub last_exit: Option<String>,
     /// Whether the guest's agent completed its handshake during the last boot.

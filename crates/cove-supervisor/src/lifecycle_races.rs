@@ -34,6 +34,7 @@ fn put_record(paths: &Paths, name: &str, disks: &[&str]) -> VmRecord {
         disk_mounts: Default::default(),
         host_mounts: vec![],
         networks: vec![],
+        host_loopback: false,
         last_exit: None,
         agent_answered: false,
         last_error: None,

@@ -91,7 +91,9 @@ fn exit_text(status: &Option<ExitStatus>) -> String {
     status.map_or_else(|| "status unknown".into(), |s| s.to_string())
 }
 
-pub fn args(ports: &[PortForward]) -> Result<Vec<OsString>, PasstError> {
+/// passt's arguments; `host_loopback` lets the guest reach the host's 127.0.0.1 as the
+/// gateway (passt's default, which cove turns off unless the VM asks for it).
+pub fn args(ports: &[PortForward], host_loopback: bool) -> Result<Vec<OsString>, PasstError> {
     use cove_guest::user_net;
     let mut a: Vec<OsString> = [
         // The supervisor's child, not a daemon in a PID namespace of its own.
@@ -112,9 +114,6 @@ pub fn args(ports: &[PortForward]) -> Result<Vec<OsString>, PasstError> {
         &user_net::PREFIX_LEN.to_string(),
         "--gateway",
         user_net::GATEWAY,
-        // The point: the gateway is not the host. Without this passt maps connections to
-        // 10.0.2.2 to the host's loopback, as slirp does.
-        "--no-map-gw",
         // DNS to 10.0.2.3 (UDP 53 only) goes to the host's resolver, as under slirp.
         "--dns-forward",
         user_net::DNS,
@@ -130,6 +129,11 @@ pub fn args(ports: &[PortForward]) -> Result<Vec<OsString>, PasstError> {
     .into_iter()
     .map(OsString::from)
     .collect();
+    // The point: the gateway is not the host. Without this passt maps connections to 10.0.2.2
+    // to the host's loopback, as slirp does; only a VM that asked for it gets that.
+    if !host_loopback {
+        a.push("--no-map-gw".into());
+    }
     // passt refuses an empty spec: no forwards is `none`.
     let mut tcp = Vec::new();
     for p in ports {
@@ -270,9 +274,13 @@ fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Starts passt for `vm` with `ports` forwarded. It is not ready yet: the VMM is started
 /// meanwhile (passt's start, ~40 ms here, overlaps QEMU's), and [`Detached::ready`] waits for it
 /// before the VM runs.
-pub fn spawn(vm: &VmPaths, ports: &[PortForward]) -> Result<Passt, PasstError> {
+pub fn spawn(
+    vm: &VmPaths,
+    ports: &[PortForward],
+    host_loopback: bool,
+) -> Result<Passt, PasstError> {
     let binary = cove_util::path::which(BINARY).ok_or(PasstError::NotInstalled)?;
-    let args = args(ports)?;
+    let args = args(ports, host_loopback)?;
     let (passt_end, vmm_end) = socket_pair().map_err(PasstError::SocketPair)?;
     let log_path = vm.passt_log();
     let log_err = |source| PasstError::Log {
@@ -367,7 +375,11 @@ mod tests {
 
     #[test]
     fn forwards_keep_their_host_address_and_nothing_maps_to_the_host() {
-        let a = args(&[forward("127.0.0.1", 8080, 80), forward("", 2222, 22)]).unwrap();
+        let a = args(
+            &[forward("127.0.0.1", 8080, 80), forward("", 2222, 22)],
+            false,
+        )
+        .unwrap();
         let text: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         let text = text.join(" ");
         assert!(text.contains("--no-map-gw"), "{text}");
@@ -382,12 +394,15 @@ mod tests {
         );
         assert!(text.contains("--fd 3"), "{text}");
 
-        let none = args(&[]).unwrap();
+        let none = args(&[], false).unwrap();
         assert!(
             none.windows(2)
                 .any(|w| w[0] == "--tcp-ports" && w[1] == "none")
         );
-        let err = args(&[forward("::1", 1, 2)]).unwrap_err();
+        let err = args(&[forward("::1", 1, 2)], false).unwrap_err();
+        // Asked for: the gateway is the host's loopback.
+        let open = args(&[], true).unwrap();
+        assert!(!open.iter().any(|a| a == "--no-map-gw"));
         assert!(err.to_string().contains("127.0.0.1"), "{err}");
     }
 
@@ -420,7 +435,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let passt = spawn(&vm, &[forward("127.0.0.1", port, 80)]).unwrap();
+        let passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false).unwrap();
         let pid = passt.pid().unwrap();
         // A child holding the VMM's end (as QEMU does), then this process's copy closed.
         let mut cmd = Command::new("sleep");
@@ -464,7 +479,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let mut passt = spawn(&vm, &[forward("127.0.0.1", port, 80)])
+        let mut passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false)
             .unwrap()
             .detach()
             .unwrap();

@@ -153,6 +153,7 @@ fn one_boot(ctx: &Ctx, a: &BootArgs, image: &str, name: &str) -> Result<Run> {
             disks: Vec::new(),
             mounts: Vec::new(),
             networks: Vec::new(),
+            host_loopback: false,
         },
     )?;
     let vm = ctx.paths.vm(name);

@@ -49,6 +49,11 @@ pub struct Args {
     /// peers and the host reach it as `NAME.cove`. Repeatable; needs root (CAP_NET_ADMIN).
     #[arg(long = "network", add = crate::complete::network())]
     pub networks: Vec<String>,
+    /// Let the guest reach services on the host's loopback, the host's 127.0.0.1 appearing as
+    /// 10.0.2.2 in the guest. Off by default: a guest is not trusted with the host's local
+    /// services (a database trusting localhost, other VMs' forwarded ports).
+    #[arg(long, conflicts_with = "networks")]
+    pub host_loopback: bool,
 }
 
 fn parse_mount(text: &str) -> Result<cove_state::HostMount, String> {
@@ -114,6 +119,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             disks: args.disks,
             mounts: args.mounts,
             networks: args.networks,
+            host_loopback: args.host_loopback,
         },
     )?;
     if ctx.json {

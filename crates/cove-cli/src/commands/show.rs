@@ -80,6 +80,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             .unwrap_or_else(|| "-".into()),
     );
     field("ports", ports_text(&r.ports));
+    if r.host_loopback {
+        field(
+            "host",
+            "the guest reaches the host's 127.0.0.1 as 10.0.2.2".into(),
+        );
+    }
     field("console", vm.console_log().display().to_string());
     if let Some(exit) = &r.last_exit {
         field("last exit", exit.clone());

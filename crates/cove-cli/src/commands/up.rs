@@ -316,6 +316,8 @@ fn needs_recreate(
         Some("its machine changed")
     } else if have.networks != want.networks {
         Some("its networks changed")
+    } else if have.host_loopback != want.host_loopback {
+        Some("its host loopback access changed")
     } else {
         None
     }
@@ -333,6 +335,7 @@ pub(crate) fn create_options(image: &ImageManifest, want: &DeclaredVm) -> Create
         disks: want.disks.clone(),
         mounts: want.mounts.clone(),
         networks: want.networks.clone(),
+        host_loopback: want.host_loopback,
     }
 }
 
@@ -357,6 +360,7 @@ mod tests {
             }],
             mounts: Vec::new(),
             networks: Vec::new(),
+            host_loopback: false,
         };
         let key = |o: &CreateOptions| up_snapshot::key(o);
         assert_eq!(key(&base), key(&base.clone()));
@@ -379,6 +383,10 @@ mod tests {
             },
             CreateOptions {
                 disks: Vec::new(),
+                ..base.clone()
+            },
+            CreateOptions {
+                host_loopback: true,
                 ..base.clone()
             },
         ];

@@ -27,6 +27,8 @@ pub struct CreateOptions {
     pub mounts: Vec<cove_state::HostMount>,
     /// Cove networks to put the VM on (`--network`), in NIC order.
     pub networks: Vec<String>,
+    /// Let the guest reach the host's loopback (see `VmRecord::host_loopback`).
+    pub host_loopback: bool,
 }
 
 /// Creates a VM: a copy-on-write overlay of its image and a record, both or
@@ -49,6 +51,13 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
     let image = boot_image::resolve(&store, &opts.image)?;
     let machine = Machine::for_arch(image.arch, opts.machine)
         .map_err(|e| LifecycleError::BadResources(format!("image `{}`: {e}", image.name)))?;
+    if opts.host_loopback && !opts.networks.is_empty() {
+        return Err(LifecycleError::BadResources(
+            "--host-loopback is for the default user-mode network; a VM on cove networks \
+             reaches the host at its network's gateway address instead"
+                .into(),
+        ));
+    }
     if !opts.networks.is_empty() {
         cove_net::require_privileges()?;
         for (i, n) in opts.networks.iter().enumerate() {
@@ -96,6 +105,7 @@ pub fn create(paths: &Paths, opts: &CreateOptions) -> Result<VmRecord, Lifecycle
             .collect(),
         host_mounts: opts.mounts.clone(),
         networks: opts.networks.clone(),
+        host_loopback: opts.host_loopback,
         last_exit: None,
         agent_answered: false,
         last_error: None,

@@ -76,7 +76,11 @@ pub async fn launch(
     // them, and the VMM's own user-mode stack carries only the forwards, restricted) or the
     // backend cannot plug a NIC into a socket.
     let passt = if taps.is_empty() && caps.user_net_stream {
-        Some(crate::passt::spawn(&vm, &record.ports)?)
+        Some(crate::passt::spawn(
+            &vm,
+            &record.ports,
+            record.host_loopback,
+        )?)
     } else {
         None
     };
