@@ -415,8 +415,7 @@ pub fn prepare_disks(
             .collect();
         copies
             .into_iter()
-            .map(|c| c.join().expect("a disk copy panicked"))
-            .collect::<Result<(), LifecycleError>>()
+            .try_for_each(|c| c.join().expect("a disk copy panicked"))
     })
 }
 

@@ -111,7 +111,7 @@ fn said(lines: &[String]) -> String {
 
 /// Why the supervisor ended a boot itself (the guest never became ready). Recorded and
 /// answered as the fallback cause when `cove why`'s rules find none in the console.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BootFailure {
     #[error(
         "the guest's agent never answered within {}s{}",
@@ -137,8 +137,8 @@ pub enum BootFailure {
     #[error("the guest kernel panicked while booting")]
     Panicked,
     /// A restored guest's clock, RNG or identity could not be fixed (see `save::fixup`).
-    #[error("the restored guest could not be fixed up: {0}")]
-    Fixup(String),
+    #[error("the restored guest could not be fixed up")]
+    Fixup(#[source] save::FixupError),
 }
 
 /// Where the boot stands, shared with every control connection.
@@ -491,7 +491,7 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
         }
         Err(why) => {
             // In the log too: the outcome may name a cause the console shows instead.
-            tracing::warn!(why = %why, "the boot failed; killing the VMM");
+            tracing::warn!(why = %error_chain(&why), "the boot failed; killing the VMM");
             // Mark the stop as ours before killing, so the outcome says why
             // instead of "crashed by itself".
             *shared.stop.lock().await = Some((StopKind::Kill, Instant::now()));

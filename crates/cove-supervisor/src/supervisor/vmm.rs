@@ -300,7 +300,7 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
         )),
         console_tail: tail.clone(),
     };
-    if let Some(why) = shared.boot_failure.lock().await.clone() {
+    if let Some(why) = &*shared.boot_failure.lock().await {
         // The boot failed and the supervisor killed the VMM itself: its SIGKILL is not evidence,
         // so the rules judge the console alone, and the boot's own failure is the fallback.
         let cause = super::judge::diagnose(shared, None)
@@ -308,7 +308,7 @@ pub async fn outcome(shared: &Shared, status: Option<&ExitStatus>) -> Outcome {
             .map(|f| f.summary.clone());
         return Outcome {
             state: VmState::Crashed,
-            failure: Some(failure(cause.unwrap_or_else(|| super::error_chain(&why)))),
+            failure: Some(failure(cause.unwrap_or_else(|| super::error_chain(why)))),
             detail: String::new(),
         };
     }
