@@ -164,6 +164,13 @@ pub(crate) fn assemble(
             .map(str::to_owned),
         );
         cmdline_extra.push(format!("init={init_path}"));
+        if p.arch == cove_guest::Arch::Amd64 {
+            // Keep the SMP alternatives of a one-CPU guest: patching every LOCK prefix of the
+            // kernel out of its text, as Linux does when one CPU is present, made QEMU's TCG
+            // retranslate the code and cost 0.2 s of a 0.9 s kernel init here (BENCHMARKS.md
+            // section 6); the LOCK prefixes cost nothing measurable after boot.
+            cmdline_extra.push("noreplace-smp".to_owned());
+        }
     } else if p.init == InitKind::Systemd {
         cmdline_extra.push(format!("cove.init={init_path}"));
     }

@@ -106,9 +106,7 @@ pub fn build_image(
         modules: &modules,
         vmlinux: opts.vmlinux,
         initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-        cove_init_sha256: util::sha256_bytes(
-            rootfs::cove_init_script(&spec.services, spec.arch).as_bytes(),
-        ),
+        cove_init_sha256: rootfs::cove_init_sha256(&spec.services, spec.arch),
     });
     if let Some(m) = cache::cached(paths, store, &id)? {
         rep.message(&format!("image {} ({id}) is up to date", m.name));

@@ -200,9 +200,7 @@ pub fn build_minimal(
         size: opts.size,
         vmlinux: opts.vmlinux,
         initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-        cove_init_sha256: util::sha256_bytes(
-            rootfs::cove_init_script(&opts.services, opts.arch).as_bytes(),
-        ),
+        cove_init_sha256: rootfs::cove_init_sha256(&opts.services, opts.arch),
     };
     let id = image_id(&key);
     if let Some(m) = cache::cached(paths, store, &id)? {
@@ -274,9 +272,7 @@ mod tests {
             size: None,
             vmlinux: true,
             initramfs_init_sha256: util::sha256_bytes(initramfs::init_script().as_bytes()),
-            cove_init_sha256: util::sha256_bytes(
-                rootfs::cove_init_script(services, Arch::Amd64).as_bytes(),
-            ),
+            cove_init_sha256: rootfs::cove_init_sha256(services, Arch::Amd64),
         }
     }
 
