@@ -85,14 +85,13 @@ pub enum PasstError {
     SocketPair(#[source] std::io::Error),
 }
 
-/// passt's arguments for a VM whose forwards are `ports`; its end of the socket pair is
-/// [`PASST_FD`].
 fn exit_text(status: &Option<ExitStatus>) -> String {
     status.map_or_else(|| "status unknown".into(), |s| s.to_string())
 }
 
-/// passt's arguments; `host_loopback` lets the guest reach the host's 127.0.0.1 as the
-/// gateway (passt's default, which cove turns off unless the VM asks for it).
+/// passt's arguments for a VM whose forwards are `ports`; its end of the socket pair is
+/// [`PASST_FD`]. `host_loopback` lets the guest reach the host's 127.0.0.1 as the gateway
+/// (passt's default, which cove turns off unless the VM asks for it).
 pub fn args(ports: &[PortForward], host_loopback: bool) -> Result<Vec<OsString>, PasstError> {
     use cove_guest::user_net;
     let mut a: Vec<OsString> = [
@@ -193,9 +192,8 @@ impl Passt {
     }
 
     /// The VMM was spawned with its end: this process's copy closes (so passt's life is the
-    /// VMM's alone) and a thread reaps passt when it exits.
-    /// Hands the process to a thread that waits for its exit (so it never lingers as a zombie
-    /// while the VM runs); `None` if it was already handed over or no thread could start.
+    /// VMM's alone) and a thread reaps passt when it exits. `None` if it was already handed
+    /// over or no thread could start.
     pub fn detach(mut self) -> Option<Detached> {
         let mut child = self.child.take()?;
         let pid = child.id();
@@ -214,7 +212,7 @@ impl Passt {
     }
 }
 
-/// A running passt whose exit a thread waits for.
+/// A passt handed to its own reaping thread: the VMM holds its peer end.
 pub struct Detached {
     pid: u32,
     exited: tokio::sync::oneshot::Receiver<Option<ExitStatus>>,
@@ -251,11 +249,15 @@ impl Detached {
         }
     }
 
-    /// Waits up to `grace` for passt to exit (its peer, the VMM, is gone), then kills it.
+    /// Returns once passt has exited, and so closed the host ports it forwarded: a VM is
+    /// reported stopped only then, so that an immediate `start` finds its ports free (passt
+    /// exits when it sees its QEMU's end close, a moment after QEMU). One that outlives its
+    /// QEMU by `grace` is killed.
     pub async fn gone(mut self, grace: Duration) {
         if tokio::time::timeout(grace, &mut self.exited).await.is_ok() {
             return;
         }
+        // Not reaped yet (the thread has not returned), so the pid is still this child's.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -264,6 +266,7 @@ impl Detached {
     }
 }
 
+/// A connected stream socket pair, both ends close-on-exec and moved to [`HIGH_FD`] or above.
 fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = std::os::unix::net::UnixStream::pair()?;
     let high =
