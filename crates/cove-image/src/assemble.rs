@@ -164,15 +164,16 @@ pub(crate) fn assemble(
             .map(str::to_owned),
         );
         cmdline_extra.push(format!("init={init_path}"));
-        if p.arch == cove_guest::Arch::Amd64 {
-            // Keep the SMP alternatives of a one-CPU guest: patching every LOCK prefix of the
-            // kernel out of its text, as Linux does when one CPU is present, made QEMU's TCG
-            // retranslate the code and cost 0.2 s of a 0.9 s kernel init here (BENCHMARKS.md
-            // section 6); the LOCK prefixes cost nothing measurable after boot.
-            cmdline_extra.push("noreplace-smp".to_owned());
-        }
     } else if p.init == InitKind::Systemd {
         cmdline_extra.push(format!("cove.init={init_path}"));
+    }
+    if p.arch == cove_guest::Arch::Amd64 {
+        // Keep the SMP alternatives of a one-CPU guest: patching every LOCK prefix of the
+        // kernel out of its text, as Linux does when one CPU is present, made QEMU's TCG
+        // retranslate the code and cost 0.2 s of a 0.9 s kernel init on cove's kernel, 0.3 s
+        // of Debian's cloud kernel's boot (BENCHMARKS.md section 6); the LOCK prefixes cost
+        // nothing measurable after boot.
+        cmdline_extra.push("noreplace-smp".to_owned());
     }
     let kernel_origin = match &p.kernel.built {
         Some(b) => format!("build:{} {}", &b.key[..16], b.source),
