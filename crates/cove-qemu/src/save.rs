@@ -109,7 +109,10 @@ impl QmpClient {
             )
             .await?;
             let stream = self.accept_vmm(&listener, socket, path).await?;
-            receive(stream, path).await?;
+            // A VMM that stops sending mid-stream must not hold the supervisor forever.
+            tokio::time::timeout(MIGRATION_TIMEOUT, receive(stream, path))
+                .await
+                .map_err(|_| SaveError::Timeout { what: "save" })??;
             self.wait_migration("save", path).await
         }
         .await;
@@ -143,11 +146,12 @@ impl QmpClient {
                 .map_err(io_err("connect to QEMU on", socket))?;
             // QEMU reads until the end of the stream; an error here (QEMU refused the state and
             // closed) is what its migration status then says, so that is asked first.
-            let sent = async {
+            let sent = tokio::time::timeout(MIGRATION_TIMEOUT, async {
                 tokio::io::copy(&mut file, &mut stream).await?;
                 stream.shutdown().await
-            }
-            .await;
+            })
+            .await
+            .map_err(|_| SaveError::Timeout { what: "restore" })?;
             self.wait_migration("restore", path).await?;
             sent.map_err(io_err("send the state to QEMU from", path))
         }
