@@ -174,6 +174,15 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, SaveEr
     ))
 }
 
+/// 64 fresh bytes from the host's RNG.
+fn host_entropy() -> Result<Vec<u8>, FixupError> {
+    let mut bytes = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(FixupError::Entropy)?;
+    Ok(bytes)
+}
+
 /// Clock, entropy and (for a clone) identity, sent to a guest just restored.
 pub async fn fixup(shared: &Shared) -> Result<(), FixupError> {
     let record = Store::open(&shared.paths).and_then(|s| s.get_vm(&shared.name))?;
@@ -183,10 +192,7 @@ pub async fn fixup(shared: &Shared) -> Result<(), FixupError> {
         }
         return Err(FixupError::NoAgent(shared.name.clone()));
     };
-    let mut entropy = vec![0u8; 64];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut entropy))
-        .map_err(FixupError::Entropy)?;
+    let entropy = host_entropy()?;
     let clone = record.cloned_from.is_some();
     let machine_id = clone.then(|| {
         let mut id = [0u8; 16];
@@ -194,15 +200,7 @@ pub async fn fixup(shared: &Shared) -> Result<(), FixupError> {
         hex::encode(id)
     });
     // The clone's id must not be derivable from what the guest is given: fresh bytes for it.
-    let entropy = if clone {
-        let mut more = vec![0u8; 64];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut more))
-            .map_err(FixupError::Entropy)?;
-        more
-    } else {
-        entropy
-    };
+    let entropy = if clone { host_entropy()? } else { entropy };
     let unix_nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
