@@ -177,16 +177,7 @@ impl QmpClient {
             {
                 return Ok(accepted.map_err(io_err("accept QEMU on", socket))?.0);
             }
-            let info = self.run("query-migrate", qmp::query_migrate {}).await?;
-            if let Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) =
-                info.status
-            {
-                return Err(SaveError::Failed {
-                    what: "save",
-                    path: path.display().to_string(),
-                    reason: info.error_desc.unwrap_or_else(|| "no reason given".into()),
-                });
-            }
+            self.migration_done("save", path).await?;
             if Instant::now() >= deadline {
                 return Err(SaveError::Timeout { what: "save" });
             }
@@ -195,22 +186,30 @@ impl QmpClient {
 
     async fn wait_migration(&self, what: &'static str, path: &Path) -> Result<(), SaveError> {
         let deadline = Instant::now() + MIGRATION_TIMEOUT;
-        loop {
-            let info = self.run("query-migrate", qmp::query_migrate {}).await?;
-            match info.status {
-                Some(qmp::MigrationStatus::completed) => return Ok(()),
-                Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) => {
-                    return Err(SaveError::Failed {
-                        what,
-                        path: path.display().to_string(),
-                        reason: info.error_desc.unwrap_or_else(|| "no reason given".into()),
-                    });
-                }
-                _ if Instant::now() >= deadline => return Err(SaveError::Timeout { what }),
-                // QEMU emits no event this client listens to: poll; the state is small, so
-                // this takes a few rounds.
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        // QEMU emits no event this client listens to: poll; the state is small, so this takes
+        // a few rounds.
+        while !self.migration_done(what, path).await? {
+            if Instant::now() >= deadline {
+                return Err(SaveError::Timeout { what });
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Asks the migration's status once: done, still going, or failed with QEMU's reason.
+    async fn migration_done(&self, what: &'static str, path: &Path) -> Result<bool, SaveError> {
+        let info = self.run("query-migrate", qmp::query_migrate {}).await?;
+        match info.status {
+            Some(qmp::MigrationStatus::completed) => Ok(true),
+            Some(qmp::MigrationStatus::failed | qmp::MigrationStatus::cancelled) => {
+                Err(SaveError::Failed {
+                    what,
+                    path: path.display().to_string(),
+                    reason: info.error_desc.unwrap_or_else(|| "no reason given".into()),
+                })
+            }
+            _ => Ok(false),
         }
     }
 }
