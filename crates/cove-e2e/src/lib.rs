@@ -189,6 +189,14 @@ impl Cove {
         self.root.path().join("state/cove/vms").join(name)
     }
 
+    /// Where a cold-booted VM's RAM file is, by cove's own rule (a tmpfs where there is one).
+    pub fn ram_file(&self, name: &str) -> PathBuf {
+        let runtime = self.root.path().join("run/cove");
+        cove_state::paths::ram_root(&runtime, Path::new("/dev/shm"))
+            .join(name)
+            .join("memory")
+    }
+
     pub fn console_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.vm_dir(name).join("console.log")).unwrap_or_default()
     }

@@ -12,8 +12,18 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
     assert_eq!(cove.state("web"), "created");
     cove.ok(&["start", "web"]);
     assert_eq!(cove.state("web"), "running");
+    // The guest's RAM is a file QEMU maps, on a tmpfs where the host has one (never written
+    // back to a disk), and it goes with the VMM.
+    let ram = cove.ram_file("web");
+    let cmdline = std::fs::read_to_string(cove.vm_dir("web").join("vmm.cmdline")).unwrap();
+    assert!(
+        cmdline.contains(&format!("mem-path={}", ram.display())),
+        "{cmdline}"
+    );
+    assert!(ram.exists());
     cove.ok(&["stop", "web"]);
     assert_eq!(cove.state("web"), "stopped");
+    assert!(!ram.exists(), "the stopped VM's RAM file is gone");
     cove.ok(&["start", "web"]);
     assert!(
         cove.console_log("web").contains(cove_guest::marker::READY),
@@ -154,9 +164,15 @@ fn delete_leaves_no_files_and_no_processes() {
         err.contains("--force"),
         "refuses a running VM and says how: {err}"
     );
+    let ram = cove.ram_file("gone");
+    assert!(ram.exists());
     cove.ok(&["delete", "--force", "gone"]);
     assert!(!cove.vm_dir("gone").exists());
     assert!(!cove.root().join("run/cove/gone").exists());
+    assert!(
+        !ram.parent().unwrap().exists(),
+        "no RAM file or directory left"
+    );
     cove.wait_for("every process to exit", Duration::from_secs(5), || {
         cove.processes().is_empty()
     });

@@ -6,6 +6,7 @@
 //!   (disk overlay, console log, supervisor log).
 //! - `$XDG_RUNTIME_DIR/cove/<vm>`: sockets, which must stay short (see
 //!   [`MAX_SOCKET_PATH`]).
+//! - guest RAM files on a tmpfs (see [`ram_root`]): `/dev/shm`, or the runtime directory.
 //! - `$XDG_CACHE_HOME/cove`: downloads and build caches, safe to delete.
 //! - `$XDG_DATA_HOME/cove`: built images and persistent data disks.
 
@@ -44,6 +45,8 @@ pub enum PathError {
 pub struct Paths {
     pub state: PathBuf,
     pub runtime: PathBuf,
+    /// Where cold-booted guests' RAM files live (see [`ram_root`]).
+    pub ram: PathBuf,
     pub cache: PathBuf,
     pub data: PathBuf,
 }
@@ -68,8 +71,10 @@ impl Paths {
             None => PathBuf::from(format!("/tmp/cove-{}", unsafe { libc::getuid() })),
         };
         secure_runtime_dir(&runtime)?;
+        let ram = ram_root(&runtime, Path::new(SHM));
         Ok(Self {
             state: xdg("XDG_STATE_HOME", ".local/state")?,
+            ram,
             runtime,
             cache: xdg("XDG_CACHE_HOME", ".cache")?,
             data: xdg("XDG_DATA_HOME", ".local/share")?,
@@ -81,6 +86,7 @@ impl Paths {
         Self {
             state: root.join("state"),
             runtime: root.join("run"),
+            ram: root.join("run"),
             cache: root.join("cache"),
             data: root.join("data"),
         }
@@ -110,6 +116,7 @@ impl Paths {
         VmPaths {
             dir: self.vms().join(name),
             run: self.runtime.join(name),
+            ram: self.ram.join(name),
         }
     }
 
@@ -133,12 +140,45 @@ impl Paths {
     }
 }
 
+/// Linux's shared-memory tmpfs, sized for RAM (half of it by default).
+const SHM: &str = "/dev/shm";
+
+/// Below this size a `/dev/shm` is a container's token one (Docker gives 64 MiB), not a place
+/// for guest RAM.
+const MIN_SHM_BYTES: u64 = 1 << 30;
+
+/// Where guest RAM files go. A cold-booted VM's RAM is a shared file (a snapshot copies it), and
+/// that file must be memory: on a disk filesystem the host kernel writes the guest's RAM back to
+/// disk as it changes, and a boot took 0.2 s longer (BENCHMARKS.md section 6). The runtime
+/// directory when it is a tmpfs (`/run/user/UID`); otherwise a directory of ours alone in
+/// `/dev/shm`, named after the runtime directory so two installations (or test runs) of one
+/// user never share a VM's RAM file; the runtime directory again when neither is usable, or
+/// when that directory exists and is not ours alone. Nothing is created here: a start makes the
+/// directory (`secure_runtime_dir`) and the last VM to go removes it.
+pub fn ram_root(runtime: &Path, shm: &Path) -> PathBuf {
+    if cove_util::space::is_tmpfs(runtime)
+        || !cove_util::space::is_tmpfs(shm)
+        || cove_util::space::total_bytes(shm).is_none_or(|b| b < MIN_SHM_BYTES)
+    {
+        return runtime.to_owned();
+    }
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(runtime.as_os_str().as_encoded_bytes())[..6]);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let dir = shm.join(format!("cove-{}-{tag}", unsafe { libc::geteuid() }));
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir,
+        Ok(meta) if not_ours_alone(&meta).is_none() => dir,
+        _ => runtime.to_owned(),
+    }
+}
+
 /// Creates the runtime directory 0700 if it is missing, then refuses it
 /// unless it is a real directory (not a symlink) owned by us with no
 /// group or other permissions, as tmux does for its socket directory:
 /// `/tmp/cove-<uid>` can be created first by anyone.
 pub fn secure_runtime_dir(dir: &Path) -> Result<(), PathError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     let created = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(crate::files::DIR_MODE)
@@ -153,9 +193,21 @@ pub fn secure_runtime_dir(dir: &Path) -> Result<(), PathError> {
         path: dir.to_owned(),
         source,
     })?;
+    match not_ours_alone(&meta) {
+        Some(problem) => Err(PathError::UnsafeRuntimeDir {
+            path: dir.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why a directory found in a place others can write to is not ours alone, if it is not.
+fn not_ours_alone(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let problem = if meta.file_type().is_symlink() {
+    if meta.file_type().is_symlink() {
         Some("it is a symbolic link".to_owned())
     } else if !meta.is_dir() {
         Some("it is not a directory".to_owned())
@@ -171,13 +223,6 @@ pub fn secure_runtime_dir(dir: &Path) -> Result<(), PathError> {
         ))
     } else {
         None
-    };
-    match problem {
-        Some(problem) => Err(PathError::UnsafeRuntimeDir {
-            path: dir.to_owned(),
-            problem,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -193,6 +238,9 @@ pub struct VmPaths {
     pub dir: PathBuf,
     /// Runtime: sockets. Removed when the supervisor exits.
     pub run: PathBuf,
+    /// The guest's RAM file, on a tmpfs where there is one (see [`ram_root`]); the same as
+    /// `run` otherwise. Removed when the supervisor exits.
+    pub ram: PathBuf,
 }
 
 impl VmPaths {
@@ -231,10 +279,9 @@ impl VmPaths {
     pub fn vmm_cmdline(&self) -> PathBuf {
         self.dir.join("vmm.cmdline")
     }
-    /// Guest RAM of a cold-booted VM, shared with QEMU so a snapshot can copy it (runtime dir:
-    /// tmpfs where `XDG_RUNTIME_DIR` is, as it should be).
+    /// Guest RAM of a cold-booted VM, shared with QEMU so a snapshot can copy it.
     pub fn memory_file(&self) -> PathBuf {
-        self.run.join("memory")
+        self.ram.join("memory")
     }
     /// The VM's snapshots, one directory per tag (see `cove_supervisor::snapshot`).
     pub fn snapshots(&self) -> PathBuf {
@@ -286,6 +333,45 @@ impl VmPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guest RAM goes to a tmpfs: the runtime directory when it is one, else a private
+    /// directory in a usable shm named after the runtime directory, else the runtime directory.
+    #[test]
+    fn ram_root_is_a_private_tmpfs_directory_per_installation() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let runtime = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let shm_root = Path::new(SHM);
+        let usable = |shm: &Path| {
+            cove_util::space::is_tmpfs(shm)
+                && cove_util::space::total_bytes(shm).is_some_and(|b| b >= MIN_SHM_BYTES)
+        };
+        // A shm of our own inside the real one, so nothing is left in /dev/shm itself.
+        let shm = match usable(shm_root) {
+            true => Some(tempfile::tempdir_in(shm_root).unwrap()),
+            false => None,
+        };
+        let shm_path = shm.as_ref().map_or(Path::new("/no/such/shm"), |d| d.path());
+        let ram = ram_root(runtime.path(), shm_path);
+        if cove_util::space::is_tmpfs(runtime.path()) || shm.is_none() {
+            assert_eq!(ram, runtime.path());
+        } else {
+            assert!(ram.starts_with(shm_path), "{}", ram.display());
+            assert!(!ram.exists(), "made by a start, not by reading paths");
+            // The same installation finds the same directory, made private; another one its own.
+            secure_runtime_dir(&ram).unwrap();
+            assert_eq!(std::fs::metadata(&ram).unwrap().mode() & 0o777, 0o700);
+            assert_eq!(ram_root(runtime.path(), shm_path), ram);
+            let theirs = ram_root(other.path(), shm_path);
+            assert_ne!(theirs, ram);
+            // One that is there and not ours alone is not used: the runtime directory is.
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+            assert_eq!(ram_root(other.path(), shm_path), other.path());
+        }
+        // Not a tmpfs at all: the runtime directory.
+        assert_eq!(ram_root(runtime.path(), Path::new("/proc")), runtime.path());
+    }
 
     #[test]
     fn overlong_runtime_dir_is_reported_with_the_fix() {

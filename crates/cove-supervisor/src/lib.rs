@@ -11,6 +11,7 @@ pub mod lifecycle;
 mod lifecycle_races;
 pub mod liveness;
 pub mod passt;
+pub mod ram;
 pub mod snapshot;
 pub mod supervisor;
 pub mod up_snapshot;

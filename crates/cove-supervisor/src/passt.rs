@@ -413,6 +413,7 @@ mod tests {
         let vm = VmPaths {
             dir: root.join("vm"),
             run: root.join("run"),
+            ram: root.join("run"),
         };
         std::fs::create_dir_all(&vm.dir).unwrap();
         std::fs::create_dir_all(&vm.run).unwrap();

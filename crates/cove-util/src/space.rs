@@ -9,3 +9,28 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(existing).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+/// Whether `dir` is on a tmpfs: memory, not disk (guest RAM files belong there).
+pub fn is_tmpfs(dir: &Path) -> bool {
+    // TMPFS_MAGIC from linux/magic.h.
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    rustix::fs::statfs(dir).is_ok_and(|st| st.f_type as u64 == TMPFS_MAGIC)
+}
+
+/// The size of the filesystem holding `dir`; `None` if that cannot be read.
+pub fn total_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_is_not_tmpfs_and_a_missing_dir_is_neither() {
+        assert!(!is_tmpfs(Path::new("/proc")));
+        assert!(!is_tmpfs(Path::new("/no/such/dir")));
+        assert_eq!(total_bytes(Path::new("/no/such/dir")), None);
+    }
+}

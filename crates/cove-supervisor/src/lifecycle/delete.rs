@@ -57,6 +57,7 @@ pub fn delete(paths: &Paths, name: &str, force: bool, purge: bool) -> Result<(),
     // directory an interrupted delete leaves behind is replaced by the next
     // `create` of the name.
     store.delete_vm(name)?;
+    crate::ram::release(&vm);
     for dir in [&vm.run, &vm.dir] {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),

@@ -53,6 +53,11 @@ fn reconcile_record(
     let Some((state, why)) = verdict else {
         return Ok(record);
     };
+    if !supervisor_alive {
+        // Its VMM is gone too (or it would have been adopted above): the guest's RAM file holds
+        // memory nobody will use.
+        crate::ram::release(&vm);
+    }
     let (_, record) = store.update_vm(name, |r| {
         // Only overrule a claim that is still the one we judged; the
         // supervisor may have recorded the outcome meanwhile.

@@ -79,6 +79,8 @@ pub enum SuperviseError {
     #[error(transparent)]
     Passt(#[from] crate::passt::PasstError),
     #[error(transparent)]
+    Ram(#[from] crate::ram::RamError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -228,6 +230,7 @@ pub fn run(paths: Paths, opts: SuperviseOptions) -> Result<(), SuperviseError> {
         );
     }
     let _ = std::fs::remove_dir_all(&vm.run);
+    crate::ram::release(&vm);
     result
 }
 
@@ -382,6 +385,9 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     let readiness = tokio::spawn(wait_ready(Arc::clone(&shared), started, opts.boot_timeout));
 
     let status = process.wait().await?;
+    // Before the exit is recorded (and a waiting `stop` answered): the RAM is free once the
+    // VM counts as stopped.
+    crate::ram::release(&vm);
     readiness.abort();
     if let Some(passt) = passt {
         passt.gone(PASST_GRACE).await;

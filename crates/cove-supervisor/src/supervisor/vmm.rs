@@ -71,6 +71,11 @@ pub async fn launch(
                 mac: a.mac,
             })
             .collect();
+    // Shared file RAM is what a snapshot copies; without snapshots it buys nothing.
+    let shared_ram = matches!(start, Start::Boot) && caps.snapshots;
+    if shared_ram {
+        crate::ram::prepare(paths, &vm, record.memory_mib)?;
+    }
     let (shares, daemons) = super::shares::start(&vm, record)?;
     // The user-mode NIC: passt, unless the VM is on cove networks (then it goes out through
     // them, and the VMM's own user-mode stack carries only the forwards, restricted) or the
@@ -107,8 +112,7 @@ pub async fn launch(
         accel: host.accel.accel,
         transports,
         memory: match start {
-            // Shared file RAM is what a snapshot copies; without snapshots it buys nothing.
-            Start::Boot if caps.snapshots => Memory::SharedFile(vm.memory_file()),
+            Start::Boot if shared_ram => Memory::SharedFile(vm.memory_file()),
             Start::Boot => Memory::Anonymous,
             Start::Restore { snapshot } => {
                 Memory::PrivateFile(snapshot.join(crate::snapshot::MEMORY))
