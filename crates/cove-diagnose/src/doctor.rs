@@ -63,6 +63,8 @@ pub struct HostFacts {
     pub state_dir: PathBuf,
     /// cove's cache directory (images live here).
     pub cache_dir: PathBuf,
+    /// Where running guests' RAM files go (`cove_state::Paths::ram`).
+    pub ram_dir: PathBuf,
     /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::SANDBOX`).
     pub qemu_sandbox: String,
     /// Each VMM backend and why it cannot boot VMs here (`None`: it can).
@@ -144,6 +146,7 @@ pub fn doctor(facts: &HostFacts) -> DoctorReport {
         "sudo modprobe tun",
     ));
     checks.extend(net::checks(&facts.network));
+    checks.push(guest_ram(&facts.ram_dir));
     checks.push(free_space("state dir space", &facts.state_dir));
     checks.push(free_space("cache dir space", &facts.cache_dir));
     let tools: &[(&str, &[&str], Level, &str)] = &[
@@ -471,6 +474,35 @@ pub fn free_space(name: &str, dir: &Path) -> Check {
     }
 }
 
+/// Guest RAM belongs on a tmpfs: on a disk the host writes the guest's memory back to it.
+fn guest_ram(dir: &Path) -> Check {
+    let free = cove_util::space::free_bytes(dir)
+        .map_or_else(String::new, |b| format!(", {} free", human_bytes(b)));
+    // A start makes the directory: until then, the filesystem it will be on.
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    if cove_util::space::is_tmpfs(existing) {
+        return Check::new(
+            "guest RAM",
+            Level::Ok,
+            format!("on a tmpfs: {}{free}", dir.display()),
+            None,
+        );
+    }
+    Check::new(
+        "guest RAM",
+        Level::Warn,
+        format!(
+            "{} is on a disk filesystem: running guests' memory is written back to it, and boots \
+             are slower",
+            dir.display()
+        ),
+        Some(
+            "set XDG_RUNTIME_DIR to a tmpfs (such as /run/user/$(id -u)), or give the machine a \
+             /dev/shm of at least 1 GiB",
+        ),
+    )
+}
+
 fn human_bytes(n: u64) -> String {
     const GIB: u64 = 1 << 30;
     if n >= GIB {
@@ -560,6 +592,17 @@ mod tests {
     }
 
     #[test]
+    fn guest_ram_on_a_disk_filesystem_is_a_warning_with_the_fix() {
+        // /proc is no tmpfs, and the directory not made yet is judged by where it will be.
+        let c = guest_ram(Path::new("/proc/no-such-dir/cove"));
+        assert_eq!(c.status, Level::Warn, "{c:?}");
+        assert!(
+            c.fix.as_deref().unwrap().contains("XDG_RUNTIME_DIR"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
     fn free_space_uses_nearest_existing_ancestor_and_full_report_serializes() {
         let dir = tempfile::tempdir().unwrap();
         let c = free_space("space", &dir.path().join("not/yet/created"));
@@ -568,6 +611,7 @@ mod tests {
             kvm: None,
             state_dir: dir.path().join("state"),
             cache_dir: dir.path().join("cache"),
+            ram_dir: dir.path().join("run"),
             qemu_sandbox: "on".into(),
             backends: vec![],
             network: Default::default(),

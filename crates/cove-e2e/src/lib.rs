@@ -191,10 +191,13 @@ impl Cove {
 
     /// Where a cold-booted VM's RAM file is, by cove's own rule (a tmpfs where there is one).
     pub fn ram_file(&self, name: &str) -> PathBuf {
+        self.ram_root().join(name).join("memory")
+    }
+
+    /// This installation's directory of RAM files (outside its root when on /dev/shm).
+    fn ram_root(&self) -> PathBuf {
         let runtime = self.root.path().join("run/cove");
         cove_state::paths::ram_root(&runtime, Path::new("/dev/shm"))
-            .join(name)
-            .join("memory")
     }
 
     pub fn console_log(&self, name: &str) -> String {
@@ -276,6 +279,12 @@ impl Drop for Cove {
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
+        }
+        // Killed VMs' RAM files, which a user's next `cove` command would release; the test's
+        // installation has no next command.
+        let ram = self.ram_root();
+        if !ram.starts_with(self.root.path()) {
+            let _ = std::fs::remove_dir_all(ram);
         }
     }
 }

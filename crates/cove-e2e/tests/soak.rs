@@ -251,6 +251,11 @@ impl Soak {
             !self.cove.root().join("run/cove").join(name).exists(),
             "{name}'s runtime directory left"
         );
+        // Its RAM file would hold host memory (on a tmpfs) for nobody.
+        assert!(
+            !self.cove.ram_file(name).parent().unwrap().exists(),
+            "{name}'s RAM file left"
+        );
         self.cove.wait_for(
             &format!("no process of the deleted VM {name}"),
             WIND_DOWN,

@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }),
         state_dir: ctx.paths.state.clone(),
         cache_dir: ctx.paths.cache.clone(),
+        ram_dir: ctx.paths.ram.clone(),
         qemu_sandbox: cove_qemu::argv::SANDBOX.to_owned(),
         backends: cove_supervisor::backends::all()
             .map(|b| {
