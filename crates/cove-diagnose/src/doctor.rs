@@ -478,9 +478,8 @@ pub fn free_space(name: &str, dir: &Path) -> Check {
 fn guest_ram(dir: &Path) -> Check {
     let free = cove_util::space::free_bytes(dir)
         .map_or_else(String::new, |b| format!(", {} free", human_bytes(b)));
-    // A start makes the directory: until then, the filesystem it will be on.
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
-    if cove_util::space::is_tmpfs(existing) {
+    // A start makes the directory: until then, judged by the filesystem it will be on.
+    if cove_util::space::is_tmpfs(dir) {
         return Check::new(
             "guest RAM",
             Level::Ok,

@@ -197,7 +197,7 @@ impl Cove {
     /// This installation's directory of RAM files (outside its root when on /dev/shm).
     fn ram_root(&self) -> PathBuf {
         let runtime = self.root.path().join("run/cove");
-        cove_state::paths::ram_root(&runtime, Path::new("/dev/shm"))
+        cove_state::paths::ram_root(&runtime, Path::new(cove_state::paths::SHM))
     }
 
     pub fn console_log(&self, name: &str) -> String {

@@ -141,7 +141,7 @@ impl Paths {
 }
 
 /// Linux's shared-memory tmpfs, sized for RAM (half of it by default).
-const SHM: &str = "/dev/shm";
+pub const SHM: &str = "/dev/shm";
 
 /// Below this size a `/dev/shm` is a container's token one (Docker gives 64 MiB), not a place
 /// for guest RAM.

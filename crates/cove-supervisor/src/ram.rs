@@ -38,14 +38,15 @@ pub enum RamError {
 /// Makes the VM's RAM directory (ours alone), removes a RAM file a killed VMM left, and checks
 /// that `memory_mib` fits.
 pub fn prepare(paths: &Paths, vm: &VmPaths, memory_mib: u64) -> Result<(), RamError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RamError::Io { path, source }
-    };
     make_dir(paths, vm)?;
     // A stale file would hand the new boot the old one's memory, and count against the room.
     match std::fs::remove_file(vm.memory_file()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&vm.ram)(e)),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RamError::Io {
+                path: vm.memory_file(),
+                source,
+            });
+        }
         _ => {}
     }
     let Some(room) = room(&paths.ram) else {
