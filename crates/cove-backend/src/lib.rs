@@ -26,7 +26,7 @@ pub use cove_guest::Arch;
 pub use error::BackendError;
 pub use host::{AccelChoice, HostProbe};
 pub use model::{
-    Accel, BackendKind, DataDisk, Machine, Memory, PortForward, SharedDir, Tap, Transports,
+    Accel, BackendKind, DataDisk, Machine, Memory, PortForward, RunAs, SharedDir, Tap, Transports,
     UserNet, VmSpec,
 };
 pub use vmm::{

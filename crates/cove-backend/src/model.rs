@@ -257,6 +257,36 @@ pub struct VmSpec {
     /// What the user-mode NIC is plugged into.
     #[serde(default)]
     pub user_net: UserNet,
+    /// The identity the VMM drops to once it has opened everything it needs (only when cove
+    /// runs as root, and only for a backend whose [`crate::Capabilities::drop_privileges`] says
+    /// so); `None`: it keeps the caller's.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged uid and gid for one VMM. Nothing on the host belongs to them: the VMM opens
+/// its disks, kernel, RAM file, sockets and devices before it drops to them, so a guest that
+/// takes the VMM over holds only those open files, cannot open another, and (with a uid of its
+/// own) cannot signal or trace another VM's VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Where VMM identities start: above the ranges Linux distributions give to users, system
+    /// services and systemd-nspawn's per-container ranges (which end at 0x6FFFFFFF), below
+    /// 2^31 (which some tools read as negative).
+    pub const BASE: u32 = 0x7C00_0000;
+
+    /// The identity for the VMM of the supervisor with pid `supervisor_pid`: pids are unique
+    /// among running processes and below 2^22, so no two running supervisors hand out the same
+    /// one and it stays in `BASE..BASE + 2^22`.
+    pub fn for_supervisor(supervisor_pid: u32) -> Self {
+        let id = Self::BASE + (supervisor_pid & 0x3F_FFFF);
+        Self { uid: id, gid: id }
+    }
 }
 
 /// The other end of the user-mode NIC.
@@ -279,4 +309,19 @@ pub struct Tap {
     /// The guest finds the NIC by it (`cove.net=` on the kernel command line) and the
     /// network's DHCP server knows the guest by it.
     pub mac: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunAs;
+
+    #[test]
+    fn vmm_identities_are_distinct_per_supervisor_and_stay_below_2_pow_31() {
+        // Linux's largest pid_max is 2^22.
+        let last = RunAs::for_supervisor((1 << 22) - 1);
+        assert!(last.uid < 1 << 31 && last.uid > RunAs::BASE);
+        assert_eq!(RunAs::for_supervisor(1).uid, RunAs::BASE + 1);
+        assert_ne!(RunAs::for_supervisor(2), RunAs::for_supervisor(3));
+        assert_eq!(RunAs::for_supervisor(9).gid, RunAs::for_supervisor(9).uid);
+    }
 }

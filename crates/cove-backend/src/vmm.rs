@@ -44,6 +44,10 @@ pub struct Capabilities {
     /// Can plug its user-mode NIC into a stream socket ([`crate::UserNet::StreamFd`]), so the
     /// supervisor runs passt for it instead of the VMM's own user-mode stack.
     pub user_net_stream: bool,
+    /// Started as root, can open its files and devices and then drop to [`crate::RunAs`]
+    /// before the guest runs.
+    #[serde(default)]
+    pub drop_privileges: bool,
 }
 
 /// The on-disk format of a backend's root and data disks.

@@ -65,8 +65,11 @@ pub struct HostFacts {
     pub cache_dir: PathBuf,
     /// Where running guests' RAM files go (`cove_state::Paths::ram`).
     pub ram_dir: PathBuf,
-    /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::SANDBOX`).
+    /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::sandbox`).
     pub qemu_sandbox: String,
+    /// The identity QEMU drops to once it has opened its files (`-runas`), when cove runs as
+    /// root (`cove_supervisor::backends::vmm_identity`).
+    pub qemu_runs_as: Option<cove_backend::RunAs>,
     /// Each VMM backend and why it cannot boot VMs here (`None`: it can).
     pub backends: Vec<(String, Option<String>)>,
     /// cove networks: privileges and each network's bridge, dnsmasq and rules.
@@ -120,7 +123,7 @@ impl fmt::Display for DoctorReport {
 /// Run every host check.
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
     let mut checks = vec![qemu(), qemu_aarch64(), apt_arm64(), kvm(facts.kvm.as_ref())];
-    checks.extend(protections(&facts.qemu_sandbox));
+    checks.extend(protections(&facts.qemu_sandbox, facts.qemu_runs_as));
     for (name, cannot_boot) in &facts.backends {
         let check = format!("backend {name}");
         checks.push(match cannot_boot {
@@ -306,21 +309,23 @@ fn qemu_named(name: &str, missing: Level, fix: &str) -> Check {
     }
 }
 
-/// Which protections a guest meets on this host: QEMU's seccomp sandbox
-/// (checked: this QEMU must accept cove's `-sandbox`, or no VM starts), and
-/// what is not in place yet, said plainly.
-pub fn protections(sandbox: &str) -> Vec<Check> {
+/// Which protections a guest meets on this host: QEMU's seccomp sandbox and the identity it
+/// drops to (checked: this QEMU must accept cove's `-sandbox` and `-runas`, or no VM starts),
+/// and what is not in place yet, said plainly.
+pub fn protections(sandbox: &str, runs_as: Option<cove_backend::RunAs>) -> Vec<Check> {
     let mut checks = Vec::new();
     let name = "QEMU sandbox";
     let fix = Some("install Debian's qemu-system-x86, which is built with seccomp");
+    // `-version` after the options: QEMU parses (and refuses) them first, then exits without
+    // starting a VM.
+    let mut args = vec!["-sandbox".to_owned(), sandbox.to_owned()];
+    if let Some(id) = runs_as {
+        args.extend(["-runas".to_owned(), format!("{}:{}", id.uid, id.gid)]);
+    }
+    args.push("-version".into());
     checks.push(match find_executable("qemu-system-x86_64") {
         None => Check::new(name, Level::Fail, "no qemu-system-x86_64", fix),
-        // `-version` after `-sandbox`: QEMU parses (and refuses) the
-        // option first, then exits without starting a VM.
-        Some(bin) => match Command::new(&bin)
-            .args(["-sandbox", sandbox, "-version"])
-            .output()
-        {
+        Some(bin) => match Command::new(&bin).args(&args).output() {
             Ok(o) if o.status.success() => Check::new(
                 name,
                 Level::Ok,
@@ -331,7 +336,8 @@ pub fn protections(sandbox: &str) -> Vec<Check> {
                 name,
                 Level::Fail,
                 format!(
-                    "this QEMU refuses -sandbox {sandbox}: {}",
+                    "this QEMU refuses {}: {}",
+                    args[..args.len() - 1].join(" "),
                     String::from_utf8_lossy(&o.stderr).trim()
                 ),
                 fix,
@@ -348,21 +354,30 @@ pub fn protections(sandbox: &str) -> Vec<Check> {
     let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
-    checks.push(if root {
-        Check::new(
+    checks.push(match (root, runs_as) {
+        (true, Some(_)) => Check::new(
+            "unprivileged QEMU",
+            Level::Ok,
+            format!(
+                "yes: cove runs as root, and each QEMU drops to a uid and gid of its own \
+                 ({:#x} + its supervisor's pid, no groups) once it has opened its files",
+                cove_backend::RunAs::BASE
+            ),
+            None,
+        ),
+        (true, None) => Check::new(
             "unprivileged QEMU",
             Level::Warn,
             "no: cove runs as root, so QEMU does too (inside the seccomp sandbox, which denies \
-             privilege changes, exec and fork)",
+             exec and fork)",
             Some("run cove as an ordinary user: TCG and user-mode networking need no root"),
-        )
-    } else {
-        Check::new(
+        ),
+        (false, _) => Check::new(
             "unprivileged QEMU",
             Level::Ok,
             "yes: QEMU runs as this user",
             None,
-        )
+        ),
     });
     // The supervisor runs one passt per VM (`cove_supervisor::passt`), started with
     // `--no-map-gw`: nothing a guest sends maps to the host's loopback.
@@ -581,10 +596,18 @@ mod tests {
     #[test]
     fn the_sandbox_check_asks_this_qemu_and_names_what_is_missing() {
         // qemu-system-x86 (Debian's, with seccomp) is installed on the build machines.
-        let checks =
-            protections("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        let checks = protections(
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            None,
+        );
         assert_eq!(checks[0].status, Level::Ok, "{:?}", checks[0]);
-        let refused = protections("on,nonsense=deny");
+        // What cove runs QEMU with under root.
+        let dropping = protections(
+            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+            Some(cove_backend::RunAs::for_supervisor(4242)),
+        );
+        assert_eq!(dropping[0].status, Level::Ok, "{:?}", dropping[0]);
+        let refused = protections("on,nonsense=deny", None);
         assert_eq!(refused[0].status, Level::Fail, "{:?}", refused[0]);
         assert!(refused[0].detail.contains("nonsense"), "{:?}", refused[0]);
         assert!(checks.iter().any(|c| c.name == "guest network isolation"));
@@ -612,6 +635,7 @@ mod tests {
             cache_dir: dir.path().join("cache"),
             ram_dir: dir.path().join("run"),
             qemu_sandbox: "on".into(),
+            qemu_runs_as: None,
             backends: vec![],
             network: Default::default(),
         });

@@ -41,6 +41,30 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
         matches!(show["accel"].as_str(), Some("kvm" | "tcg")),
         "{show}"
     );
+    // Under root, the guest's QEMU runs as nobody the host knows: every uid and gid its own,
+    // in cove's range, no supplementary group.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", show["pid"])).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line[key.len()..]
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let (uids, gids) = (ids("Uid:"), ids("Gid:"));
+        assert!(
+            uids.iter()
+                .all(|&u| u == uids[0] && u >= cove_backend::RunAs::BASE),
+            "{status}"
+        );
+        assert!(gids.iter().all(|&g| g == uids[0]), "{status}");
+        assert!(ids("Groups:").iter().all(|&g| g == uids[0]), "{status}");
+    } else {
+        // SAFETY: as above.
+        assert_eq!(ids("Uid:")[0], unsafe { libc::geteuid() }, "{status}");
+    }
     cove.ok(&["delete", "--force", "web"]);
 }
 

@@ -104,6 +104,7 @@ async fn boot_with(machine: Machine, pvh: bool, cpus: u32) -> Boot {
         shares: vec![],
         taps: vec![],
         user_net: Default::default(),
+        run_as: None,
     };
     let qemu = Qemu::find(tsc::host_tsc_khz_cached(&paths.cache)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();

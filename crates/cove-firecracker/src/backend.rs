@@ -92,6 +92,9 @@ impl Backend for Firecracker {
             software_emulation: false,
             // Its only NICs are TAPs.
             user_net_stream: false,
+            // Firecracker drops privileges through its jailer (chroot, namespaces, uid), which
+            // needs the files moved into the jail; not wired yet.
+            drop_privileges: false,
         }
     }
 

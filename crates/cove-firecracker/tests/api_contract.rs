@@ -42,6 +42,7 @@ fn spec(dir: &Path) -> VmSpec {
         shares: vec![],
         taps: vec![],
         user_net: Default::default(),
+        run_as: None,
     }
 }
 

@@ -185,7 +185,14 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     // QEMU's seccomp filter: a guest that takes over QEMU still cannot
     // exec, fork, gain privileges, change scheduling or use syscalls QEMU
     // itself has no use for. Nothing cove runs needs any of them.
-    push(&["-sandbox", SANDBOX]);
+    push(&["-sandbox", sandbox(spec.run_as.is_some())]);
+    if let Some(id) = spec.run_as {
+        // QEMU opens everything on its command line as root, then drops to
+        // the uid and gid (and no supplementary groups) before the guest's
+        // first instruction; it opens nothing later (a snapshot's state comes
+        // and goes over a descriptor passed on QMP, `crate::save`).
+        push(&["-runas", &format!("{}:{}", id.uid, id.gid)]);
+    }
     push(&["-name", &spec.name]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     push(&["-smp", &spec.cpus.to_string()]);
@@ -311,6 +318,10 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     // Disks: root first, then data disks; guests find them by label/serial.
     // writeback honours the guest's flushes, so persistent data survives a
     // host crash as far as the guest asked for; discard keeps overlays small.
+    // auto-read-only=off: else QEMU reopens a disk read-only by its path when
+    // a snapshot's migration releases it, which a QEMU that dropped its
+    // privileges may not (`bdrv_inactivate_all() failed`); it keeps the
+    // descriptor it opened at start instead.
     let disks = std::iter::once((&spec.root_disk, ROOT_DISK_SERIAL, "root".to_owned())).chain(
         spec.data_disks
             .iter()
@@ -321,7 +332,7 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
         a.push("-drive".into());
         let mut drive = opt_path("file=", path);
         drive.push(format!(
-            ",format=qcow2,if=none,id={id},cache=writeback,discard=unmap"
+            ",format=qcow2,if=none,id={id},cache=writeback,discard=unmap,auto-read-only=off"
         ));
         a.push(drive);
         a.push("-device".into());
@@ -383,9 +394,20 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
 
 /// The `-sandbox` QEMU runs under (`cove doctor` checks the host's QEMU
 /// accepts it). `spawn=deny`: QEMU never forks or runs a program (a snapshot's
-/// device state goes through a socket, see `crate::save`), so a guest that took
+/// device state goes over a descriptor, see `crate::save`), so a guest that took
 /// QEMU over cannot start one either.
-pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+///
+/// `dropping`: QEMU starts as root and drops to `-runas`, which needs the
+/// set*id calls `elevateprivileges=deny` forbids. Once dropped, every uid of the
+/// process is unprivileged and no call can raise it again, and `spawn=deny` keeps
+/// it from running a setuid program, so allowing them gives a guest nothing.
+pub fn sandbox(dropping: bool) -> &'static str {
+    if dropping {
+        "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+    } else {
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -418,6 +440,7 @@ mod tests {
             shares: vec![],
             taps: vec![],
             user_net: Default::default(),
+            run_as: None,
         }
     }
 
@@ -615,6 +638,21 @@ mod tests {
         let text = render(&args(&s, Some(2_995_200)));
         assert!(text.contains("share=on,mem-path=/run/web/memory"), "{text}");
         assert!(!text.contains("-incoming"), "{text}");
+    }
+
+    #[test]
+    fn a_vmm_that_drops_privileges_is_told_to_whom_and_may_do_it() {
+        let mut s = spec(Machine::Microvm, Accel::Tcg);
+        let text = render(&args(&s, Some(2_995_200)));
+        assert!(!text.contains("-runas"), "{text}");
+        assert!(text.contains("elevateprivileges=deny"), "{text}");
+        s.run_as = Some(cove_backend::RunAs { uid: 7, gid: 8 });
+        let text = render(&args(&s, Some(2_995_200)));
+        assert!(text.contains("-runas 7:8\n"), "{text}");
+        assert!(
+            text.contains("-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ impl Backend for QemuBackend {
             software_emulation: true,
             // `-netdev stream` (QEMU 7.2+) to passt's socket.
             user_net_stream: true,
+            // `-runas` (`crate::argv`).
+            drop_privileges: true,
         }
     }
 
@@ -126,10 +128,7 @@ impl Backend for QemuBackend {
                 .map_err(|e| BackendError::control("negotiate QMP", e))?;
             let console = connect_socket("console", &transports.console, alive).await?;
             Ok(Connected {
-                control: Box::new(QemuControl {
-                    qmp,
-                    migration: migration_socket(transports),
-                }),
+                control: Box::new(QemuControl { qmp }),
                 console: Some(console),
             })
         })
@@ -172,17 +171,9 @@ async fn connect_socket(
         })
 }
 
-/// Where a snapshot's device state passes between QEMU and the supervisor: beside the VM's
-/// other sockets, in its private runtime directory.
-fn migration_socket(transports: &Transports) -> std::path::PathBuf {
-    transports.vmm.with_file_name("migration.sock")
-}
-
 /// A running QEMU's control over QMP.
 pub struct QemuControl {
     qmp: QmpClient,
-    /// See [`migration_socket`].
-    migration: std::path::PathBuf,
 }
 
 impl VmmControl for QemuControl {
@@ -225,7 +216,7 @@ impl VmmControl for QemuControl {
     fn save_state<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.qmp
-                .save_state(path, &self.migration)
+                .save_state(path)
                 .await
                 .map_err(|e| BackendError::control("save its state", e))
         })
@@ -234,7 +225,7 @@ impl VmmControl for QemuControl {
     fn restore_state<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.qmp
-                .restore_state(path, &self.migration)
+                .restore_state(path)
                 .await
                 .map_err(|e| BackendError::control("restore its state", e))
         })

@@ -6,14 +6,18 @@
 //! typed (`qapi::qmp::*`), so no JSON is written by hand. The greeting is found
 //! here first (see [`read_greeting`]): QEMU 7.2 can send an event before it.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
 use qapi::futures::{QapiService, QmpStreamTokio};
 use qapi::qmp;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader, WriteHalf};
 use tokio::net::UnixStream;
+use tokio::sync::RwLock;
 use tokio::task::JoinHandle;
 
 type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
@@ -93,6 +97,11 @@ impl RunState {
 pub struct QmpClient {
     service: Service,
     reader: JoinHandle<()>,
+    /// The QMP socket again, for what qapi cannot send: descriptors ([`QmpClient::pass_fd`]).
+    socket: OwnedFd,
+    /// Held shared by every command and exclusively while a descriptor is passed, so its byte
+    /// never lands inside another command's JSON.
+    passing: RwLock<()>,
     /// Per-command timeout; [`DEFAULT_COMMAND_TIMEOUT`] unless changed.
     pub command_timeout: Duration,
 }
@@ -117,6 +126,7 @@ impl QmpClient {
             path: path.to_owned(),
             source,
         };
+        let socket = stream.as_fd().try_clone_to_owned().map_err(connect_err)?;
         let handshake = async {
             let (read, write) = tokio::io::split(stream);
             let mut read = BufReader::new(read);
@@ -134,11 +144,22 @@ impl QmpClient {
         Ok(Self {
             service,
             reader,
+            socket,
+            passing: RwLock::new(()),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
         })
     }
 
     pub(crate) async fn run<C: qmp::QmpCommand>(
+        &self,
+        name: &'static str,
+        command: C,
+    ) -> Result<C::Ok, QmpError> {
+        let _shared = self.passing.read().await;
+        self.run_unlocked(name, command).await
+    }
+
+    async fn run_unlocked<C: qmp::QmpCommand>(
         &self,
         name: &'static str,
         command: C,
@@ -162,6 +183,52 @@ impl QmpClient {
                 source,
             },
         })
+    }
+
+    /// Hands QEMU a duplicate of `fd` under `name` (QMP `getfd`), for commands that take
+    /// `fd:NAME` (QEMU then owns and closes its copy). A QEMU that dropped its privileges can
+    /// open nothing, so what it must reach after its start comes this way.
+    pub async fn pass_fd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        let _exclusive = self.passing.write().await;
+        let io = |source| QmpError::Io {
+            command: "getfd",
+            source,
+        };
+        // QEMU keeps the descriptors that came with the last bytes it read until `getfd` takes
+        // them; a space is whitespace between two commands to its JSON parser.
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let fds = [fd.as_raw_fd()];
+        loop {
+            let sent = sendmsg::<()>(
+                self.socket.as_raw_fd(),
+                &[IoSlice::new(b" ")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            );
+            match sent {
+                Ok(_) => break,
+                // QEMU is not reading; its socket buffer is full.
+                Err(nix::errno::Errno::EAGAIN) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    return Err(QmpError::Timeout {
+                        command: "getfd",
+                        timeout: self.command_timeout,
+                    });
+                }
+                Err(e) => return Err(io(e.into())),
+            }
+        }
+        self.run_unlocked(
+            "getfd",
+            qmp::getfd {
+                fdname: name.to_owned(),
+            },
+        )
+        .await
+        .map(drop)
     }
 
     /// Starts (or resumes) the vCPUs.

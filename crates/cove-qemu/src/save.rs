@@ -6,17 +6,20 @@
 //! copied beside it. A restored VM maps the memory file `share=off` (private, copy-on-write), so
 //! any number of clones share one page-cache copy of it.
 //!
-//! QEMU 7.2 has no `file:` migration URI. The stream goes through a unix socket in the VM's
-//! private runtime directory, and the supervisor moves it between the socket and the file:
-//! QEMU opens no file and runs no program (`exec:cat` would need a shell, which its sandbox
-//! then has to allow; see `crate::argv::SANDBOX`).
+//! QEMU 7.2 has no `file:` migration URI. The stream goes through one end of a socket pair
+//! passed to QEMU over QMP (`getfd`, then `fd:` migration URIs), and the supervisor moves it
+//! between its end and the file: QEMU opens no file and runs no program (`exec:cat` would need
+//! a shell, which its sandbox then has to allow; see `crate::argv::sandbox`), and a QEMU that
+//! dropped its privileges (`-runas`) needs no path it could reach.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qapi::qmp;
+use std::os::fd::AsFd;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 use crate::qmp::{QmpClient, QmpError};
 
@@ -42,9 +45,7 @@ pub enum SaveError {
         MIGRATION_TIMEOUT
     )]
     Timeout { what: &'static str },
-    #[error("the path {0:?} cannot be passed to QEMU (it is not UTF-8)")]
-    BadPath(String),
-    /// Moving the state between QEMU's socket and the file failed.
+    /// Moving the state between QEMU and the file failed.
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -56,12 +57,8 @@ pub enum SaveError {
     TooLarge,
 }
 
-fn unix_uri(socket: &Path) -> Result<String, SaveError> {
-    let s = socket
-        .to_str()
-        .ok_or_else(|| SaveError::BadPath(socket.display().to_string()))?;
-    Ok(format!("unix:{s}"))
-}
+/// The name the migration's descriptor has in QEMU between `getfd` and the `fd:` URI.
+const STATE_FD: &str = "cove-state";
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SaveError + use<> {
     let path = path.to_owned();
@@ -89,99 +86,66 @@ impl QmpClient {
     }
 
     /// Pauses the VM and writes its device state to `path` (RAM in a shared memory backend
-    /// stays out), through a unix socket at `socket` that QEMU connects to. On return the VM is
-    /// paused with its disks flushed and released (QEMU's `postmigrate`); `cont` resumes it.
-    pub async fn save_state(&self, path: &Path, socket: &Path) -> Result<(), SaveError> {
-        let uri = unix_uri(socket)?;
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket).map_err(io_err("listen on", socket))?;
-        let result = async {
-            self.stop().await?;
-            self.ignore_shared().await?;
-            self.run(
-                "migrate",
-                qmp::migrate {
-                    uri: Some(uri),
-                    channels: None,
-                    detach: None,
-                    resume: None,
-                },
-            )
-            .await?;
-            let stream = self.accept_vmm(&listener, socket, path).await?;
-            // A VMM that stops sending mid-stream must not hold the supervisor forever.
-            tokio::time::timeout(MIGRATION_TIMEOUT, receive(stream, path))
-                .await
-                .map_err(|_| SaveError::Timeout { what: "save" })??;
-            self.wait_migration("save", path).await
-        }
-        .await;
-        let _ = std::fs::remove_file(socket);
-        result
+    /// stays out). On return the VM is paused with its disks flushed and released (QEMU's
+    /// `postmigrate`); `cont` resumes it.
+    pub async fn save_state(&self, path: &Path) -> Result<(), SaveError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(io_err("make a socket pair for", path))?;
+        self.stop().await?;
+        self.ignore_shared().await?;
+        self.pass_fd(STATE_FD, theirs.as_fd()).await?;
+        // QEMU has its own copy now; ours must go, or the stream never ends for QEMU's peer.
+        drop(theirs);
+        self.run(
+            "migrate",
+            qmp::migrate {
+                uri: Some(format!("fd:{STATE_FD}")),
+                channels: None,
+                detach: None,
+                resume: None,
+            },
+        )
+        .await?;
+        let stream = nonblocking(ours, path)?;
+        // A VMM that stops sending mid-stream must not hold the supervisor forever; one that
+        // fails before sending closes its end, which ends the stream as well.
+        tokio::time::timeout(MIGRATION_TIMEOUT, receive(stream, path))
+            .await
+            .map_err(|_| SaveError::Timeout { what: "save" })??;
+        self.wait_migration("save", path).await
     }
 
     /// Loads device state from `path` into a VMM started with `-incoming defer` (and its memory
-    /// backend over the saved memory file), through a unix socket at `socket` that QEMU listens
-    /// on. The VM stays paused; `cont` runs it.
-    pub async fn restore_state(&self, path: &Path, socket: &Path) -> Result<(), SaveError> {
-        let uri = unix_uri(socket)?;
+    /// backend over the saved memory file). The VM stays paused; `cont` runs it.
+    pub async fn restore_state(&self, path: &Path) -> Result<(), SaveError> {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(io_err("open", path))?;
-        let _ = std::fs::remove_file(socket);
-        let result = async {
-            self.ignore_shared().await?;
-            // QEMU listens before this returns.
-            self.run(
-                "migrate-incoming",
-                qmp::migrate_incoming {
-                    uri: Some(uri),
-                    channels: None,
-                    exit_on_error: None,
-                },
-            )
-            .await?;
-            let mut stream = UnixStream::connect(socket)
-                .await
-                .map_err(io_err("connect to QEMU on", socket))?;
-            // QEMU reads until the end of the stream; an error here (QEMU refused the state and
-            // closed) is what its migration status then says, so that is asked first.
-            let sent = tokio::time::timeout(MIGRATION_TIMEOUT, async {
-                tokio::io::copy(&mut file, &mut stream).await?;
-                stream.shutdown().await
-            })
-            .await
-            .map_err(|_| SaveError::Timeout { what: "restore" })?;
-            self.wait_migration("restore", path).await?;
-            sent.map_err(io_err("send the state to QEMU from", path))
-        }
-        .await;
-        let _ = std::fs::remove_file(socket);
-        result
-    }
-
-    /// Waits for QEMU's outgoing migration to connect to `listener`; a migration that fails
-    /// before it connects is seen by asking its status between waits. (No QMP command may be
-    /// cancelled while in flight: qapi then drops the whole connection.)
-    async fn accept_vmm(
-        &self,
-        listener: &UnixListener,
-        socket: &Path,
-        path: &Path,
-    ) -> Result<UnixStream, SaveError> {
-        let deadline = Instant::now() + MIGRATION_TIMEOUT;
-        loop {
-            // `accept` is cancel-safe: a timeout loses no connection.
-            if let Ok(accepted) =
-                tokio::time::timeout(Duration::from_millis(20), listener.accept()).await
-            {
-                return Ok(accepted.map_err(io_err("accept QEMU on", socket))?.0);
-            }
-            self.migration_done("save", path).await?;
-            if Instant::now() >= deadline {
-                return Err(SaveError::Timeout { what: "save" });
-            }
-        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(io_err("make a socket pair for", path))?;
+        self.ignore_shared().await?;
+        self.pass_fd(STATE_FD, theirs.as_fd()).await?;
+        drop(theirs);
+        self.run(
+            "migrate-incoming",
+            qmp::migrate_incoming {
+                uri: Some(format!("fd:{STATE_FD}")),
+                channels: None,
+                exit_on_error: None,
+            },
+        )
+        .await?;
+        let mut stream = nonblocking(ours, path)?;
+        // QEMU reads until the end of the stream; an error here (QEMU refused the state and
+        // closed) is what its migration status then says, so that is asked first.
+        let sent = tokio::time::timeout(MIGRATION_TIMEOUT, async {
+            tokio::io::copy(&mut file, &mut stream).await?;
+            stream.shutdown().await
+        })
+        .await
+        .map_err(|_| SaveError::Timeout { what: "restore" })?;
+        self.wait_migration("restore", path).await?;
+        sent.map_err(io_err("send the state to QEMU from", path))
     }
 
     async fn wait_migration(&self, what: &'static str, path: &Path) -> Result<(), SaveError> {
@@ -212,6 +176,17 @@ impl QmpClient {
             _ => Ok(false),
         }
     }
+}
+
+/// Our end of the migration's socket pair, for tokio.
+fn nonblocking(
+    stream: std::os::unix::net::UnixStream,
+    path: &Path,
+) -> Result<UnixStream, SaveError> {
+    stream
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(stream))
+        .map_err(io_err("watch the socket pair for", path))
 }
 
 /// Writes what QEMU sends to `path`, at most [`MAX_STATE_BYTES`], and syncs it.

@@ -6,20 +6,23 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cove_backend::{Accel, DataDisk, Machine, PortForward, UserNet, VmSpec};
+use cove_backend::{Accel, DataDisk, Machine, Memory, PortForward, RunAs, UserNet, VmSpec};
 use cove_backend::{process, sockets};
 use cove_qemu::{Qemu, QmpClient, RunState};
+use std::os::unix::process::CommandExt;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The descriptor QEMU finds its user-mode NIC's socket on.
 const NET_FD: i32 = 4;
 
 /// The smallest file QEMU's Linux loader takes as a bzImage: boot protocol
-/// 2.15 header ("HdrS" at 0x202), one setup sector, loaded high. Never run.
+/// 2.15 header ("HdrS" at 0x202), one setup sector, loaded high; run, it loops forever.
 fn fake_bzimage(path: &Path) {
     let mut image = vec![0u8; 4096];
     image[0x1f1] = 1; // setup_sects
     image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    // The setup code's entry: `jmp .`, so a VM that is resumed spins in place.
+    image[0x200..0x202].copy_from_slice(&[0xeb, 0xfe]);
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
     image[0x211] = 0x01; // loadflags: LOADED_HIGH
@@ -79,6 +82,7 @@ async fn starts_paused(machine: Machine) {
         taps: vec![],
         // What the supervisor gives it: one end of a socket pair whose other end passt holds.
         user_net: UserNet::StreamFd(NET_FD),
+        run_as: None,
     };
     let qemu = Qemu::find_for(machine, Some(2_000_000)).unwrap();
     let mut cmd = qemu.command(&spec).unwrap();
@@ -146,4 +150,134 @@ async fn virt_argv_is_accepted() {
 #[tokio::test]
 async fn q35_argv_is_accepted() {
     starts_paused(Machine::Q35).await;
+}
+
+/// Under root, QEMU drops to its own uid and gid once its files are open, and a snapshot still
+/// saves and restores: the state goes over a descriptor passed on QMP, since a QEMU that dropped
+/// its privileges can open nothing in the (root-only) runtime directory.
+#[tokio::test]
+async fn a_qemu_that_dropped_privileges_saves_and_restores_its_state() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cove runs QEMU as the caller, nothing to drop");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = dir.path();
+    fake_bzimage(&d.join("bzImage"));
+    // As cove's: an overlay over its image's disk, in a directory only root may enter.
+    qcow2(&d.join("base.qcow2"));
+    let overlay = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .args([d.join("base.qcow2"), d.join("root.qcow2")])
+        .status()
+        .unwrap();
+    assert!(overlay.success());
+    let run_as = RunAs::for_supervisor(std::process::id());
+    let spec = |incoming: bool| VmSpec {
+        name: "runas-test".into(),
+        cpus: 1,
+        memory_mib: 64,
+        kernel: d.join("bzImage"),
+        vmlinux: None,
+        initrd: None,
+        cmdline_extra: String::new(),
+        root_disk: d.join("root.qcow2"),
+        data_disks: vec![],
+        ports: vec![],
+        machine: Machine::Microvm,
+        accel: Accel::Tcg,
+        transports: cove_backend::Transports {
+            vmm: d.join("qmp.sock"),
+            console: d.join("console.sock"),
+            agent: d.join("agent.sock"),
+        },
+        memory: if incoming {
+            Memory::PrivateFile(d.join("memory"))
+        } else {
+            Memory::SharedFile(d.join("memory"))
+        },
+        incoming,
+        shares: vec![],
+        taps: vec![],
+        user_net: UserNet::Builtin,
+        run_as: Some(run_as),
+    };
+    let qemu = Qemu::find_for(Machine::Microvm, Some(2_000_000)).unwrap();
+    let spawn = |spec: &VmSpec| {
+        let mut cmd = qemu.command(spec).unwrap();
+        let _ = std::fs::remove_file(&spec.transports.vmm);
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("stderr")).unwrap());
+        tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let connect = |child: &tokio::process::Child| {
+        let pid = child.id().unwrap() as i32;
+        let vmm = spec(false).transports.vmm;
+        async move {
+            // SAFETY: signal 0 only checks that the process exists.
+            let alive = || unsafe { libc::kill(pid, 0) == 0 };
+            let stream = sockets::connect_when_ready(&vmm, TIMEOUT, alive)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{e}: {}",
+                        std::fs::read_to_string(d.join("stderr")).unwrap()
+                    )
+                });
+            QmpClient::from_stream(stream, &vmm).await.unwrap()
+        }
+    };
+
+    let mut first = spawn(&spec(false));
+    let qmp = connect(&first).await;
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Prelaunch);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", first.id().unwrap())).unwrap();
+    let expect = |key: &str, id: u32| {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        assert_eq!(
+            line[key.len()..].split_whitespace().collect::<Vec<_>>(),
+            vec![id.to_string().as_str(); 4],
+            "{status}"
+        );
+    };
+    expect("Uid:", run_as.uid);
+    expect("Gid:", run_as.gid);
+    assert!(
+        status.contains(&format!("Groups:\t{} \n", run_as.gid)),
+        "{status}"
+    );
+
+    // Running, as a VM is when it is snapshotted (its disks then opened for writing).
+    qmp.cont().await.unwrap();
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Running);
+    qmp.save_state(&d.join("state")).await.unwrap();
+    let state = std::fs::read(d.join("state")).unwrap();
+    assert_eq!(&state[..4], b"QEVM", "QEMU's migration stream");
+    qmp.quit().await.unwrap();
+    tokio::time::timeout(TIMEOUT, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut second = spawn(&spec(true));
+    let qmp = connect(&second).await;
+    qmp.restore_state(&d.join("state")).await.unwrap();
+    // Loaded and waiting for `cont`.
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Paused);
+    qmp.cont().await.unwrap();
+    assert_eq!(qmp.query_status().await.unwrap(), RunState::Running);
+    qmp.quit().await.unwrap();
+    tokio::time::timeout(TIMEOUT, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -1,7 +1,7 @@
 //! The one place that maps a recorded [`BackendKind`] to its implementation:
 //! everything else in cove holds a `dyn Backend`.
 
-use cove_backend::{Backend, BackendError, BackendKind};
+use cove_backend::{Backend, BackendError, BackendKind, Capabilities, RunAs};
 
 /// Every backend, for `cove doctor`.
 pub fn all() -> impl Iterator<Item = Box<dyn Backend>> {
@@ -16,4 +16,13 @@ pub fn for_kind(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
         BackendKind::Qemu => Ok(Box::new(cove_qemu::QemuBackend)),
         BackendKind::Firecracker => Ok(Box::new(cove_firecracker::Firecracker)),
     }
+}
+
+/// Who a VMM this process launches runs as: under root, an unprivileged uid of its own, named
+/// by this process's pid (a supervisor's, unique while it runs), when the backend can drop to
+/// one; else the caller's. `cove doctor` asks the same.
+pub fn vmm_identity(caps: Capabilities) -> Option<RunAs> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    (root && caps.drop_privileges).then(|| RunAs::for_supervisor(std::process::id()))
 }

@@ -24,6 +24,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             Err(_) => cove_backend::host::accel::probe(&ctx.paths.cache),
         }
     };
+    let qemu_runs_as = cove_supervisor::backends::vmm_identity(
+        cove_backend::Backend::capabilities(&cove_qemu::QemuBackend),
+    );
     let facts = HostFacts {
         kvm: Some(KvmFact {
             usable: choice.accel == Accel::Kvm,
@@ -32,7 +35,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         state_dir: ctx.paths.state.clone(),
         cache_dir: ctx.paths.cache.clone(),
         ram_dir: ctx.paths.ram.clone(),
-        qemu_sandbox: cove_qemu::argv::SANDBOX.to_owned(),
+        qemu_sandbox: cove_qemu::argv::sandbox(qemu_runs_as.is_some()).to_owned(),
+        qemu_runs_as,
         backends: cove_supervisor::backends::all()
             .map(|b| {
                 let verdict = b.probe_host(&ctx.paths.cache, false).cannot_boot;

@@ -125,6 +125,7 @@ pub async fn launch(
             None => UserNet::Builtin,
         },
         taps,
+        run_as: crate::backends::vmm_identity(caps),
     };
     let launch = backend.launch(&spec, &host)?;
     std::fs::write(vm.vmm_cmdline(), &launch.description)?;
