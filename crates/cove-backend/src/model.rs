@@ -279,12 +279,18 @@ impl RunAs {
     /// services and systemd-nspawn's per-container ranges (which end at 0x6FFFFFFF), below
     /// 2^31 (which some tools read as negative).
     pub const BASE: u32 = 0x7C00_0000;
+    /// The last one: pids are below 2^22 (Linux's largest `pid_max`).
+    pub const LAST: u32 = Self::BASE + 0x3F_FFFF;
+
+    /// Every identity a VMM may run as (host rules match them: `cove_net::guard`).
+    pub fn all() -> std::ops::RangeInclusive<u32> {
+        Self::BASE..=Self::LAST
+    }
 
     /// The identity for the VMM of the supervisor with pid `supervisor_pid`: pids are unique
-    /// among running processes and below 2^22, so no two running supervisors hand out the same
-    /// one and it stays in `BASE..BASE + 2^22`.
+    /// among running processes, so no two running supervisors hand out the same one.
     pub fn for_supervisor(supervisor_pid: u32) -> Self {
-        let id = Self::BASE + (supervisor_pid & 0x3F_FFFF);
+        let id = Self::BASE + (supervisor_pid & (Self::LAST - Self::BASE));
         Self { uid: id, gid: id }
     }
 }
@@ -319,7 +325,9 @@ mod tests {
     fn vmm_identities_are_distinct_per_supervisor_and_stay_below_2_pow_31() {
         // Linux's largest pid_max is 2^22.
         let last = RunAs::for_supervisor((1 << 22) - 1);
-        assert!(last.uid < 1 << 31 && last.uid > RunAs::BASE);
+        assert_eq!(last.uid, RunAs::LAST);
+        const { assert!(RunAs::LAST < 1 << 31) };
+        assert!(RunAs::all().contains(&RunAs::for_supervisor(1 << 22).uid));
         assert_eq!(RunAs::for_supervisor(1).uid, RunAs::BASE + 1);
         assert_ne!(RunAs::for_supervisor(2), RunAs::for_supervisor(3));
         assert_eq!(RunAs::for_supervisor(9).gid, RunAs::for_supervisor(9).uid);

@@ -70,10 +70,27 @@ pub struct HostFacts {
     /// The identity QEMU drops to once it has opened its files (`-runas`), when cove runs as
     /// root (`cove_supervisor::backends::vmm_identity`).
     pub qemu_runs_as: Option<cove_backend::RunAs>,
+    /// Whether link-local addresses (cloud metadata) are kept from guests (`cove_net::guard`).
+    pub metadata_guard: MetadataGuard,
     /// Each VMM backend and why it cannot boot VMs here (`None`: it can).
     pub backends: Vec<(String, Option<String>)>,
     /// cove networks: privileges and each network's bridge, dnsmasq and rules.
     pub network: NetworkFacts,
+}
+
+/// The host rules keeping VMM-side sockets off link-local addresses (`cove_net::guard`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataGuard {
+    /// cove does not run as root: QEMU and passt keep the caller's identity, and no rule can
+    /// tell their sockets from the caller's others.
+    NotRoot,
+    /// The table is in place.
+    Present,
+    /// Not in place now; the next VM start applies it.
+    Absent,
+    /// It cannot be applied here, and why.
+    CannotApply(String),
 }
 
 /// All checks.
@@ -101,9 +118,9 @@ impl fmt::Display for DoctorReport {
                 Level::Warn => "WARN",
                 Level::Fail => "FAIL",
             };
-            writeln!(f, "{tag} {:<22} {}", c.name, c.detail)?;
+            writeln!(f, "{tag} {:<23} {}", c.name, c.detail)?;
             if let Some(fix) = &c.fix {
-                writeln!(f, "     {:<22} fix: {fix}", "")?;
+                writeln!(f, "     {:<23} fix: {fix}", "")?;
             }
         }
         let fails = self
@@ -124,6 +141,7 @@ impl fmt::Display for DoctorReport {
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
     let mut checks = vec![qemu(), qemu_aarch64(), apt_arm64(), kvm(facts.kvm.as_ref())];
     checks.extend(protections(&facts.qemu_sandbox, facts.qemu_runs_as));
+    checks.push(metadata_guard(&facts.metadata_guard));
     for (name, cannot_boot) in &facts.backends {
         let check = format!("backend {name}");
         checks.push(match cannot_boot {
@@ -400,6 +418,44 @@ pub fn protections(sandbox: &str, runs_as: Option<cove_backend::RunAs>) -> Vec<C
     checks
 }
 
+/// Whether a guest can reach 169.254.169.254 (a cloud's instance metadata and credentials).
+pub fn metadata_guard(guard: &MetadataGuard) -> Check {
+    let name = "link-local (metadata)";
+    match guard {
+        MetadataGuard::Present => Check::new(
+            name,
+            Level::Ok,
+            "blocked: nftables table `inet cove_guard` refuses 169.254.0.0/16 and fe80::/10 to \
+             the uids QEMU and passt run as",
+            None,
+        ),
+        MetadataGuard::Absent => Check::new(
+            name,
+            Level::Ok,
+            "blocked from the next VM start on (each start applies `inet cove_guard`; not in \
+             place now)",
+            None,
+        ),
+        MetadataGuard::NotRoot => Check::new(
+            name,
+            Level::Warn,
+            "reachable: as an ordinary user cove cannot filter a guest's user-mode traffic, so a \
+             guest reaches 169.254.169.254 (a cloud's instance metadata) wherever this host does",
+            Some(
+                "run cove as root (QEMU and passt then drop to uids of their own, which \
+                 nftables keeps off link-local addresses), or block 169.254.169.254 for your \
+                 uid in the host's firewall",
+            ),
+        ),
+        MetadataGuard::CannotApply(why) => Check::new(
+            name,
+            Level::Warn,
+            format!("reachable: the rules cannot be applied here ({why})"),
+            Some("install nftables (`apt-get install nftables`) and run cove with CAP_NET_ADMIN"),
+        ),
+    }
+}
+
 /// Parse `qemu-system-x86_64 -accel help`.
 pub fn accelerators(bin: &Path) -> Vec<String> {
     let Ok(out) = Command::new(bin).args(["-accel", "help"]).output() else {
@@ -636,6 +692,7 @@ mod tests {
             ram_dir: dir.path().join("run"),
             qemu_sandbox: "on".into(),
             qemu_runs_as: None,
+            metadata_guard: MetadataGuard::NotRoot,
             backends: vec![],
             network: Default::default(),
         });

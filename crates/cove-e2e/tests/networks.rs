@@ -246,6 +246,9 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
     // Listeners in the namespace: on every address (so on the network's own address and on
     // one the network does not give), and on the host's loopback only.
     ns.ok(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    // Where a cloud serves its instance metadata (and credentials), as an address of the
+    // namespace's own.
+    ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
     let any = ns.listen("0.0.0.0:0");
     let any_port = any.local_addr().unwrap().port();
     serve_hello(any);
@@ -282,6 +285,16 @@ fn vms_reach_peers_by_name_and_nothing_the_network_does_not_give_them() {
         !reaches(&cove, "u", "10.0.2.2", any_port),
         "the gateway is not the host"
     );
+    // Cloud metadata, from the default user-mode network (passt's sockets, refused by the
+    // rules on the VMM identity passt runs as) and from a cove network.
+    for vm in ["u", "h", "a"] {
+        assert!(
+            !reaches(&cove, vm, "169.254.169.254", any_port),
+            "{vm} reached the link-local metadata address"
+        );
+    }
+    let guard = ns.ok(&["nft", "list", "table", "inet", "cove_guard"]);
+    assert!(guard.contains("169.254.0.0/16"), "{guard}");
     // Asked for, and only then: the host's loopback as the gateway.
     assert!(
         reaches(&cove, "h", "10.0.2.2", lo_port),

@@ -11,6 +11,7 @@
 pub mod caps;
 mod clone;
 pub mod dns;
+pub mod guard;
 pub mod ip;
 pub mod nft;
 
@@ -404,7 +405,7 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn command(program: &'static str) -> Command {
+pub(crate) fn command(program: &'static str) -> Command {
     Command::new(cove_util::path::which(program).unwrap_or_else(|| program.into()))
 }
 

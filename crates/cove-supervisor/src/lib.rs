@@ -6,6 +6,7 @@ pub mod boot_image;
 pub mod console_log;
 pub mod data_disk;
 mod error;
+mod guard;
 pub mod lifecycle;
 #[cfg(test)]
 mod lifecycle_races;

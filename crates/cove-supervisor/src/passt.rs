@@ -281,9 +281,15 @@ pub fn spawn(
     vm: &VmPaths,
     ports: &[PortForward],
     host_loopback: bool,
+    run_as: Option<cove_backend::RunAs>,
 ) -> Result<Passt, PasstError> {
     let binary = cove_util::path::which(BINARY).ok_or(PasstError::NotInstalled)?;
-    let args = args(ports, host_loopback)?;
+    let mut args = args(ports, host_loopback)?;
+    // Under root passt drops to `nobody` by itself; the VMM's identity instead makes its
+    // sockets (the guest's traffic) subject to the rules on that owner (`crate::guard`).
+    if let Some(id) = run_as {
+        args.extend(["--runas".into(), format!("{}:{}", id.uid, id.gid).into()]);
+    }
     let (passt_end, vmm_end) = socket_pair().map_err(PasstError::SocketPair)?;
     let log_path = vm.passt_log();
     let log_err = |source| PasstError::Log {
@@ -439,7 +445,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false).unwrap();
+        let passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false, None).unwrap();
         let pid = passt.pid().unwrap();
         // A child holding the VMM's end (as QEMU does), then this process's copy closed.
         let mut cmd = Command::new("sleep");
@@ -483,7 +489,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let mut passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false)
+        let mut passt = spawn(&vm, &[forward("127.0.0.1", port, 80)], false, None)
             .unwrap()
             .detach()
             .unwrap();

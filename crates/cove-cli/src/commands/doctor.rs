@@ -4,7 +4,9 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
 use cove_backend::Accel;
-use cove_diagnose::doctor::{self, HostFacts, KvmFact, Level, NetworkFacts, NetworkHealth};
+use cove_diagnose::doctor::{
+    self, HostFacts, KvmFact, Level, MetadataGuard, NetworkFacts, NetworkHealth,
+};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +38,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         cache_dir: ctx.paths.cache.clone(),
         ram_dir: ctx.paths.ram.clone(),
         qemu_sandbox: cove_qemu::argv::sandbox(qemu_runs_as.is_some()).to_owned(),
+        metadata_guard: metadata_guard(qemu_runs_as.is_some()),
         qemu_runs_as,
         backends: cove_supervisor::backends::all()
             .map(|b| {
@@ -56,6 +59,23 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The link-local guard as cove-net finds it; it exists only where QEMU and passt drop to
+/// identities of their own (under root).
+fn metadata_guard(vmm_drops: bool) -> MetadataGuard {
+    if !vmm_drops {
+        return MetadataGuard::NotRoot;
+    }
+    let missing = cove_net::caps::missing();
+    if missing.capabilities.contains(&"CAP_NET_ADMIN") {
+        return MetadataGuard::CannotApply("no CAP_NET_ADMIN".into());
+    }
+    match cove_net::guard::present() {
+        Some(true) => MetadataGuard::Present,
+        Some(false) => MetadataGuard::Absent,
+        None => MetadataGuard::CannotApply("nft is not installed".into()),
+    }
 }
 
 /// cove networks as the host has them (cove-net finds, cove-diagnose judges).

@@ -246,7 +246,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel, spec, gate, mut passt) = if opts.adopt {
+    let (mut process, pid, accel, spec, gate, mut passt, guard) = if opts.adopt {
         if !backend.capabilities().adopt {
             return Err(SuperviseError::CannotAdopt {
                 backend: record.backend,
@@ -258,7 +258,15 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             .filter(|p| backend.is_ours(*p, &vm.transports()))
             .ok_or_else(|| SuperviseError::NothingToAdopt(opts.name.clone()))?;
         let accel = record.accel;
-        (VmmProcess::Adopted { pid }, pid, accel, None, None, None)
+        (
+            VmmProcess::Adopted { pid },
+            pid,
+            accel,
+            None,
+            None,
+            None,
+            None,
+        )
     } else {
         let start = match &restore_dir {
             Some(dir) => vmm::Start::Restore { snapshot: dir },
@@ -272,6 +280,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             Some(launch.spec),
             Some(launch.gate),
             launch.passt,
+            launch.guard,
         )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -305,6 +314,9 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         process.start_kill();
         let _ = process.wait().await;
         return Err(e.into());
+    }
+    if let Some(guard) = guard {
+        guard.applied().await;
     }
     let connected = match vmm::connect(&*backend, &vm, pid, spec.as_ref()).await {
         Ok(c) => c,

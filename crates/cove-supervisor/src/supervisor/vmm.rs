@@ -26,6 +26,8 @@ pub struct Launch {
     pub gate: cove_backend::process::Gate,
     /// The VM's passt, if it has one, to be waited for once the VMM has exited.
     pub passt: Option<crate::passt::Detached>,
+    /// The host rules on the VMM's identity, being applied; waited for before the guest runs.
+    pub guard: Option<crate::guard::Pending>,
 }
 
 /// How the VMM starts: a cold boot with its RAM in a shared file (so it can be snapshotted), or
@@ -80,11 +82,19 @@ pub async fn launch(
     // The user-mode NIC: passt, unless the VM is on cove networks (then it goes out through
     // them, and the VMM's own user-mode stack carries only the forwards, restricted) or the
     // backend cannot plug a NIC into a socket.
+    let run_as = crate::backends::vmm_identity(caps);
+    // The guest's sockets on the host will belong to `run_as`: rules on that owner go in while
+    // the VMM starts, and are waited for before it runs.
+    let guard = match run_as {
+        Some(_) => crate::guard::start().await,
+        None => None,
+    };
     let passt = if taps.is_empty() && caps.user_net_stream {
         Some(crate::passt::spawn(
             &vm,
             &record.ports,
             record.host_loopback,
+            run_as,
         )?)
     } else {
         None
@@ -125,7 +135,7 @@ pub async fn launch(
             None => UserNet::Builtin,
         },
         taps,
-        run_as: crate::backends::vmm_identity(caps),
+        run_as,
     };
     let launch = backend.launch(&spec, &host)?;
     std::fs::write(vm.vmm_cmdline(), &launch.description)?;
@@ -170,6 +180,7 @@ pub async fn launch(
         spec,
         gate,
         passt,
+        guard,
     })
 }
 
