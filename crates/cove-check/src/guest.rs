@@ -84,9 +84,7 @@ impl Guest for LocalGuest {
 async fn local_exec(req: GuestExec) -> Result<ExecOutput, GuestError> {
     let mut argv = req.argv.clone();
     if let Some(user) = &req.user {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        if root {
+        if cove_util::process::is_root() {
             argv = [
                 vec!["runuser".into(), "-u".into(), user.clone(), "--".into()],
                 argv,

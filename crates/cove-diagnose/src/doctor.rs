@@ -368,11 +368,7 @@ pub fn protections(sandbox: &str, runs_as: Option<cove_backend::RunAs>) -> Vec<C
             ),
         },
     });
-    // /proc/self belongs to this process's effective uid.
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    checks.push(match (root, runs_as) {
+    checks.push(match (cove_util::process::is_root(), runs_as) {
         (true, Some(_)) => Check::new(
             "unprivileged QEMU",
             Level::Ok,

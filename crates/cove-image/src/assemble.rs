@@ -131,8 +131,7 @@ pub(crate) fn assemble(
     let rootfs = dir.join(files::ROOTFS);
     let rootfs_size = rep.stage("make ext4 root filesystem", || -> Result<u64> {
         let size = ext4::make_ext4(rep, root, &rootfs, p.size)?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !cove_util::process::is_root() {
             let owners = match p.owners_from {
                 Some(tar) => ext4::tarball_owners(rep, tar)?,
                 None => ext4::Owners::new(),

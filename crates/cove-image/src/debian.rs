@@ -38,11 +38,6 @@ pub(crate) fn base_key(spec: &ImageSpec, packages: &[String]) -> Option<String> 
     ))
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn have(program: &str) -> bool {
     cove_util::path::which(program).is_some()
 }
@@ -53,7 +48,7 @@ fn have(program: &str) -> bool {
 /// while `fakechroot` (fakechroot and fakeroot installed) works and records
 /// the right owners in the tarball.
 fn mmdebstrap_mode() -> &'static str {
-    if is_root() {
+    if cove_util::process::is_root() {
         return "--mode=root";
     }
     // SAFETY: getuid has no preconditions and cannot fail.
@@ -114,7 +109,7 @@ pub(crate) fn debian_base(
         cmd.arg(suite).arg(&out).arg(mirror);
         util::run(rep, "mmdebstrap", &mut cmd, "apt-get install mmdebstrap")?;
     } else {
-        if !is_root() {
+        if !cove_util::process::is_root() {
             return Err(ImageError::DebootstrapNeedsRoot);
         }
         let tree = tmp.path().join("tree");
@@ -145,7 +140,7 @@ pub(crate) fn untar(rep: &Reporter, tarball: &Path, tree: &Path) -> Result<()> {
     // Device nodes in a tarball cannot be made without root; the guest's
     // devtmpfs provides them anyway.
     cmd.args(["--exclude=./dev/*", "--exclude=dev/*", "--numeric-owner"]);
-    if !is_root() {
+    if !cove_util::process::is_root() {
         cmd.arg("--no-same-owner");
     }
     cmd.arg("-C").arg(tree).arg("-xpf").arg(tarball);
@@ -210,7 +205,7 @@ mount -t tmpfs tmpfs "$root/run"
 chmod 1777 "$root/tmp"
 exec chroot "$root" /bin/sh -c "$1""#;
     let mut cmd = Command::new("unshare");
-    if !is_root() {
+    if !cove_util::process::is_root() {
         cmd.arg("--map-root-user");
     }
     cmd.args(["--mount", "--propagation", "private", "--pid", "--fork"])

@@ -157,8 +157,7 @@ async fn q35_argv_is_accepted() {
 /// its privileges can open nothing in the (root-only) runtime directory.
 #[tokio::test]
 async fn a_qemu_that_dropped_privileges_saves_and_restores_its_state() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !cove_util::process::is_root() {
         eprintln!("not root: cove runs QEMU as the caller, nothing to drop");
         return;
     }

@@ -420,8 +420,7 @@ mod tests {
     #[test]
     fn runtime_dir_owned_by_another_user_is_refused() {
         // `/` is root's; as root, any directory owned by nobody will do.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if cove_util::process::is_root() {
             let root = tempfile::tempdir().unwrap();
             let dir = root.path().join("theirs");
             std::fs::create_dir(&dir).unwrap();

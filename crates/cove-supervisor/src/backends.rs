@@ -22,7 +22,6 @@ pub fn for_kind(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
 /// by this process's pid (a supervisor's, unique while it runs), when the backend can drop to
 /// one; else the caller's. `cove doctor` asks the same.
 pub fn vmm_identity(caps: Capabilities) -> Option<RunAs> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    (root && caps.drop_privileges).then(|| RunAs::for_supervisor(std::process::id()))
+    (cove_util::process::is_root() && caps.drop_privileges)
+        .then(|| RunAs::for_supervisor(std::process::id()))
 }

@@ -1,4 +1,4 @@
-//! Whether a process still runs, read from `/proc`.
+//! Whether a process still runs, read from `/proc`, and whether this one runs as root.
 
 /// A process's scheduler state letter from `/proc/PID/stat` (`R`, `S`, `T`, `Z`, …), or `None`
 /// when there is no such process.
@@ -13,6 +13,12 @@ pub fn state(pid: u32) -> Option<char> {
 /// signal the process.
 pub fn alive(pid: u32) -> bool {
     state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// Whether this process runs as root (effective uid 0): cove then drops QEMU and passt to
+/// identities of their own, builds Debian roots without fakeroot, and so on.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 #[cfg(test)]

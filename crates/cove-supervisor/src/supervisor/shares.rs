@@ -138,8 +138,7 @@ pub fn start(vm: &VmPaths, record: &VmRecord) -> Result<(Vec<SharedDir>, Daemons
                 }
             );
             let mut cmd = Command::new("unshare");
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
+            if !cove_util::process::is_root() {
                 cmd.args(["--user", "--map-root-user"]);
             }
             cmd.args([
