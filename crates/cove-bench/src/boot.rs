@@ -19,7 +19,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     s.method = vec![
         format!("Image `{IMAGE}` (`cove image build minimal --size 64M`: Debian's cloud kernel booted as the uncompressed `vmlinux`, cove's initramfs, a busybox root with cove-agent), 256 MiB, 1 vCPU, microvm."),
         "**cove**: wall time of `cove start NAME` on a freshly created VM, i.e. CLI start, supervisor spawn, QEMU start, boot, and the guest agent's handshake answered.".into(),
-        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `vmm.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
+        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `vmm.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, passt's socket replaced by QEMU's own user network, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
         format!("One untimed warm-up of each, then {runs} runs of each, alternating which goes first. Each run starts from a new VM / new overlay; VMs are deleted between runs."),
     ];
     // Learn cove's argv and its root disk's backing file from a real VM.
@@ -199,7 +199,7 @@ fn signed_ms(a: Duration, b: Duration) -> String {
 }
 
 /// The exact argv of a running process.
-fn proc_cmdline(pid: u64) -> Result<Vec<String>> {
+pub fn proc_cmdline(pid: u64) -> Result<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
         .with_context(|| format!("reading /proc/{pid}/cmdline of the VM's QEMU"))?;
     Ok(raw
@@ -209,7 +209,7 @@ fn proc_cmdline(pid: u64) -> Result<Vec<String>> {
         .collect())
 }
 
-fn backing_of(qcow2: &Path) -> Result<(String, String)> {
+pub fn backing_of(qcow2: &Path) -> Result<(String, String)> {
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
         .arg(qcow2)
@@ -225,7 +225,7 @@ fn backing_of(qcow2: &Path) -> Result<(String, String)> {
     Ok((file.to_owned(), fmt.to_owned()))
 }
 
-fn qemu_img_overlay(backing: &str, fmt: &str, out: &Path) -> Result<()> {
+pub fn qemu_img_overlay(backing: &str, fmt: &str, out: &Path) -> Result<()> {
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing])
         .arg(out)
@@ -269,6 +269,11 @@ pub fn adapt(argv: &[String], overlay: &Path, agent: &Path) -> Result<Vec<String
                 let v = replace_key(val, "path", &agent.to_string_lossy());
                 out.extend([opt.clone(), v]);
             }
+            // passt's socket is inherited from the supervisor; alone, QEMU's own user-mode
+            // network stands in for it.
+            "-netdev" if val.starts_with("stream,") => {
+                out.extend([opt.clone(), "user,id=net0".into()]);
+            }
             "-drive" if val.contains("id=root") => {
                 let v = replace_key(val, "file", &overlay.to_string_lossy());
                 out.extend([opt.clone(), v]);
@@ -294,6 +299,14 @@ fn replace_key(val: &str, key: &str, new: &str) -> String {
 
 /// Boots the bare command line and returns the time to the ready line.
 fn bare_boot(argv: &[String], stderr: &Path) -> Result<Duration> {
+    let (mut child, took) = spawn_bare(argv, stderr)?;
+    kill(&mut child);
+    Ok(took)
+}
+
+/// Boots the bare command line and returns it running once the ready line came, with the time
+/// that took (its console is drained until it exits).
+pub fn spawn_bare(argv: &[String], stderr: &Path) -> Result<(Child, Duration)> {
     let t = Instant::now();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -329,9 +342,11 @@ fn bare_boot(argv: &[String], stderr: &Path) -> Result<Duration> {
         }
     });
     let got = rx.recv_timeout(BOOT_TIMEOUT);
-    kill(&mut child);
+    if !matches!(got, Ok(Some(_))) {
+        kill(&mut child);
+    }
     match got {
-        Ok(Some(at)) => Ok(at - t),
+        Ok(Some(at)) => Ok((child, at - t)),
         Ok(None) => bail!(
             "bare QEMU exited before `{}`: {}",
             cove_guest::marker::READY,
@@ -344,7 +359,7 @@ fn bare_boot(argv: &[String], stderr: &Path) -> Result<Duration> {
     }
 }
 
-fn kill(child: &mut Child) {
+pub fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -9,6 +9,7 @@ mod cove;
 mod create;
 mod exec;
 mod guest;
+mod idle;
 mod list;
 mod machine;
 mod memory;
@@ -25,9 +26,9 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 13] = [
+const ALL: [&str; 14] = [
     "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list", "snapshot",
-    "pgsnap", "density",
+    "pgsnap", "density", "idle",
 ];
 
 #[derive(Parser, Debug)]
@@ -36,7 +37,7 @@ const ALL: [&str; 13] = [
 )]
 struct Args {
     /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch,
-    /// net, list, snapshot, pgsnap, density (default: all; `net` needs root: it makes a network
+    /// net, list, snapshot, pgsnap, density, idle (default: all; `net` needs root: it makes a network
     /// namespace). With a subset, the other sections of the report file are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -110,7 +111,7 @@ fn main() -> Result<()> {
     }
     let images = (|| -> Result<()> {
         let m64 = [
-            "boot", "memory", "create", "arch", "list", "snapshot", "density",
+            "boot", "memory", "create", "arch", "list", "snapshot", "density", "idle",
         ];
         if m64.iter().any(|b| want(b)) {
             cove.build_image("minimal", &["--name", "m64", "--size", "64M"], None)?;
@@ -201,6 +202,14 @@ fn main() -> Result<()> {
         &mut |s| {
             need_images()?;
             snapshot::density(&cove, args.clones, s)
+        },
+    );
+    bench(
+        "idle",
+        "15. Idle cost: a VM that runs nothing, beside bare QEMU",
+        &mut |s| {
+            need_images()?;
+            idle::run(&cove, std::time::Duration::from_secs(60), s)
         },
     );
     bench(
