@@ -19,7 +19,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     s.method = vec![
         format!("Image `{IMAGE}` (`cove image build minimal --size 64M`: Debian's cloud kernel booted as the uncompressed `vmlinux`, cove's initramfs, a busybox root with cove-agent), 256 MiB, 1 vCPU, microvm."),
         "**cove**: wall time of `cove start NAME` on a freshly created VM, i.e. CLI start, supervisor spawn, QEMU start, boot, and the guest agent's handshake answered.".into(),
-        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `vmm.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, passt's socket replaced by QEMU's own user network, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
+        format!("**bare QEMU**: cove's exact QEMU argv (read from the running QEMU's /proc/PID/cmdline, the same argv as the VM dir's `vmm.cmdline`) with `-S` dropped, the console chardev socket replaced by `-serial stdio` (a pipe to the benchmark), QMP dropped, the NIC on an empty hub instead of passt's socket, and a fresh qcow2 overlay over the same rootfs; timed from spawning QEMU to the `{}` line on the serial console.", cove_guest::marker::READY),
         format!("One untimed warm-up of each, then {runs} runs of each, alternating which goes first. Each run starts from a new VM / new overlay; VMs are deleted between runs."),
     ];
     // Learn cove's argv and its root disk's backing file from a real VM.
@@ -35,7 +35,7 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     let work = cove.root().join("bare");
     std::fs::create_dir_all(&work)?;
     let overlay = work.join("root.qcow2");
-    let bare_argv = adapt(&argv, &overlay, &work.join("agent.sock"))?;
+    let bare_argv = adapt(&argv, &work)?;
 
     let (mut c, mut b) = (Samples::new(), Samples::new());
     // Inside cove's runs: QEMU spawned, and the ready line logged.
@@ -247,8 +247,14 @@ const FLAGS: &[&str] = &[
 ];
 
 /// Turns cove's argv into a stand-alone command line: no `-S`, the console on
-/// stdout, no QMP, the root drive on `overlay`, the agent socket at `agent`.
-pub fn adapt(argv: &[String], overlay: &Path, agent: &Path) -> Result<Vec<String>> {
+/// stdout, no QMP, and the files of its own in `dir`: the root drive on `dir/root.qcow2` (the
+/// caller makes it), the agent socket at `dir/agent.sock`, a file-backed RAM at `dir/memory`.
+pub fn adapt(argv: &[String], dir: &Path) -> Result<Vec<String>> {
+    let (overlay, agent, memory) = (
+        dir.join("root.qcow2"),
+        dir.join("agent.sock"),
+        dir.join("memory"),
+    );
     let mut out = vec![argv.first().context("empty QEMU argv")?.clone()];
     let mut it = argv[1..].iter();
     while let Some(opt) = it.next() {
@@ -269,10 +275,15 @@ pub fn adapt(argv: &[String], overlay: &Path, agent: &Path) -> Result<Vec<String
                 let v = replace_key(val, "path", &agent.to_string_lossy());
                 out.extend([opt.clone(), v]);
             }
-            // passt's socket is inherited from the supervisor; alone, QEMU's own user-mode
-            // network stands in for it.
+            // passt's socket is inherited from the supervisor; alone, the NIC goes to a hub
+            // with nothing else on it (QEMU's own user network would add timers of its own to
+            // what is measured). An idle or booting guest sends nothing that matters.
             "-netdev" if val.starts_with("stream,") => {
-                out.extend([opt.clone(), "user,id=net0".into()]);
+                out.extend([opt.clone(), "hubport,id=net0,hubid=0".into()]);
+            }
+            "-object" if val.contains("mem-path=") => {
+                let v = replace_key(val, "mem-path", &memory.to_string_lossy());
+                out.extend([opt.clone(), v]);
             }
             "-drive" if val.contains("id=root") => {
                 let v = replace_key(val, "file", &overlay.to_string_lossy());
@@ -370,7 +381,7 @@ mod tests {
 
     #[test]
     fn adapt_routes_console_to_stdio_and_drops_qmp_and_s() {
-        let argv: Vec<String> = "/usr/bin/qemu-system-x86_64 -nodefaults -S -m 256M -append console=ttyS0 tsc=reliable -chardev socket,id=console,server=on,wait=off,path=/r/console.sock -serial chardev:console -chardev socket,id=qmp,server=on,wait=off,path=/r/qmp.sock -mon chardev=qmp,mode=control -chardev socket,id=agent,server=on,wait=off,path=/r/agent.sock -drive file=/s/root.qcow2,format=qcow2,if=none,id=root"
+        let argv: Vec<String> = "/usr/bin/qemu-system-x86_64 -nodefaults -S -m 256M -append console=ttyS0 tsc=reliable -chardev socket,id=console,server=on,wait=off,path=/r/console.sock -serial chardev:console -chardev socket,id=qmp,server=on,wait=off,path=/r/qmp.sock -mon chardev=qmp,mode=control -chardev socket,id=agent,server=on,wait=off,path=/r/agent.sock -drive file=/s/root.qcow2,format=qcow2,if=none,id=root -object memory-backend-file,id=mem,size=256M,share=on,mem-path=/dev/shm/x/memory"
             .split(' ')
             .map(String::from)
             .collect::<Vec<_>>();
@@ -378,14 +389,15 @@ mod tests {
         let mut real = argv[..5].to_vec();
         real.push("console=ttyS0 tsc=reliable".into());
         real.extend_from_slice(&argv[7..]);
-        let out = adapt(&real, Path::new("/b/o.qcow2"), Path::new("/b/a.sock")).unwrap();
+        let out = adapt(&real, Path::new("/b")).unwrap();
         let line = out.join(" ");
         assert!(!out.iter().any(|a| a == "-S"));
         assert!(!line.contains("qmp"));
         assert!(!line.contains("console.sock"));
         assert!(line.contains("-serial stdio"));
-        assert!(line.contains("path=/b/a.sock"));
-        assert!(line.contains("file=/b/o.qcow2,format=qcow2"));
+        assert!(line.contains("path=/b/agent.sock"));
+        assert!(line.contains("file=/b/root.qcow2,format=qcow2"));
+        assert!(line.contains("share=on,mem-path=/b/memory"), "{line}");
         assert!(out.contains(&"console=ttyS0 tsc=reliable".to_string()));
     }
 }

@@ -63,7 +63,7 @@ impl Guest {
             qga.display()
         );
         let mut start = cove.command(&["start", NAME]);
-        start.env("COVE_QEMU_EXTRA_ARGS", extra);
+        start.env(cove_qemu::EXTRA_ARGS_ENV, extra);
         let out = start.output().context("running cove start")?;
         if !out.status.success() {
             bail!(

@@ -206,7 +206,7 @@ fn main() -> Result<()> {
     );
     bench(
         "idle",
-        "15. Idle cost: a VM that runs nothing, beside bare QEMU",
+        "15. Idle cost: a VM that runs nothing, as cove runs it and untuned",
         &mut |s| {
             need_images()?;
             idle::run(&cove, std::time::Duration::from_secs(60), s)
