@@ -104,7 +104,7 @@ pub fn volume() -> ArgValueCandidates {
         let Ok(paths) = Paths::from_env() else {
             return Vec::new();
         };
-        cove_supervisor::data_disk::list(&paths)
+        cove_vm::data_disk::list(&paths)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, _)| CompletionCandidate::new(name))
@@ -177,7 +177,7 @@ fn snapshots() -> Vec<(String, String)> {
     vms.into_iter()
         .flat_map(|vm| {
             let name = vm.name.to_string();
-            cove_supervisor::snapshot::list(&paths, &name)
+            cove_vm::snapshot::list(&paths, &name)
                 .unwrap_or_default()
                 .into_iter()
                 .map(move |s| (name.clone(), s.tag))

@@ -24,7 +24,7 @@ use cove_backend::Machine;
 use cove_check::Check;
 use cove_image::ImageSpec;
 use cove_state::{PortForward, VmName};
-use cove_supervisor::data_disk::DiskRequest;
+use cove_vm::data_disk::DiskRequest;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -182,10 +182,9 @@ impl UpSpec {
                 .disks
                 .into_iter()
                 .map(|d| -> Result<DiskRequest> {
-                    cove_supervisor::data_disk::validate_name(&d.name)
-                        .map_err(anyhow::Error::msg)?;
+                    cove_vm::data_disk::validate_name(&d.name).map_err(anyhow::Error::msg)?;
                     if let Some(m) = d.mount.as_deref() {
-                        cove_supervisor::data_disk::validate_mount(m)
+                        cove_vm::data_disk::validate_mount(m)
                             .map_err(|e| anyhow::anyhow!("disk `{}`: {e}", d.name))?;
                     }
                     Ok(DiskRequest {

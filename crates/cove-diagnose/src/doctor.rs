@@ -68,7 +68,7 @@ pub struct HostFacts {
     /// The `-sandbox` value cove runs QEMU under (`cove_qemu::argv::sandbox`).
     pub qemu_sandbox: String,
     /// The identity QEMU drops to once it has opened its files (`-runas`), when cove runs as
-    /// root (`cove_supervisor::backends::vmm_identity`).
+    /// root (`cove_vm::backends::vmm_identity`).
     pub qemu_runs_as: Option<cove_backend::RunAs>,
     /// Whether link-local addresses (cloud metadata) are kept from guests (`cove_net::guard`).
     pub metadata_guard: MetadataGuard,
@@ -393,7 +393,7 @@ pub fn protections(sandbox: &str, runs_as: Option<cove_backend::RunAs>) -> Vec<C
             None,
         ),
     });
-    // The supervisor runs one passt per VM (`cove_supervisor::passt`), started with
+    // The supervisor runs one passt per VM (`cove_vm::passt`), started with
     // `--no-map-gw`: nothing a guest sends maps to the host's loopback.
     checks.push(if find_executable("passt").is_some() {
         Check::new(

@@ -106,7 +106,7 @@ impl Paths {
     }
 
     /// The snapshot `cove up` keeps of each declared VM for its fresh starts, one directory
-    /// per VM name (see `cove_supervisor::up_snapshot`). Outside the VM's directory, since it
+    /// per VM name (see `cove_vm::up_snapshot`). Outside the VM's directory, since it
     /// outlives the VM (`cove down`, then `cove up`).
     pub fn up_snapshot(&self, vm: &str) -> PathBuf {
         self.state.join("up-snapshots").join(vm)
@@ -283,7 +283,7 @@ impl VmPaths {
     pub fn memory_file(&self) -> PathBuf {
         self.ram.join("memory")
     }
-    /// The VM's snapshots, one directory per tag (see `cove_supervisor::snapshot`).
+    /// The VM's snapshots, one directory per tag (see `cove_vm::snapshot`).
     pub fn snapshots(&self) -> PathBuf {
         self.dir.join("snapshots")
     }

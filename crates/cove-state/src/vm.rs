@@ -9,7 +9,7 @@ use std::str::FromStr;
 /// Lifecycle of a VM as recorded in the store.
 ///
 /// `Starting`, `Running` and `Stopping` are claims that a supervisor is alive;
-/// every read checks the claim against reality (see `cove-supervisor`'s
+/// every read checks the claim against reality (see `cove-vm`'s
 /// reconcile) and turns a dead claim into `Stopped` or `Crashed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

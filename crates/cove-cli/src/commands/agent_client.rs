@@ -26,7 +26,7 @@ pub fn opener(ctx: &Ctx, name: &str) -> Result<impl StreamOpener + use<>> {
         Err(e @ ClientError::VersionMismatch { .. }) => return Err(e.into()),
         _ => {}
     }
-    let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
+    let record = cove_vm::lifecycle::show(&ctx.paths, name)?;
     if let Some(why) = not_running(name, record.state) {
         bail!("{why}");
     }

@@ -10,7 +10,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use cove_state::VmName;
-use cove_supervisor::lifecycle::{self, CreateOptions, StartOptions};
+use cove_vm::lifecycle::{self, CreateOptions, StartOptions};
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom};
 use std::process::ExitCode;

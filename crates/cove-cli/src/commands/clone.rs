@@ -4,7 +4,7 @@ use crate::commands::start::BootArgs;
 use crate::context::Ctx;
 use anyhow::Result;
 use cove_state::VmName;
-use cove_supervisor::{lifecycle, snapshot};
+use cove_vm::{lifecycle, snapshot};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

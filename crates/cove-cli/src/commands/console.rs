@@ -1,7 +1,7 @@
 //! `cove console NAME`: attach to the serial console. Several viewers may
 //! attach at once; each sees the recent history, then live output. When no
 //! viewer is attached, the supervisor answers the guest's cursor-position
-//! queries itself (see cove-supervisor's console module).
+//! queries itself (see cove-vm's `supervisor::console`).
 
 use crate::context::Ctx;
 use anyhow::{Context, Result, bail};
@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
-    let record = cove_supervisor::lifecycle::show(&ctx.paths, &args.name)?;
+    let record = cove_vm::lifecycle::show(&ctx.paths, &args.name)?;
     if let Some(why) = no_console(&args.name, record.state) {
         bail!("{why}");
     }

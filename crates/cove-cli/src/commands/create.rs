@@ -4,9 +4,9 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
 use cove_state::{PortForward, VmName};
-use cove_supervisor::data_disk::DiskRequest;
-use cove_supervisor::lifecycle::{self, CreateOptions};
 use cove_util::ByteSize;
+use cove_vm::data_disk::DiskRequest;
+use cove_vm::lifecycle::{self, CreateOptions};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +77,7 @@ pub fn parse_disk(text: &str) -> Result<DiskRequest, String> {
             disk.size_bytes = parse_size(part)?;
         }
     }
-    cove_supervisor::data_disk::validate_name(&disk.name)?;
+    cove_vm::data_disk::validate_name(&disk.name)?;
     Ok(disk)
 }
 
@@ -93,9 +93,8 @@ pub struct Resources {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     if let Some(origin) = &args.from {
-        let record = cove_supervisor::snapshot::create_clone_with_ports(
-            &ctx.paths, origin, &args.name, args.ports,
-        )?;
+        let record =
+            cove_vm::snapshot::create_clone_with_ports(&ctx.paths, origin, &args.name, args.ports)?;
         if ctx.json {
             output::print_json(&record)?;
         } else {

@@ -7,7 +7,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context, Result, bail};
 use cove_disk::{DiskImage, Entry, FileKind, Fs};
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,7 +101,7 @@ fn locate(ctx: &Ctx, source: &str, data_disk: Option<&str>) -> Result<(PathBuf, 
             format!("VM {source}'s disk"),
         )),
         Some(d) if record.data_disks.iter().any(|x| x == d) => Ok((
-            cove_supervisor::data_disk::path_for(&ctx.paths, &record, d),
+            cove_vm::data_disk::path_for(&ctx.paths, &record, d),
             format!("VM {source}'s data disk {d}"),
         )),
         Some(d) => bail!(

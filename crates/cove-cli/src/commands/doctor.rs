@@ -26,9 +26,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
             Err(_) => cove_backend::host::accel::probe(&ctx.paths.cache),
         }
     };
-    let qemu_runs_as = cove_supervisor::backends::vmm_identity(
-        cove_backend::Backend::capabilities(&cove_qemu::QemuBackend),
-    );
+    let qemu_runs_as = cove_vm::backends::vmm_identity(cove_backend::Backend::capabilities(
+        &cove_qemu::QemuBackend,
+    ));
     let facts = HostFacts {
         kvm: Some(KvmFact {
             usable: choice.accel == Accel::Kvm,
@@ -40,7 +40,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         qemu_sandbox: cove_qemu::argv::sandbox(qemu_runs_as.is_some()).to_owned(),
         metadata_guard: metadata_guard(qemu_runs_as.is_some()),
         qemu_runs_as,
-        backends: cove_supervisor::backends::all()
+        backends: cove_vm::backends::all()
             .map(|b| {
                 let verdict = b.probe_host(&ctx.paths.cache, false).cannot_boot;
                 (b.kind().to_string(), verdict)

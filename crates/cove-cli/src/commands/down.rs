@@ -6,7 +6,7 @@ use crate::output;
 use crate::up_spec::UpSpec;
 use anyhow::Result;
 use cove_state::Store;
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use super::agent_client;
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Context as _, Result, bail};
-use cove_supervisor::console_log::clean_line;
+use cove_vm::console_log::clean_line;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

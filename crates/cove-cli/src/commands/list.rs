@@ -3,7 +3,7 @@
 use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

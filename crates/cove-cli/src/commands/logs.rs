@@ -3,7 +3,7 @@
 
 use crate::context::Ctx;
 use anyhow::{Context, Result};
-use cove_supervisor::{lifecycle, liveness};
+use cove_vm::{lifecycle, liveness};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 use crate::commands::start::{self, BootArgs};
 use crate::context::Ctx;
 use anyhow::Result;
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -13,8 +13,8 @@ use super::start::BootArgs;
 use crate::context::Ctx;
 use anyhow::{Context, Result, bail};
 use cove_state::{Store, VmState};
-use cove_supervisor::lifecycle;
-use cove_supervisor::supervisor::{self, SuperviseOptions};
+use cove_vm::lifecycle;
+use cove_vm::supervisor::{self, SuperviseOptions};
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
@@ -301,7 +301,7 @@ fn stop_when_reachable(
     paths: &cove_state::Paths,
     name: &str,
     timeout: Duration,
-) -> Result<(lifecycle::StopOutcome, String), cove_supervisor::LifecycleError> {
+) -> Result<(lifecycle::StopOutcome, String), cove_vm::LifecycleError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match lifecycle::stop(paths, name, timeout) {

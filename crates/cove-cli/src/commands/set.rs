@@ -4,7 +4,7 @@ use crate::commands::create::parse_memory;
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Result, bail};
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
 use cove_state::{PortForward, VmRecord};
-use cove_supervisor::{console_log, lifecycle};
+use cove_vm::{console_log, lifecycle};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 

@@ -3,7 +3,7 @@
 use crate::context::Ctx;
 use crate::output;
 use anyhow::{Result, bail};
-use cove_supervisor::snapshot;
+use cove_vm::snapshot;
 use std::process::ExitCode;
 
 /// The tag of `cove snapshot NAME` without one.

@@ -3,7 +3,7 @@
 use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
-use cove_supervisor::lifecycle::{self, StartOptions};
+use cove_vm::lifecycle::{self, StartOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 

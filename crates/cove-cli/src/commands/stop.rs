@@ -3,7 +3,7 @@
 use crate::context::Ctx;
 use crate::output;
 use anyhow::Result;
-use cove_supervisor::lifecycle::{self, StopOutcome};
+use cove_vm::lifecycle::{self, StopOutcome};
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 
 use crate::context::Ctx;
 use anyhow::Result;
-use cove_supervisor::supervisor::{self, SuperviseOptions};
+use cove_vm::supervisor::{self, SuperviseOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 

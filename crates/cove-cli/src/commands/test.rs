@@ -61,7 +61,7 @@ fn test(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
         false => None,
     };
     let name = throwaway.as_ref().map_or(&args.name, |t| &t.name);
-    let record = cove_supervisor::lifecycle::show(&ctx.paths, name)?;
+    let record = cove_vm::lifecycle::show(&ctx.paths, name)?;
     let checks_file = ctx.paths.vm(name).checks_file();
     let declared = cove_check::load(&checks_file)?;
     let checks = declared.clone().unwrap_or_default();

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use cove_agent_link::{
     ExecRequest, ExitStatus, LinkError, TraceEvent, TraceIo, TraceOutcome, TraceRequest,
 };
-use cove_supervisor::console_log::clean_line;
+use cove_vm::console_log::clean_line;
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;

@@ -7,8 +7,8 @@ use crate::up_spec::{DeclaredVm, ImageSource, UpSpec};
 use anyhow::{Context, Result, bail};
 use cove_image::ImageManifest;
 use cove_state::{Store, VmRecord};
-use cove_supervisor::lifecycle::{self, CreateOptions, StartOptions};
-use cove_supervisor::{data_disk, snapshot, up_snapshot};
+use cove_vm::lifecycle::{self, CreateOptions, StartOptions};
+use cove_vm::{data_disk, snapshot, up_snapshot};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,7 +176,7 @@ fn converge(
         // Data disks are separate files: recreating the VM keeps them. Its
         // root disk is not: say so, and never drop changes silently.
         let overlay = paths.vm(name).root_disk();
-        let written = cove_supervisor::backends::for_kind(have.backend)?
+        let written = cove_vm::backends::for_kind(have.backend)?
             .disk_written_bytes(&overlay)
             .with_context(|| format!("reading what the guest wrote to {}", overlay.display()))?;
         if written > 0 && !force {

@@ -6,7 +6,7 @@ use crate::context::Ctx;
 use crate::output;
 use anyhow::{Result, bail};
 use cove_state::Store;
-use cove_supervisor::{data_disk, lifecycle};
+use cove_vm::{data_disk, lifecycle};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use cove_diagnose::kernel;
 use cove_diagnose::why::{self, VmFacts, VmmExit};
 use cove_state::{Store, VmState};
-use cove_supervisor::lifecycle;
+use cove_vm::lifecycle;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,7 +30,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
     let (text, facts) = match (&args.name, &args.log) {
         (_, Some(log)) => {
-            let text = cove_supervisor::console_log::read_bounded(log)
+            let text = cove_vm::console_log::read_bounded(log)
                 .with_context(|| format!("reading {}", log.display()))?;
             let kernel_config = match &args.kernel {
                 Some(k) => Some(kernel::load_config(k)?.0),
@@ -69,7 +69,7 @@ fn vm_facts(ctx: &Ctx, name: &str, previous: bool) -> Result<(String, VmFacts)> 
         vm.console_log()
     };
     // Bounded: the boot's start and the latest output, whatever the size.
-    let text = match cove_supervisor::console_log::read_bounded(&log_path) {
+    let text = match cove_vm::console_log::read_bounded(&log_path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", log_path.display())),

@@ -6,8 +6,8 @@ use crate::views::{
     ApiError, BuildEvent, BuildFailure, BuildOptions, ExecEnd, ExecOptions, PortView, VmView,
 };
 use cove_state::StoreError;
-use cove_supervisor::LifecycleError;
-use cove_supervisor::lifecycle::{self, StartOptions};
+use cove_vm::LifecycleError;
+use cove_vm::lifecycle::{self, StartOptions};
 use hyper::StatusCode;
 use std::time::Duration;
 use utoipa::OpenApi;

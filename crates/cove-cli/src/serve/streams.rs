@@ -228,8 +228,7 @@ async fn upgraded(upgrade: hyper::upgrade::OnUpgrade) -> Option<TokioIo<hyper::u
 /// The VM's state, or the reply that says why there is none.
 async fn vm_state(paths: &cove_state::Paths, name: &str) -> Result<VmState, Reply> {
     let (paths, name) = (paths.clone(), name.to_owned());
-    match tokio::task::spawn_blocking(move || cove_supervisor::lifecycle::show(&paths, &name)).await
-    {
+    match tokio::task::spawn_blocking(move || cove_vm::lifecycle::show(&paths, &name)).await {
         Ok(Ok(record)) => Ok(record.state),
         Ok(Err(e)) => Err(routes::lifecycle_error(&e)),
         Err(e) => Err(routes::error(

@@ -4,7 +4,7 @@
 use crate::context::Ctx;
 use anyhow::{Context as _, Result, bail};
 use cove_state::{PortForward, VmName};
-use cove_supervisor::{lifecycle, snapshot};
+use cove_vm::{lifecycle, snapshot};
 
 /// A clone that exists for one test run; dropping it deletes it, pass or fail.
 pub struct Throwaway {
