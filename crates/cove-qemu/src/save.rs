@@ -12,12 +12,11 @@
 //! a shell, which its sandbox then has to allow; see `crate::argv::sandbox`), and a QEMU that
 //! dropped its privileges (`-runas`) needs no path it could reach.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qapi::qmp;
-use std::os::fd::AsFd;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 

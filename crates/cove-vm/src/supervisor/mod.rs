@@ -246,7 +246,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
         let (owner, tag) = origin.split_once('@').unwrap_or((origin, ""));
         paths.vm(owner).snapshot(tag)
     });
-    let (mut process, pid, accel, spec, gate, mut passt, guard) = if opts.adopt {
+    let (mut process, pid, accel, launched) = if opts.adopt {
         if !backend.capabilities().adopt {
             return Err(SuperviseError::CannotAdopt {
                 backend: record.backend,
@@ -258,15 +258,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             .filter(|p| backend.is_ours(*p, &vm.transports()))
             .ok_or_else(|| SuperviseError::NothingToAdopt(opts.name.clone()))?;
         let accel = record.accel;
-        (
-            VmmProcess::Adopted { pid },
-            pid,
-            accel,
-            None,
-            None,
-            None,
-            None,
-        )
+        (VmmProcess::Adopted { pid }, pid, accel, None)
     } else {
         let start = match &restore_dir {
             Some(dir) => vmm::Start::Restore { snapshot: dir },
@@ -277,10 +269,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             VmmProcess::Child(launch.child),
             launch.pid,
             Some(launch.accel),
-            Some(launch.spec),
-            Some(launch.gate),
-            launch.passt,
-            launch.guard,
+            Some(launch.launched),
         )
     };
     // An adopted VM continues its boot's log; a new boot starts a new one.
@@ -302,22 +291,32 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             r.started_at = Some(now());
         }
     })?;
-    // The pid is on record: only now may the VMM run (see `process::gate`).
-    if let Some(gate) = gate {
-        gate.open()?;
-    }
-    // passt started just before the VMM and got ready while the VMM started (`vmm::launch`);
-    // the guest runs only after `cont`, below, so nothing is sent before passt serves.
-    if let Some(passt) = &mut passt
-        && let Err(e) = passt.ready().await
-    {
-        process.start_kill();
-        let _ = process.wait().await;
-        return Err(e.into());
-    }
-    if let Some(guard) = guard {
-        guard.applied().await;
-    }
+    let (spec, passt) = match launched {
+        None => (None, None),
+        Some(vmm::Launched {
+            spec,
+            gate,
+            mut passt,
+            guard,
+        }) => {
+            // The pid is on record: only now may the VMM run (see `process::gate`).
+            gate.open()?;
+            // passt started just before the VMM and got ready while the VMM started
+            // (`vmm::launch`); the guest runs only after `cont`, below, so nothing is sent
+            // before passt serves, nor before the rules on its identity are in place.
+            if let Some(p) = &mut passt
+                && let Err(e) = p.ready().await
+            {
+                process.start_kill();
+                let _ = process.wait().await;
+                return Err(e.into());
+            }
+            if let Some(guard) = guard {
+                guard.applied().await;
+            }
+            (Some(spec), passt)
+        }
+    };
     let connected = match vmm::connect(&*backend, &vm, pid, spec.as_ref()).await {
         Ok(c) => c,
         Err(e) => {

@@ -19,6 +19,12 @@ pub struct Launch {
     pub child: tokio::process::Child,
     pub pid: u32,
     pub accel: cove_backend::Accel,
+    /// What only a VMM this supervisor launched has (an adopted one has none of it).
+    pub launched: Launched,
+}
+
+/// A launched VMM's spec, its gate, and what runs beside it.
+pub struct Launched {
     /// What the VMM was launched with, for [`connect`].
     pub spec: VmSpec,
     /// The VMM runs only once this opens: the caller records its pid first,
@@ -177,10 +183,12 @@ pub async fn launch(
         child,
         pid,
         accel: host.accel.accel,
-        spec,
-        gate,
-        passt,
-        guard,
+        launched: Launched {
+            spec,
+            gate,
+            passt,
+            guard,
+        },
     })
 }
 
