@@ -666,6 +666,24 @@ mod tests {
     }
 
     #[test]
+    fn reachable_metadata_is_a_warning_with_the_fix_and_the_guard_is_ok() {
+        for open in [
+            MetadataGuard::NotRoot,
+            MetadataGuard::CannotApply("no CAP_NET_ADMIN".into()),
+        ] {
+            let c = metadata_guard(&open);
+            assert_eq!(c.status, Level::Warn, "{c:?}");
+            assert!(c.detail.starts_with("reachable"), "{c:?}");
+            assert!(c.fix.is_some(), "{c:?}");
+        }
+        for shut in [MetadataGuard::Present, MetadataGuard::Absent] {
+            let c = metadata_guard(&shut);
+            assert_eq!(c.status, Level::Ok, "{c:?}");
+            assert!(c.detail.starts_with("blocked"), "{c:?}");
+        }
+    }
+
+    #[test]
     fn guest_ram_on_a_disk_filesystem_is_a_warning_with_the_fix() {
         // /proc is no tmpfs, and the directory not made yet is judged by where it will be.
         let c = guest_ram(Path::new("/proc/no-such-dir/cove"));
