@@ -11,7 +11,9 @@ use std::path::Path;
 ///   whatever the host serves there), never the host's other addresses or its loopback;
 /// - forward: traffic stays on its bridge or, with NAT, goes out to a non-cove interface;
 ///   nothing crosses from one cove network to another (each network's table drops that, and a
-///   packet must pass every table's hook), nothing from outside reaches in unless it answers.
+///   packet must pass every table's hook), nothing from outside reaches in unless it answers,
+///   and nothing goes out to a link-local address: on a cloud host 169.254.169.254 is the
+///   instance's metadata service (credentials included), reached through the host's route.
 pub fn ruleset(net: &NetworkRecord) -> String {
     let br = net.bridge();
     let gw = net.subnet.gateway();
@@ -21,6 +23,7 @@ pub fn ruleset(net: &NetworkRecord) -> String {
         format!("iifname \"{br}\" oifname \"{br}\" accept"),
         format!("iifname \"{br}\" oifname \"{BRIDGE_PREFIX}*\" drop"),
         format!("oifname \"{br}\" iifname \"{BRIDGE_PREFIX}*\" drop"),
+        format!("iifname \"{br}\" ip daddr 169.254.0.0/16 drop"),
         format!("oifname \"{br}\" ct state established,related accept"),
         format!("oifname \"{br}\" drop"),
     ];
@@ -143,8 +146,12 @@ mod tests {
         assert!(r.contains("iifname \"covebr3\" ip daddr 10.117.3.1 accept"));
         assert!(r.contains("iifname \"covebr3\" oifname \"covebr*\" drop"));
         assert!(r.contains("ip saddr 10.117.3.0/24 oifname != \"covebr3\" masquerade"));
-        // Drops to other cove bridges come before the NAT accept.
-        assert!(r.find("oifname \"covebr*\" drop") < r.find("ip saddr 10.117.3.0/24 accept"));
+        // Drops to other cove bridges and to link-local addresses (cloud metadata) come
+        // before the NAT accept.
+        let nat_accept = r.find("ip saddr 10.117.3.0/24 accept");
+        assert!(r.find("oifname \"covebr*\" drop") < nat_accept);
+        let metadata = r.find("iifname \"covebr3\" ip daddr 169.254.0.0/16 drop");
+        assert!(metadata.is_some() && metadata < nat_accept, "{r}");
     }
 
     #[test]
