@@ -288,7 +288,9 @@ impl RunAs {
     }
 
     /// The identity for the VMM of the supervisor with pid `supervisor_pid`: pids are unique
-    /// among running processes, so no two running supervisors hand out the same one.
+    /// among running processes, so no two running supervisors hand out the same one. (An
+    /// adopted VMM keeps the identity of the supervisor that died; a later supervisor given
+    /// that pid again would share it, and the two VMMs could signal each other, nothing more.)
     pub fn for_supervisor(supervisor_pid: u32) -> Self {
         let id = Self::BASE + (supervisor_pid & (Self::LAST - Self::BASE));
         Self { uid: id, gid: id }
