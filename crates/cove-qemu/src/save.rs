@@ -88,13 +88,8 @@ impl QmpClient {
     /// stays out). On return the VM is paused with its disks flushed and released (QEMU's
     /// `postmigrate`); `cont` resumes it.
     pub async fn save_state(&self, path: &Path) -> Result<(), SaveError> {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(io_err("make a socket pair for", path))?;
         self.stop().await?;
-        self.ignore_shared().await?;
-        self.pass_fd(STATE_FD, theirs.as_fd()).await?;
-        // QEMU has its own copy now; ours must go, or the stream never ends for QEMU's peer.
-        drop(theirs);
+        let stream = self.state_channel(path).await?;
         self.run(
             "migrate",
             qmp::migrate {
@@ -105,7 +100,6 @@ impl QmpClient {
             },
         )
         .await?;
-        let stream = nonblocking(ours, path)?;
         // A VMM that stops sending mid-stream must not hold the supervisor forever; one that
         // fails before sending closes its end, which ends the stream as well.
         tokio::time::timeout(MIGRATION_TIMEOUT, receive(stream, path))
@@ -120,11 +114,7 @@ impl QmpClient {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(io_err("open", path))?;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(io_err("make a socket pair for", path))?;
-        self.ignore_shared().await?;
-        self.pass_fd(STATE_FD, theirs.as_fd()).await?;
-        drop(theirs);
+        let mut stream = self.state_channel(path).await?;
         self.run(
             "migrate-incoming",
             qmp::migrate_incoming {
@@ -134,7 +124,6 @@ impl QmpClient {
             },
         )
         .await?;
-        let mut stream = nonblocking(ours, path)?;
         // QEMU reads until the end of the stream; an error here (QEMU refused the state and
         // closed) is what its migration status then says, so that is asked first.
         let sent = tokio::time::timeout(MIGRATION_TIMEOUT, async {
@@ -145,6 +134,17 @@ impl QmpClient {
         .map_err(|_| SaveError::Timeout { what: "restore" })?;
         self.wait_migration("restore", path).await?;
         sent.map_err(io_err("send the state to QEMU from", path))
+    }
+
+    /// Readies a migration of the device state only (RAM stays in its shared file) through a
+    /// socket pair: QEMU gets one end as [`STATE_FD`], the caller the other.
+    async fn state_channel(&self, path: &Path) -> Result<UnixStream, SaveError> {
+        self.ignore_shared().await?;
+        let (ours, theirs) = UnixStream::pair().map_err(io_err("make a socket pair for", path))?;
+        self.pass_fd(STATE_FD, theirs.as_fd()).await?;
+        // QEMU has its own copy now; this one must go, or the stream never ends for its peer.
+        drop(theirs);
+        Ok(ours)
     }
 
     async fn wait_migration(&self, what: &'static str, path: &Path) -> Result<(), SaveError> {
@@ -175,17 +175,6 @@ impl QmpClient {
             _ => Ok(false),
         }
     }
-}
-
-/// Our end of the migration's socket pair, for tokio.
-fn nonblocking(
-    stream: std::os::unix::net::UnixStream,
-    path: &Path,
-) -> Result<UnixStream, SaveError> {
-    stream
-        .set_nonblocking(true)
-        .and_then(|()| UnixStream::from_std(stream))
-        .map_err(io_err("watch the socket pair for", path))
 }
 
 /// Writes what QEMU sends to `path`, at most [`MAX_STATE_BYTES`], and syncs it.
