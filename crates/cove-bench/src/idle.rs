@@ -14,19 +14,30 @@ const GOAL_PERCENT_PER_VM: f64 = 0.5;
 /// keepalives).
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// CPU time a process has used (user + system), in clock ticks.
+/// A process's `/proc/PID/stat`: its command name and the fields after it (the first of which,
+/// the state, is field 3 of the line). The name is in parentheses and may itself hold spaces or
+/// `)`, hence the last `)`.
+fn stat(pid: u64) -> Option<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = text.rsplit_once(')')?;
+    let (_, comm) = head.split_once('(')?;
+    Some((
+        comm.to_owned(),
+        rest.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// Field `n` (numbered as in proc(5), from 1) of a stat line whose fields from 3 on are `after`.
+fn field(after: &[String], n: usize) -> Option<u64> {
+    after.get(n - 3)?.parse().ok()
+}
+
+/// CPU time a process has used (user + system: fields 14 and 15), in clock ticks.
 fn cpu_ticks(pid: u64) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after `(comm)`: state is the 3rd field of the line, utime the 14th, stime the 15th.
-    let rest = &stat[stat.rfind(')').context("no comm in stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> Result<u64> {
-        f.get(i - 3)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("field {i} of /proc/{pid}/stat"))
-    };
-    Ok(field(14)? + field(15)?)
+    let (_, after) = stat(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let ticks = field(&after, 14).zip(field(&after, 15));
+    let (user, system) = ticks.with_context(|| format!("utime/stime in /proc/{pid}/stat"))?;
+    Ok(user + system)
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -35,7 +46,7 @@ fn clock_ticks_per_second() -> u64 {
     if t > 0 { t as u64 } else { 100 }
 }
 
-/// Children of `parent` whose command name is `comm`.
+/// Children (field 4, the parent's pid) of `parent` whose command name is `comm`.
 fn children_named(parent: u64, comm: &str) -> Vec<u64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -43,16 +54,7 @@ fn children_named(parent: u64, comm: &str) -> Vec<u64> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let name = stat
-                .split_once('(')
-                .and_then(|(_, r)| r.rsplit_once(')'))
-                .map(|(n, _)| n);
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u64>().ok());
-            name == Some(comm) && ppid == Some(parent)
+            stat(*pid).is_some_and(|(name, after)| name == comm && field(&after, 4) == Some(parent))
         })
         .collect()
 }
@@ -206,11 +208,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_has_used_some_cpu_and_cove_bench_has_no_passt_child() {
+    fn this_process_has_used_some_cpu_and_its_children_are_found_by_name() {
         let me = std::process::id().into();
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {}
         assert!(cpu_ticks(me).unwrap() > 0);
         assert!(children_named(me, "passt").is_empty());
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let found = children_named(me, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, vec![u64::from(child.id())]);
     }
 }
