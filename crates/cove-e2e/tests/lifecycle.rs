@@ -51,8 +51,7 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
             .map(|n| n.parse().unwrap())
             .collect()
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if cove_util::process::is_root() {
         let (uids, gids) = (ids("Uid:"), ids("Gid:"));
         assert!(
             uids.iter()
@@ -62,7 +61,7 @@ fn create_start_stop_start_boots_twice_and_stays_running() {
         assert!(gids.iter().all(|&g| g == uids[0]), "{status}");
         assert!(ids("Groups:").iter().all(|&g| g == uids[0]), "{status}");
     } else {
-        // SAFETY: as above.
+        // SAFETY: geteuid has no preconditions.
         assert_eq!(ids("Uid:")[0], unsafe { libc::geteuid() }, "{status}");
     }
     cove.ok(&["delete", "--force", "web"]);

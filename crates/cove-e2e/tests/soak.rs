@@ -363,7 +363,7 @@ fn soak_cycles_with_kill_9_leave_nothing_and_lose_no_acknowledged_write() {
 #[test]
 #[ignore = "boots VMs; mounts a tmpfs (root)"]
 fn a_full_state_disk_fails_commands_clearly_and_loses_nothing() {
-    if !is_root() {
+    if !cove_util::process::is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
@@ -439,9 +439,4 @@ fn a_full_state_disk_fails_commands_clearly_and_loses_nothing() {
     );
     cove.ok(&["create", "other", "--image", "minimal"]);
     cove.ok(&["delete", "--force", "full", "other"]);
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
