@@ -214,7 +214,10 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(30) {}
         assert!(cpu_ticks(me).unwrap() > 0);
         assert!(children_named(me, "passt").is_empty());
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let found = children_named(me, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();

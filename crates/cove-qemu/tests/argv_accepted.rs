@@ -30,27 +30,34 @@ fn fake_bzimage(path: &Path) {
     std::fs::write(path, image).unwrap();
 }
 
-fn qcow2(path: &Path) {
-    let ok = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success();
+/// A 16 MiB qcow2 at `path`, an overlay over the qcow2 `backing` when given (as a VM's root
+/// disk is over its image's).
+fn qcow2(path: &Path, backing: Option<&Path>) {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(b) = backing {
+        cmd.args(["-F", "qcow2", "-b"]).arg(b);
+    }
+    let ok = cmd.arg(path).arg("16M").status().unwrap().success();
     assert!(ok);
 }
 
-async fn starts_paused(machine: Machine) {
-    let dir = tempfile::Builder::new()
+/// A scratch directory only root may enter (as cove's runtime directory), with a short path:
+/// unix socket paths must stay under 108 bytes.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
         .prefix("cq")
         .tempdir_in("/tmp")
-        .unwrap();
+        .unwrap()
+}
+
+async fn starts_paused(machine: Machine) {
+    let dir = scratch();
     let d = dir.path();
     fake_bzimage(&d.join("bzImage"));
     std::fs::write(d.join("initrd"), b"not a real initrd").unwrap();
-    qcow2(&d.join("root.qcow2"));
-    qcow2(&d.join("data, with comma.qcow2"));
+    qcow2(&d.join("root.qcow2"), None);
+    qcow2(&d.join("data, with comma.qcow2"), None);
     let spec = VmSpec {
         name: "argv-test".into(),
         cpus: 2,
@@ -161,20 +168,11 @@ async fn a_qemu_that_dropped_privileges_saves_and_restores_its_state() {
         eprintln!("not root: cove runs QEMU as the caller, nothing to drop");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("cq")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = scratch();
     let d = dir.path();
     fake_bzimage(&d.join("bzImage"));
-    // As cove's: an overlay over its image's disk, in a directory only root may enter.
-    qcow2(&d.join("base.qcow2"));
-    let overlay = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .args([d.join("base.qcow2"), d.join("root.qcow2")])
-        .status()
-        .unwrap();
-    assert!(overlay.success());
+    qcow2(&d.join("base.qcow2"), None);
+    qcow2(&d.join("root.qcow2"), Some(&d.join("base.qcow2")));
     let run_as = RunAs::for_supervisor(std::process::id());
     let spec = |incoming: bool| VmSpec {
         name: "runas-test".into(),
