@@ -77,8 +77,13 @@ impl Cove {
 
     /// Runs `cove ARGS`, failing with its stderr when it fails.
     pub fn run(&self, args: &[&str]) -> Result<Output> {
-        let out = self
-            .command(args)
+        self.run_cmd(self.command(args), args)
+    }
+
+    /// Runs `cmd`, a [`Cove::command`] of `args` with something added (an environment
+    /// variable), failing with its stderr when it fails.
+    pub fn run_cmd(&self, mut cmd: Command, args: &[&str]) -> Result<Output> {
+        let out = cmd
             .output()
             .with_context(|| format!("running {} {}", self.bin.display(), args.join(" ")))?;
         if !out.status.success() {

@@ -64,13 +64,7 @@ impl Guest {
         );
         let mut start = cove.command(&["start", NAME]);
         start.env(cove_qemu::EXTRA_ARGS_ENV, extra);
-        let out = start.output().context("running cove start")?;
-        if !out.status.success() {
-            bail!(
-                "cove start {NAME} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        cove.run_cmd(start, &["start", NAME])?;
         let g = Self {
             port,
             key,

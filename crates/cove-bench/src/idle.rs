@@ -4,7 +4,7 @@
 use crate::boot;
 use crate::cove::{Cove, json_u64};
 use crate::report::Section;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cove_qemu::EXTRA_ARGS_ENV;
 use std::time::{Duration, Instant};
 
@@ -90,13 +90,7 @@ impl Vm {
         if let Some(extra) = extra_qemu_args {
             cmd.env(EXTRA_ARGS_ENV, extra);
         }
-        let out = cmd.output().context("running cove start")?;
-        if !out.status.success() {
-            bail!(
-                "`cove start {name}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        cove.run_cmd(cmd, &["start", name])?;
         let show = cove.show(name)?;
         let supervisor = json_u64(&show, "supervisor_pid")?;
         Ok(Self {
