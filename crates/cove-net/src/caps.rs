@@ -74,6 +74,11 @@ pub fn missing() -> Missing {
     }
 }
 
+/// Whether this process may change nftables rules, bridges and TAPs (CAP_NET_ADMIN).
+pub fn has_net_admin() -> bool {
+    effective_caps().is_some_and(|eff| eff & (1 << CAP_NET_ADMIN) != 0)
+}
+
 /// The effective capability set, from `/proc/self/status` (`CapEff:` in hex).
 fn effective_caps() -> Option<u64> {
     parse_cap_eff(&std::fs::read_to_string("/proc/self/status").ok()?)

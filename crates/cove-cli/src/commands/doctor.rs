@@ -67,8 +67,7 @@ fn metadata_guard(vmm_drops: bool) -> MetadataGuard {
     if !vmm_drops {
         return MetadataGuard::NotRoot;
     }
-    let missing = cove_net::caps::missing();
-    if missing.capabilities.contains(&"CAP_NET_ADMIN") {
+    if !cove_net::caps::has_net_admin() {
         return MetadataGuard::CannotApply("no CAP_NET_ADMIN".into());
     }
     match cove_net::guard::present() {
