@@ -283,3 +283,49 @@ fn up_restores_its_kept_snapshot_only_into_fresh_vms_with_the_same_image_and_set
     assert!(up.contains("kept snapshot `up`"), "{up}");
     cove.ok(&["down", "--purge", spec]);
 }
+
+/// A supervisor killed between pausing its VMM and resuming it (a snapshot's first and last
+/// steps) leaves the vCPUs stopped. The next command adopts the VMM and must run the guest
+/// again, not wait for an agent that cannot answer and then kill the VM. The pause is made
+/// here over QMP once the supervisor is dead, so the moment is exact, not a race.
+#[test]
+#[ignore = "boots VMs"]
+fn a_vmm_left_paused_by_a_killed_supervisor_runs_again_at_the_next_command() {
+    let cove = Cove::new();
+    cove.minimal_image();
+    cove.ok(&["create", "p", "--image", "minimal"]);
+    cove.ok(&["start", "p"]);
+    cove.ok(&["exec", "p", "--", "sh", "-c", "echo kept > /root/f && sync"]);
+    let show = cove.json(&["show", "p"]);
+    let (qemu, supervisor) = (show["pid"].as_u64(), show["supervisor_pid"].as_u64());
+    let supervisor = supervisor.expect("supervisor pid") as i32;
+    // SAFETY: kill has no memory effects; the pid is the test VM's supervisor.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    while cove_util::process::alive(supervisor as u32) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let qmp_socket = cove.root().join("run/cove/p/vmm.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let qmp = cove_qemu::QmpClient::connect(&qmp_socket).await.unwrap();
+        qmp.stop().await.unwrap();
+        assert_eq!(
+            qmp.query_status().await.unwrap(),
+            cove_qemu::RunState::Paused
+        );
+    });
+    // QEMU serves one QMP client at a time: this one's socket goes with its runtime's tasks.
+    drop(rt);
+    assert_eq!(cove.ok(&["exec", "p", "--", "cat", "/root/f"]), "kept\n");
+    let show = cove.json(&["show", "p"]);
+    assert_eq!(show["state"], "running", "{show}");
+    assert_eq!(
+        show["pid"].as_u64(),
+        qemu,
+        "the same VMM, adopted, not a new boot"
+    );
+    cove.ok(&["delete", "--force", "p"]);
+}

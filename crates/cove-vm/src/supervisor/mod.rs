@@ -368,8 +368,15 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
     } else {
         None
     };
-    if !opts.adopt {
-        vmm_control.resume().await?;
+    // A launched VMM's guest starts here. An adopted one is resumed too: a supervisor killed
+    // between pausing its VMM and resuming it (a snapshot's first and last steps) left the
+    // vCPUs stopped, and its guest would never answer again; `cont` of a running VM changes
+    // nothing. One that cannot be resumed (a restore cut short) is judged by the wait for its
+    // agent, as before.
+    match vmm_control.resume().await {
+        Ok(()) => {}
+        Err(e) if opts.adopt => tracing::warn!("could not resume the adopted VMM: {e}"),
+        Err(e) => return Err(e.into()),
     }
 
     let (phase, _) = watch::channel(Phase::Booting);
