@@ -21,6 +21,37 @@ pub const STATE: &str = "state";
 pub const MEMORY: &str = "memory";
 pub const ROOT: &str = "root.qcow2";
 
+/// Where the save of snapshot `tag` by the supervisor with pid `pid` writes before its one
+/// rename into place: beside the snapshots, hidden (`.TAG.PID`), so a save cut short never
+/// looks like a whole snapshot.
+pub fn staging_dir(snapshots: &Path, tag: &str, pid: u32) -> PathBuf {
+    snapshots.join(format!(".{tag}.{pid}"))
+}
+
+/// Removes what saves cut short by a kill left in `snapshots`: staging directories
+/// ([`staging_dir`]) whose supervisor no longer runs (a memory copy each, as large as the
+/// guest's RAM in use). A directory whose pid was reused by a live process waits for a later
+/// call; `cove delete` removes all of them with the VM.
+pub fn remove_stale_staging(snapshots: &Path) {
+    let Ok(entries) = std::fs::read_dir(snapshots) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !crate::liveness::process_running(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// What a snapshot was taken of, and its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -562,6 +593,29 @@ fn copy_checks(owner_checks: &Path, clone_dir: &Path) -> Result<(), LifecycleErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save killed midway leaves its staging directory; the next save's sweep removes it,
+    /// and never one whose supervisor still runs, nor a snapshot.
+    #[test]
+    fn only_staging_of_supervisors_that_are_gone_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process ever has pid_max as its pid (pids are below it).
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let dead = staging_dir(dir.path(), "v1.2", pid_max);
+        let live = staging_dir(dir.path(), "v1.2", std::process::id());
+        let whole = dir.path().join("v1.2");
+        for d in [&dead, &live, &whole] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join(MEMORY), b"x").unwrap();
+        }
+        remove_stale_staging(dir.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && whole.exists());
+    }
 
     #[test]
     fn tags_are_plain_names() {

@@ -118,10 +118,9 @@ async fn save(shared: &Shared, tag: &str, resume: bool) -> Result<String, SaveEr
         .into());
     }
     // Written beside the target and renamed at the end: a failed or killed save leaves no
-    // snapshot that looks whole.
-    let tmp = vm
-        .snapshots()
-        .join(format!(".{tag}.{}", std::process::id()));
+    // snapshot that looks whole, and what a killed one left goes now.
+    snapshot::remove_stale_staging(&vm.snapshots());
+    let tmp = snapshot::staging_dir(&vm.snapshots(), tag, std::process::id());
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|source| SaveError::CreateDir {
         path: tmp.clone(),
