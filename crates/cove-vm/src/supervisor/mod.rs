@@ -332,6 +332,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             });
         }
     };
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "VMM control connected"
+    );
     let Connected {
         control: vmm_control,
         console: console_stream,
@@ -356,6 +360,10 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
                 source: Box::new(e),
             });
         }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "device state restored"
+        );
     }
     let hub = console::start(console_stream, log)?;
     // The handshake itself completes when the guest's agent starts.
@@ -490,12 +498,19 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
     // A restored guest resumes with the snapshot's clock, RNG and identity: fix them before
     // anyone else reaches it.
     let ready = match ready {
-        Ok(()) if shared.restored => save::fixup(&shared).await.map_err(BootFailure::Fixup),
+        Ok(()) if shared.restored => {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "restored guest's agent answered"
+            );
+            save::fixup(&shared).await.map_err(BootFailure::Fixup)
+        }
         other => other,
     };
     match ready {
         Ok(()) => {
             let boot_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(ms = boot_ms, "ready");
             if let Ok(mut store) = Store::open(&shared.paths) {
                 let _ = store.update_vm(&shared.name, |r| {
                     if r.state == VmState::Starting {
