@@ -1,4 +1,4 @@
-//! `cove exec NAME [-i] [-t] [-e K=V] [-w DIR] [-u USER] -- CMD ARGS...`
+//! `cove exec NAME [-i] [-t] [-e K=V] [-w DIR] [-u USER] [--] CMD ARGS...`
 
 use super::agent_client;
 use crate::context::Ctx;
@@ -26,8 +26,9 @@ pub struct Args {
     /// Run as this guest user (name or uid, optionally `:group`).
     #[arg(long, short = 'u')]
     pub user: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    /// The command and its arguments: everything from the first word that is not one of the
+    /// options above (as `docker exec`), or after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
 }
 
@@ -62,4 +63,37 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
     })??;
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn command_of(argv: &[&str]) -> Vec<String> {
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Exec(args) => args.command,
+            other => panic!("not exec: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_starts_at_its_first_word_with_or_without_a_separator() {
+        let want = ["ls", "-la", "/"];
+        assert_eq!(command_of(&["cove", "exec", "vm", "ls", "-la", "/"]), want);
+        assert_eq!(command_of(&["cove", "exec", "vm", "--", "ls", "-la", "/"]), want);
+        // Options before the command are cove's; after it, the command's own.
+        match Cli::try_parse_from(["cove", "exec", "vm", "-e", "A=1", "env", "-u"])
+            .expect("parses")
+            .command
+        {
+            Command::Exec(args) => {
+                assert_eq!(args.env, [("A".to_owned(), "1".to_owned())]);
+                assert_eq!(args.user, None);
+                assert_eq!(args.command, ["env", "-u"]);
+            }
+            other => panic!("not exec: {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["cove", "exec", "vm"]).is_err());
+    }
 }

@@ -34,8 +34,9 @@ pub struct Args {
     /// Run as this guest user (name or uid, optionally `:group`).
     #[arg(long, short = 'u')]
     pub user: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true)]
+    /// The command and its arguments (from the first word that is not an option, or after
+    /// `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
