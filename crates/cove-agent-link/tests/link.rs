@@ -461,6 +461,27 @@ async fn sigint_to_the_cli_is_forwarded_to_the_guest_command() {
     assert_eq!(status.unwrap(), ExitStatus::Signal(libc::SIGINT));
 }
 
+#[tokio::test]
+async fn commands_start_with_no_signal_ignored_whatever_the_agent_ignores() {
+    // The test agent runs with SIGINT and SIGQUIT ignored (common::Agent::start).
+    let env = setup().await;
+    let req = ExecRequest {
+        argv: vec!["grep".into(), "SigIgn".into(), "/proc/self/status".into()],
+        ..Default::default()
+    };
+    let c = tokio::time::timeout(T, run(&env.link, req, Input::None))
+        .await
+        .expect("grep ended")
+        .unwrap();
+    let out = String::from_utf8_lossy(&c.out);
+    let mask = out
+        .strip_prefix("SigIgn:")
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("unexpected status line {out:?}"));
+    // Signals 1-31; the C library keeps the real-time signals it uses for itself.
+    assert_eq!(mask & 0x7fff_ffff, 0, "ignored signals: {mask:#x}");
+}
+
 fn procs_named_sleep_101() -> bool {
     std::fs::read_dir("/proc")
         .unwrap()

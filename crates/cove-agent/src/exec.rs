@@ -187,6 +187,7 @@ pub(crate) fn command(
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            reset_signal_dispositions();
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -370,5 +371,21 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     };
     if s.msg(&StreamMsg::Exit(exit)).is_ok() {
         stream.finish();
+    }
+}
+
+/// Every signal back to its default action (those the C library lets a program change; it
+/// keeps two real-time signals for itself). A signal the agent ignores stays ignored across
+/// exec: an agent launched where SIGINT and SIGQUIT are ignored (a background job, as POSIX
+/// shells start one without job control) gave every command an ignored SIGINT, and Ctrl-C on
+/// `cove exec` reached the command and did nothing. Handlers are reset by exec itself, and
+/// std's spawn clears the signal mask.
+///
+/// Called between fork and exec: `signal` is async-signal-safe. Those that cannot be
+/// changed (SIGKILL, SIGSTOP, the C library's own) refuse, which is fine.
+fn reset_signal_dispositions() {
+    for sig in 1..65 {
+        // SAFETY: setting the default action has no memory-safety preconditions.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
 }

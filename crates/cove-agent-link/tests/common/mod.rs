@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -42,7 +43,19 @@ pub struct Agent(pub Child);
 
 impl Agent {
     pub fn start(sock: &Path) -> Agent {
-        let child = Command::new(agent_bin())
+        let mut cmd = Command::new(agent_bin());
+        // As a background job starts it (POSIX shells without job control ignore SIGINT and
+        // SIGQUIT for `cmd &`): the agent must not pass that on to the commands it runs,
+        // however the suite itself was started.
+        // SAFETY: only `signal`, which is async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("--connect-unix")
             .arg(sock)
             .arg("--no-poweroff")

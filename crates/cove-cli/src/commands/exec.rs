@@ -81,7 +81,10 @@ mod tests {
     fn the_command_starts_at_its_first_word_with_or_without_a_separator() {
         let want = ["ls", "-la", "/"];
         assert_eq!(command_of(&["cove", "exec", "vm", "ls", "-la", "/"]), want);
-        assert_eq!(command_of(&["cove", "exec", "vm", "--", "ls", "-la", "/"]), want);
+        assert_eq!(
+            command_of(&["cove", "exec", "vm", "--", "ls", "-la", "/"]),
+            want
+        );
         // Options before the command are cove's; after it, the command's own.
         match Cli::try_parse_from(["cove", "exec", "vm", "-e", "A=1", "env", "-u"])
             .expect("parses")
