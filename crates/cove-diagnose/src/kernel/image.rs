@@ -138,8 +138,8 @@ impl std::fmt::Display for Compression {
 #[cfg(not(fuzzing))]
 pub const MAX_DECOMPRESSED: usize = 256 << 20;
 /// Under the fuzzer (cargo-fuzz sets `--cfg fuzzing`) the same limit is 8 MiB: every path
-/// through the decoders and the limit is the same, but a compression bomb filled and zeroed
-/// 256 MiB on each execution, a quarter of the fuzzer's time.
+/// through the decoders and the limit check is the same, but a compression bomb the fuzzer
+/// finds no longer fills and zeroes up to 256 MiB on each execution.
 #[cfg(fuzzing)]
 pub const MAX_DECOMPRESSED: usize = 8 << 20;
 
