@@ -478,3 +478,25 @@ fn damaged_images_read_like_qemu_or_fail_clearly() {
     assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
     assert!(e.to_string().contains("cluster_bits is 40"), "{e}");
 }
+
+#[test]
+fn a_backing_name_offset_near_the_end_of_the_address_space_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "b.qcow2", "1M"],
+    );
+    let mut header = std::fs::read(d.join("b.qcow2")).unwrap();
+    // backing_file_offset (8..16) and backing_file_size (16..20): their sum wraps past 2^64.
+    header[8..16].copy_from_slice(&(u64::MAX - 3).to_be_bytes());
+    header[16..20].copy_from_slice(&16u32.to_be_bytes());
+    std::fs::write(d.join("b.qcow2"), &header).unwrap();
+    let e = DiskImage::open(d.join("b.qcow2")).unwrap_err();
+    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    assert!(
+        e.to_string().contains("backing file name is out of bounds"),
+        "{e}"
+    );
+}
