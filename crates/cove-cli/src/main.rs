@@ -31,12 +31,21 @@ fn main() -> ExitCode {
     // A Tab in the user's shell: answer with candidates and exit.
     complete::answer_if_asked();
     let cli = cli::Cli::parse();
+    // The supervisor writes to its VM's supervisor.log, which is read after the fact: there its
+    // own milestones (the VMM started, on which accelerator and why; a restore's phases; ready)
+    // are worth a line each per start. On a terminal only warnings.
+    let default_filter = match cli.command {
+        cli::Command::Supervise(_) => "warn,cove_vm::supervisor=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COVE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: supervisor.log is read with `less` and `cove why`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match commands::run(cli) {
         Ok(code) => code,
