@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: supervisor.log is read with `less` and `cove why`.
+        // Colour codes only for a terminal: supervisor.log is a file people open when told to.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match commands::run(cli) {

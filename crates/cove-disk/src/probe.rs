@@ -249,8 +249,8 @@ impl Header {
         check_incompatible(path, incompat, ext.data_file)?;
         let declared_format = ext.backing_format;
         let backing = if backing_offset != 0 && backing_len != 0 {
-            // Checked: a crafted offset near 2^64 wrapped past the bound (found by the `qcow2`
-            // fuzz target; a debug build panicked, a release build read from the wrapped offset).
+            // Checked: the sum for a crafted offset near 2^64 wrapped and passed the bound (found
+            // by the `qcow2` fuzz target; a debug build panicked on the overflow).
             let end = backing_offset.checked_add(u64::from(backing_len));
             if backing_len > 1023 || end.is_none_or(|end| end > cluster_size) {
                 return Err(invalid("the backing file name is out of bounds".into()));
