@@ -332,10 +332,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
             });
         }
     };
-    tracing::info!(
-        ms = started.elapsed().as_millis() as u64,
-        "VMM control connected"
-    );
+    milestone(started, "VMM control connected");
     let Connected {
         control: vmm_control,
         console: console_stream,
@@ -360,10 +357,7 @@ async fn supervise(paths: &Paths, opts: &SuperviseOptions) -> Result<(), Supervi
                 source: Box::new(e),
             });
         }
-        tracing::info!(
-            ms = started.elapsed().as_millis() as u64,
-            "device state restored"
-        );
+        milestone(started, "device state restored");
     }
     let hub = console::start(console_stream, log)?;
     // The handshake itself completes when the guest's agent starts.
@@ -499,18 +493,14 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
     // anyone else reaches it.
     let ready = match ready {
         Ok(()) if shared.restored => {
-            tracing::info!(
-                ms = started.elapsed().as_millis() as u64,
-                "restored guest's agent answered"
-            );
+            milestone(started, "restored guest's agent answered");
             save::fixup(&shared).await.map_err(BootFailure::Fixup)
         }
         other => other,
     };
     match ready {
         Ok(()) => {
-            let boot_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(ms = boot_ms, "ready");
+            let boot_ms = milestone(started, "ready");
             if let Ok(mut store) = Store::open(&shared.paths) {
                 let _ = store.update_vm(&shared.name, |r| {
                     if r.state == VmState::Starting {
@@ -538,6 +528,14 @@ async fn finish_boot(shared: Arc<Shared>, started: Instant, ready: Result<(), Bo
             vmm::kill(&shared);
         }
     }
+}
+
+/// Logs a step of the start with the ms since the supervisor began (supervisor.log shows where
+/// a slow start or restore spent its time); returns those ms.
+fn milestone(started: Instant, what: &str) -> u64 {
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(ms, "{what}");
+    ms
 }
 
 /// Starts a fresh console log for this boot, keeping the previous boot's.
