@@ -69,6 +69,9 @@ pub struct Cove {
     root: tempfile::TempDir,
     /// Run cove inside this network namespace (`ip netns exec`), see [`netns::NetNs`].
     netns: Option<String>,
+    /// Images and data disks of its own instead of the shared ones (a test that removes
+    /// images must not take those of other tests' VMs).
+    own_data: bool,
 }
 
 impl Default for Cove {
@@ -84,7 +87,18 @@ impl Cove {
             .prefix("cove-e2e.")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        Self { root, netns: None }
+        Self {
+            root,
+            netns: None,
+            own_data: false,
+        }
+    }
+
+    /// An installation with its own images and data disks (downloads still shared).
+    pub fn with_own_data() -> Self {
+        let mut cove = Self::new();
+        cove.own_data = true;
+        cove
     }
 
     /// An installation whose every command runs inside the test's network namespace, so the
@@ -118,7 +132,13 @@ impl Cove {
         cmd.env("XDG_STATE_HOME", self.root.path().join("state"))
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
             .env("XDG_CACHE_HOME", shared.join("cache"))
-            .env("XDG_DATA_HOME", shared.join("data"))
+            .env(
+                "XDG_DATA_HOME",
+                match self.own_data {
+                    true => self.root.path().join("data"),
+                    false => shared.join("data"),
+                },
+            )
             .stdin(Stdio::null());
         cmd
     }

@@ -204,6 +204,59 @@ fn delete_leaves_no_files_and_no_processes() {
 }
 
 #[test]
+#[ignore = "downloads packages"]
+fn image_prune_removes_superseded_builds_and_never_an_image_in_use() {
+    let cove = Cove::with_own_data();
+    let first = cove.json(&["image", "build", "minimal", "--size", "300M"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cove.ok(&["create", "old", "--image", &first[..12]]);
+    let second = cove.json(&["image", "build", "minimal", "--size", "320M"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let third = cove.json(&["image", "build", "minimal", "--size", "340M"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = |id: &str| cove.root().join("data/cove/images").join(id);
+    assert!(dir(&second).exists());
+
+    // Dry run first: it names the superseded build no VM uses, and removes nothing.
+    let dry = cove.ok(&["image", "prune", "--dry-run"]);
+    assert!(
+        dry.contains(&format!("would remove image minimal ({})", &second[..12])),
+        "{dry}"
+    );
+    assert!(dir(&second).exists());
+
+    let out = cove.ok(&["image", "prune"]);
+    assert!(
+        out.contains(&second[..12]) && out.contains("freed"),
+        "{out}"
+    );
+    assert!(!dir(&second).exists(), "{out}");
+    // The VM's image and the newest build stay; the VM still starts from its image's files.
+    assert!(dir(&first).exists() && dir(&third).exists());
+    let left = cove.json(&["image", "list", "--json"]);
+    assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
+
+    // `--all` takes the newest too, never the one a VM uses.
+    let out = cove.ok(&["image", "prune", "--all"]);
+    assert!(
+        out.contains(&third[..12]) && !out.contains(&first[..12]),
+        "{out}"
+    );
+    assert!(dir(&first).exists() && !dir(&third).exists());
+    let out = cove.ok(&["image", "prune", "--all"]);
+    assert!(out.contains("nothing to remove"), "{out}");
+    cove.ok(&["delete", "old"]);
+    cove.ok(&["image", "prune", "--all"]);
+    assert!(!dir(&first).exists());
+}
+
+#[test]
 fn bad_names_are_refused_with_the_reason() {
     let cove = Cove::new();
     for (name, says) in [

@@ -83,6 +83,59 @@ pub fn remove(
     Ok(m)
 }
 
+/// An image [`prune`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pruned {
+    pub name: String,
+    pub id: String,
+    /// Disk space its files took (allocated blocks: the root filesystem is sparse).
+    pub bytes: u64,
+}
+
+/// Removes the images no VM uses that a rebuild left behind: every build of a name but its
+/// newest, or with `all` the newest too. `in_use` holds the ids of images that VMs use
+/// (the caller knows them, as for [`remove`]). A `dry_run` removes nothing and says what
+/// would go.
+pub fn prune(
+    paths: &Paths,
+    store: &mut Store,
+    in_use: &std::collections::HashSet<String>,
+    all: bool,
+    dry_run: bool,
+) -> Result<Vec<Pruned>> {
+    let mut pruned = Vec::new();
+    let mut newest_seen: Option<String> = None;
+    // By name, newest first: the first row of each name is the one `resolve(name)` finds.
+    for m in list(store)? {
+        let newest = newest_seen.as_deref() != Some(m.name.as_str());
+        newest_seen = Some(m.name.clone());
+        if in_use.contains(&m.id) || (newest && !all) {
+            continue;
+        }
+        let bytes = allocated_bytes(&image_dir(paths, &m.id));
+        if !dry_run {
+            remove(paths, store, &m.id, &[])?;
+        }
+        pruned.push(Pruned {
+            name: m.name,
+            id: m.id,
+            bytes,
+        });
+    }
+    Ok(pruned)
+}
+
+/// Bytes allocated to the files of an image directory (flat: an image has no subdirectories).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
 /// The image `id` if it was built before: its directory is complete (the
 /// manifest is written last, before the rename). Re-records it in the store
 /// if the record was lost.
@@ -198,4 +251,97 @@ pub(crate) fn final_path(paths: &Paths, id: &str, file: &str) -> PathBuf {
 
 pub(crate) fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ImageSizes, InitKind};
+
+    /// An image record with its kernel and a 64 KiB root filesystem, as a build leaves it.
+    fn built(paths: &Paths, store: &mut Store, name: &str, id: &str, created_at: i64) {
+        let dir = image_dir(paths, id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(files::KERNEL), b"bzImage").unwrap();
+        std::fs::write(dir.join(files::ROOTFS), vec![1u8; 64 * 1024]).unwrap();
+        let m = ImageManifest {
+            id: id.into(),
+            name: name.into(),
+            arch: Default::default(),
+            base: "minimal".into(),
+            kernel: dir.join(files::KERNEL),
+            vmlinux: None,
+            initrd: None,
+            rootfs: dir.join(files::ROOTFS),
+            kernel_version: "6.1.0".into(),
+            kernel_sha256: None,
+            kernel_origin: None,
+            kernel_config: None,
+            cmdline_extra: vec![],
+            modules: vec![],
+            init: InitKind::Cove,
+            agent: true,
+            services: vec![],
+            sizes: ImageSizes {
+                kernel: 0,
+                vmlinux: None,
+                initrd: 0,
+                rootfs: 64 * 1024,
+                rootfs_content: 0,
+            },
+            created_at,
+            build_seconds: 0.0,
+        };
+        record(store, &m).unwrap();
+    }
+
+    fn ids(pruned: &[Pruned]) -> Vec<&str> {
+        pruned.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    #[test]
+    fn prune_keeps_what_vms_use_and_the_newest_build_of_each_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let mut store = Store::open(&paths).unwrap();
+        built(&paths, &mut store, "web", "web-old-000000000000", 1);
+        built(&paths, &mut store, "web", "web-new-000000000000", 2);
+        built(&paths, &mut store, "db", "db-old-0000000000000", 1);
+        built(&paths, &mut store, "db", "db-new-0000000000000", 2);
+        built(&paths, &mut store, "solo", "solo-00000000000000", 1);
+        let in_use = ["db-old-0000000000000".to_string()].into();
+
+        // A dry run names what would go and removes nothing.
+        let would = prune(&paths, &mut store, &in_use, true, true).unwrap();
+        assert_eq!(list(&store).unwrap().len(), 5);
+        assert!(image_dir(&paths, "web-old-000000000000").exists());
+
+        let pruned = prune(&paths, &mut store, &in_use, false, false).unwrap();
+        assert_eq!(ids(&pruned), ["web-old-000000000000"]);
+        assert!(pruned[0].bytes >= 64 * 1024, "{pruned:?}");
+        assert!(!image_dir(&paths, "web-old-000000000000").exists());
+        assert_eq!(resolve(&store, "web").unwrap().id, "web-new-000000000000");
+
+        // `--all` takes the newest builds too, never an image in use.
+        let pruned = prune(&paths, &mut store, &in_use, true, false).unwrap();
+        let mut gone = ids(&pruned);
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "db-new-0000000000000",
+                "solo-00000000000000",
+                "web-new-000000000000"
+            ]
+        );
+        let mut would = ids(&would)
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        would.sort();
+        assert_eq!(would.len(), 4, "the dry run also named the old web build");
+        let left: Vec<String> = list(&store).unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(left, ["db-old-0000000000000"]);
+        assert!(image_dir(&paths, "db-old-0000000000000").exists());
+    }
 }

@@ -37,7 +37,7 @@ mod util;
 pub mod vmlinux;
 
 pub use build::{BuildOptions, build_image};
-pub use cache::{image_dir, list, remove, resolve};
+pub use cache::{Pruned, image_dir, list, prune, remove, resolve};
 pub use cove_guest::Arch;
 pub use error::{ImageError, Result};
 pub use ext4::{ROOT_LABEL, auto_size};

@@ -1,4 +1,4 @@
-//! `cove image build|list|rm`.
+//! `cove image build|list|rm|prune`.
 
 use crate::context::Ctx;
 use crate::output;
@@ -29,6 +29,16 @@ pub enum ImageCommand {
     Rm {
         #[arg(add = crate::complete::image())]
         name: String,
+    },
+    /// Remove the images no VM uses that rebuilds left behind (every build of a
+    /// name but its newest); with `--all`, every image no VM uses.
+    Prune {
+        /// Also the newest build of each name, when no VM uses it.
+        #[arg(long)]
+        all: bool,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -70,6 +80,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         ImageCommand::Build(b) => build(ctx, b),
         ImageCommand::List => list(ctx),
         ImageCommand::Rm { name } => remove(ctx, &name),
+        ImageCommand::Prune { all, dry_run } => prune(ctx, all, dry_run),
     }
 }
 
@@ -316,6 +327,42 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
         &["NAME", "ID", "ARCH", "BASE", "KERNEL", "ROOTFS", "AGENT"],
         &rows,
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(ctx: &Ctx, all: bool, dry_run: bool) -> Result<ExitCode> {
+    let mut store = Store::open(&ctx.paths)?;
+    let in_use = store
+        .list_vms()?
+        .into_iter()
+        .map(|vm| vm.image_id)
+        .collect();
+    let pruned = cove_image::prune(&ctx.paths, &mut store, &in_use, all, dry_run)?;
+    if ctx.json {
+        output::print_json(&pruned)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for p in &pruned {
+        let size = output::mib(p.bytes / (1024 * 1024));
+        println!("{verb} image {} ({}), {size}", p.name, &p.id[..12]);
+    }
+    if pruned.is_empty() {
+        let kept = if all {
+            "every image is used by a VM"
+        } else {
+            "every image is used by a VM or is the newest build of its name (`--all` for those)"
+        };
+        println!("nothing to remove: {kept}");
+    } else {
+        let total = output::mib(pruned.iter().map(|p| p.bytes).sum::<u64>() / (1024 * 1024));
+        let freed = if dry_run { "would free" } else { "freed" };
+        let n = pruned.len();
+        println!(
+            "{freed} {total} in {n} image{}",
+            if n == 1 { "" } else { "s" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
