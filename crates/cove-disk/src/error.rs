@@ -183,6 +183,18 @@ pub enum Error {
         disk_size: u64,
     },
 
+    /// A symlink whose stored target is longer than any Linux writes (reading it would
+    /// allocate what the inode claims, gigabytes for a crafted one).
+    #[error(
+        "the symlink {path} in {disk} claims a {size}-byte target, longer than Linux allows          ({max}); the filesystem is corrupt or crafted (`e2fsck -fn` on a copy says which)"
+    )]
+    ImplausibleLink {
+        disk: String,
+        path: String,
+        size: u64,
+        max: u64,
+    },
+
     /// A directory that contains itself (a hard-linked directory), or a tree deeper than any
     /// real one.
     #[error(

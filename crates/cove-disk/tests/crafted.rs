@@ -97,6 +97,38 @@ fn a_file_larger_than_its_disk_is_refused_and_skipped_in_trees() {
     assert_eq!(mode & 0o7777, 0o755);
 }
 
+/// A symlink whose inode claims a 3 GB target (found by fuzzing `cove disk ls`): ext4-view
+/// would allocate all of it. Listing, reading the link and copying the tree refuse it by name.
+#[test]
+fn a_symlink_claiming_a_huge_target_is_refused_without_allocating_it() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    // Longer than the 60 bytes an inode holds inline, so the target lives in a block.
+    std::os::unix::fs::symlink("x".repeat(100), tree.join("link")).unwrap();
+    run(
+        d.path(),
+        "mkfs.ext4",
+        &["-q", "-b", "1024", "-d", "tree", "fs.raw", "2M"],
+    );
+    run(
+        d.path(),
+        "debugfs",
+        &["-w", "-R", "sif /link size 3000000000", "fs.raw"],
+    );
+    let fs = open(&d.path().join("fs.raw")).unwrap();
+    for err in [
+        fs.list("/").unwrap_err(),
+        fs.read_link("/link").unwrap_err(),
+        fs.symlink_metadata("/link").unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::ImplausibleLink { .. }), "{err}");
+        assert!(err.to_string().contains("/link"), "{err}");
+    }
+    let out = tempfile::tempdir().unwrap();
+    assert!(fs.copy_out("/", out.path().join("root")).is_err());
+}
+
 /// /a/b/loop is a hard link to /a: the tree is infinite. `ls` of it works; `get` refuses.
 #[test]
 fn a_directory_cycle_stops_get_with_a_clear_error() {
