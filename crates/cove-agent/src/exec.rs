@@ -1,6 +1,7 @@
 //! Running commands: pipes (separate stdout/stderr) or a PTY (merged, resizable, with a
 //! controlling terminal). Output is read only as fast as the host grants credit.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,9 +17,11 @@ use cove_proto::{
 };
 
 use crate::mux::{AgentStream, Inbound, StreamSender};
+use crate::spawn::Child;
 use crate::users::{User, resolve};
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn current_user() -> User {
     // SAFETY: getuid/getgid cannot fail.
@@ -108,19 +111,25 @@ pub(crate) fn io_thread<F: FnOnce() + Send + 'static>(
     std::thread::Builder::new().name(name.into()).spawn(f).ok()
 }
 
-/// The command `req` asks for: user, working directory, environment, stdio (a PTY when asked),
-/// a session of its own; with `trace_me`, it also asks to be traced by the spawning thread
-/// (`cove trace`), so it stops at its first instruction after exec.
-pub(crate) fn command(
-    req: &ExecRequest,
-    trace_me: bool,
-) -> Result<(Command, Option<(OwnedFd, OwnedFd)>), ErrorMsg> {
-    let Some(argv0) = req.argv.first().cloned() else {
+/// What `req` asks to run, resolved: user, working directory, environment, stdio (a PTY when
+/// asked). Started by [`Launch::spawn`], or by [`Launch::command`] for `cove trace`.
+pub(crate) struct Launch {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: CString,
+    /// (uid, gid, groups) to switch to, when the request names a user.
+    ids: Option<(u32, u32, Vec<u32>)>,
+    /// The PTY (master, slave), when the request asks for a terminal.
+    pub pty: Option<(OwnedFd, OwnedFd)>,
+}
+
+pub(crate) fn prepare(req: &ExecRequest) -> Result<Launch, ErrorMsg> {
+    if req.argv.is_empty() {
         return Err(ErrorMsg::new(
             ErrorKind::InvalidRequest,
             "exec needs a command (argv is empty)",
         ));
-    };
+    }
     let user = match &req.user {
         Some(u) => match resolve(u, std::path::Path::new("/")) {
             Ok(u) => Some(u),
@@ -139,96 +148,120 @@ pub(crate) fn command(
     if let Err(e) = std::fs::metadata(&cwd) {
         return Err(ErrorMsg::from_io(&format!("working directory {cwd}"), &e));
     }
-    let Ok(cwd_c) = CString::new(cwd.clone()) else {
+    let Ok(cwd) = CString::new(cwd) else {
         return Err(ErrorMsg::new(
             ErrorKind::InvalidRequest,
             "cwd contains a NUL byte",
         ));
     };
-    let mut cmd = Command::new(&argv0);
-    cmd.args(&req.argv[1..]).env_clear();
-    cmd.env("PATH", DEFAULT_PATH)
-        .env("HOME", &who.home)
-        .env("USER", &who.name)
-        .env("LOGNAME", &who.name);
-    cmd.env("SHELL", &who.shell);
+    // A fresh environment; the request's own variables win over these.
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", &who.home),
+        ("USER", &who.name),
+        ("LOGNAME", &who.name),
+        ("SHELL", &who.shell),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     if req.tty.is_some() {
-        cmd.env("TERM", "xterm-256color");
+        env.insert("TERM".into(), "xterm-256color".into());
     }
-    for (k, v) in &req.env {
-        cmd.env(k, v);
-    }
-
+    env.extend(req.env.iter().cloned());
     let pty = match req.tty.map(openpty).transpose() {
         Ok(p) => p,
         Err(e) => return Err(ErrorMsg::from_io("openpty", &e)),
     };
-    if let Some((_, slave)) = &pty {
-        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
-        match (dup(slave), dup(slave), dup(slave)) {
-            (Ok(a), Ok(b), Ok(c)) => cmd.stdin(a).stdout(b).stderr(c),
-            _ => {
-                return Err(ErrorMsg::new(
-                    ErrorKind::Io,
-                    "cannot duplicate the PTY descriptor",
-                ));
-            }
+    Ok(Launch {
+        argv: req.argv.clone(),
+        env: env.into_iter().collect(),
+        cwd,
+        ids: user.map(|u| (u.uid, u.gid, u.groups)),
+        pty,
+    })
+}
+
+impl Launch {
+    /// Starts the command, registered as the agent's own child (the PID 1 reaper leaves it to
+    /// its waiter). A plain command goes through `posix_spawn`; one that switches user or has
+    /// a terminal needs code between fork and exec.
+    fn spawn(&self) -> std::io::Result<Child> {
+        let mut own = crate::pid1::children();
+        let child = if self.ids.is_none() && self.pty.is_none() {
+            crate::spawn::spawn_piped(&self.argv, &self.env, &self.cwd)?
+        } else {
+            // The Command holds copies of the PTY slave; dropped here, so the master sees EIO
+            // once the child closes its own.
+            Child::from_std(self.command(false)?.spawn()?)
         };
-    } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        own.insert(child.id() as i32);
+        Ok(child)
     }
-    let tty = pty.is_some();
-    let ids = user.map(|u| (u.uid, u.gid, u.groups));
-    // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            reset_signal_dispositions();
-            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // No let-chains: the agent builds with Debian's Rust 1.85 for arm64.
-            if let Some((uid, gid, groups)) = &ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0
-                {
+
+    /// The command as std's `Command`, with a session of its own and every signal at its
+    /// default; with `trace_me`, it also asks to be traced by the spawning thread (`cove
+    /// trace`), so it stops at its first instruction after exec.
+    pub(crate) fn command(&self, trace_me: bool) -> std::io::Result<Command> {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().cloned());
+        if let Some((_, slave)) = &self.pty {
+            let dup = || slave.try_clone().map(Stdio::from);
+            cmd.stdin(dup()?).stdout(dup()?).stderr(dup()?);
+        } else {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        let tty = self.pty.is_some();
+        let ids = self.ids.clone();
+        let cwd = self.cwd.clone();
+        // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
-            if libc::chdir(cwd_c.as_ptr()) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The tracer is the thread that spawns: it alone may then use ptrace on the child.
-            if trace_me && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+                reset_signal_dispositions();
+                if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // No let-chains: the agent builds with Debian's Rust 1.85 for arm64.
+                if let Some((uid, gid, groups)) = &ids {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                        || libc::setgid(*gid) < 0
+                        || libc::setuid(*uid) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::chdir(cwd.as_ptr()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The tracer is the thread that spawns: it alone may then use ptrace on the child.
+                if trace_me && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
     }
-    Ok((cmd, pty))
 }
 
 pub fn run(stream: AgentStream, req: ExecRequest) {
-    let (mut cmd, pty) = match command(&req, false) {
-        Ok(c) => c,
+    let mut launch = match prepare(&req) {
+        Ok(l) => l,
         Err(e) => return stream.fail(e),
     };
     let argv0 = &req.argv[0];
+    let spawned = launch.spawn();
+    // Our copy of the PTY slave goes, so the master sees EIO when the child ends.
+    let pty = launch.pty.take();
+    drop(launch);
     let tty = pty.is_some();
-    let spawned = {
-        let mut own = crate::pid1::children();
-        let spawned = cmd.spawn();
-        if let Ok(c) = &spawned {
-            own.insert(c.id() as i32);
-        }
-        spawned
-    };
-    drop(cmd); // closes our copies of the PTY slave, so the master sees EIO when the child ends
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return stream.fail(ErrorMsg::from_io(&format!("cannot run {argv0}"), &e)),
@@ -237,7 +270,7 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     stream.shared().pgid.store(pid as i32, Ordering::SeqCst);
     let s = stream.sender();
     if s.msg(&StreamMsg::Started { pid: Some(pid) }).is_err() {
-        let _ = child.kill();
+        child.kill();
         let _ = child.wait();
         crate::pid1::children().remove(&(pid as i32));
         return;
@@ -248,7 +281,7 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     let master = pty.map(|(m, _)| m);
     if let Some(m) = &master {
         let (Ok(r), Ok(w)) = (m.try_clone(), m.try_clone()) else {
-            let _ = child.kill();
+            child.kill();
             return stream.fail(ErrorMsg::new(
                 ErrorKind::Io,
                 "cannot duplicate the PTY master",

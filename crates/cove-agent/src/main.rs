@@ -13,6 +13,7 @@ mod nic;
 mod pid1;
 mod poweroff;
 mod procs;
+mod spawn;
 mod trace;
 mod transport;
 mod users;

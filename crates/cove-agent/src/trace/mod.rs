@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use cove_proto::{Channel, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, StreamMsg, TraceRequest};
 
-use crate::exec::{command, io_thread, pump};
+use crate::exec::{io_thread, prepare, pump};
 use crate::mux::{AgentStream, Inbound, StreamSender};
 use tracer::{OPTIONS, Shared, Tracer};
 
@@ -47,8 +47,9 @@ fn spawn(stream: AgentStream, req: ExecRequest, all: bool) {
             "a traced command runs without a terminal",
         ));
     }
-    let (mut cmd, _) = match command(&req, true) {
-        Ok(c) => c,
+    let mut cmd = match prepare(&req).map(|l| l.command(true)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return stream.fail(ErrorMsg::from_io("cannot prepare the command", &e)),
         Err(e) => return stream.fail(e),
     };
     cmd.stdin(Stdio::null());
