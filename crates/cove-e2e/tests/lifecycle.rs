@@ -204,51 +204,70 @@ fn delete_leaves_no_files_and_no_processes() {
 }
 
 #[test]
-#[ignore = "downloads packages"]
+#[ignore = "boots a VM (the `up` note)"]
 fn image_prune_removes_superseded_builds_and_never_an_image_in_use() {
     let cove = Cove::with_own_data();
-    let first = cove.json(&["image", "build", "minimal", "--size", "300M"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    cove.ok(&["create", "old", "--image", &first[..12]]);
-    let second = cove.json(&["image", "build", "minimal", "--size", "320M"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let third = cove.json(&["image", "build", "minimal", "--size", "340M"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let build = |size: &str| {
+        cove.json(&["image", "build", "minimal", "--size", size])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     let dir = |id: &str| cove.root().join("data/cove/images").join(id);
-    assert!(dir(&second).exists());
+    let first = build("300M");
+    cove.ok(&["create", "old", "--image", &first[..12]]);
+    let second = build("320M");
 
-    // Dry run first: it names the superseded build no VM uses, and removes nothing.
+    // `up` builds the default `minimal` for its VM, then says what the superseded build no VM
+    // uses costs, and deletes nothing.
+    let spec = cove.root().join("u.toml");
+    std::fs::write(
+        &spec,
+        "image = \"minimal\"\n[[vm]]\nname = \"u\"\ncpus = 1\nmemory = \"256M\"\n",
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+    let up = cove.ok(&["up", "--no-test", spec]);
+    assert!(
+        up.contains("note: 1 earlier image build that no VM uses take")
+            && up.contains("`cove image prune` removes them"),
+        "{up}"
+    );
+    assert!(dir(&second).exists());
+    let default = cove.json(&["show", "u"])["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cove.ok(&["down", spec]);
+    let newest = build("340M");
+
+    // Dry run first: it names the superseded builds no VM uses, and removes nothing.
     let dry = cove.ok(&["image", "prune", "--dry-run"]);
     assert!(
-        dry.contains(&format!("would remove image minimal ({})", &second[..12])),
+        dry.contains(&format!("would remove image minimal ({})", &second[..12]))
+            && dry.contains(&default[..12]),
         "{dry}"
     );
     assert!(dir(&second).exists());
 
     let out = cove.ok(&["image", "prune"]);
     assert!(
-        out.contains(&second[..12]) && out.contains("freed"),
+        out.contains("freed") && out.contains("in 2 images"),
         "{out}"
     );
-    assert!(!dir(&second).exists(), "{out}");
-    // The VM's image and the newest build stay; the VM still starts from its image's files.
-    assert!(dir(&first).exists() && dir(&third).exists());
-    let left = cove.json(&["image", "list", "--json"]);
+    assert!(!dir(&second).exists() && !dir(&default).exists(), "{out}");
+    // The VM's image and the newest build stay.
+    assert!(dir(&first).exists() && dir(&newest).exists());
+    let left = cove.json(&["image", "list"]);
     assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
 
     // `--all` takes the newest too, never the one a VM uses.
     let out = cove.ok(&["image", "prune", "--all"]);
     assert!(
-        out.contains(&third[..12]) && !out.contains(&first[..12]),
+        out.contains(&newest[..12]) && !out.contains(&first[..12]),
         "{out}"
     );
-    assert!(dir(&first).exists() && !dir(&third).exists());
+    assert!(dir(&first).exists() && !dir(&newest).exists());
     let out = cove.ok(&["image", "prune", "--all"]);
     assert!(out.contains("nothing to remove"), "{out}");
     cove.ok(&["delete", "old"]);

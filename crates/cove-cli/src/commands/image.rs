@@ -4,7 +4,7 @@ use crate::context::Ctx;
 use crate::output;
 use crate::views::BuildEvent;
 use anyhow::{Context, Result, bail};
-use cove_image::{ImageManifest, MinimalOptions, Progress};
+use cove_image::{ImageManifest, MinimalOptions, Progress, Pruned};
 use cove_state::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -330,14 +330,21 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(ctx: &Ctx, all: bool, dry_run: bool) -> Result<ExitCode> {
+/// `cove_image::prune` with the images this installation's VMs use kept.
+pub(crate) fn prune_unused(ctx: &Ctx, all: bool, dry_run: bool) -> Result<Vec<Pruned>> {
     let mut store = Store::open(&ctx.paths)?;
     let in_use = store
         .list_vms()?
         .into_iter()
         .map(|vm| vm.image_id)
         .collect();
-    let pruned = cove_image::prune(&ctx.paths, &mut store, &in_use, all, dry_run)?;
+    Ok(cove_image::prune(
+        &ctx.paths, &mut store, &in_use, all, dry_run,
+    )?)
+}
+
+fn prune(ctx: &Ctx, all: bool, dry_run: bool) -> Result<ExitCode> {
+    let pruned = prune_unused(ctx, all, dry_run)?;
     if ctx.json {
         output::print_json(&pruned)?;
         return Ok(ExitCode::SUCCESS);

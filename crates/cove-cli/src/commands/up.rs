@@ -48,6 +48,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         }
         keep.push(fresh);
     }
+    if !ctx.json {
+        note_unused_builds(ctx);
+    }
     if args.no_test {
         return Ok(ExitCode::SUCCESS);
     }
@@ -290,6 +293,24 @@ fn keep_snapshot(ctx: &Ctx, name: &str, key: &str) {
         Ok(()) => {}
         Err(e) => eprintln!("warning: no snapshot of `{name}` kept for the next `up`: {e}"),
     }
+}
+
+/// A rebuilt image leaves its predecessor behind (0.1-0.6 GB each); say so once they are
+/// unused, as the VMs on them were recreated. Only a note: `up` never deletes images itself.
+fn note_unused_builds(ctx: &Ctx) {
+    let Ok(unused) = super::image::prune_unused(ctx, false, true) else {
+        return;
+    };
+    if unused.is_empty() {
+        return;
+    }
+    let bytes: u64 = unused.iter().map(|p| p.bytes).sum();
+    let n = unused.len();
+    println!(
+        "note: {n} earlier image build{} that no VM uses take {}; `cove image prune` removes them",
+        if n == 1 { "" } else { "s" },
+        crate::output::mib(bytes / (1024 * 1024))
+    );
 }
 
 /// What cannot change on an existing VM without recreating it.
