@@ -260,6 +260,16 @@ fn image_prune_removes_superseded_builds_and_never_an_image_in_use() {
     assert!(dir(&first).exists() && dir(&newest).exists());
     let left = cove.json(&["image", "list"]);
     assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
+    let table = cove.ok(&["image", "list"]);
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&id[..12]))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row(&first).ends_with("old"), "{table}");
+    assert!(row(&newest).ends_with('-'), "{table}");
 
     // `--all` takes the newest too, never the one a VM uses.
     let out = cove.ok(&["image", "prune", "--all"]);

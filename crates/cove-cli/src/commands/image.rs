@@ -309,9 +309,16 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
         println!("no images; build one with `cove image build minimal`");
         return Ok(ExitCode::SUCCESS);
     }
+    let vms = store.list_vms()?;
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|m| {
+            // Which VMs keep this build (`cove image prune` never removes those).
+            let users: Vec<&str> = vms
+                .iter()
+                .filter(|vm| vm.image_id == m.id)
+                .map(|vm| vm.name.as_str())
+                .collect();
             vec![
                 m.name.clone(),
                 m.id[..12].to_owned(),
@@ -320,11 +327,18 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
                 m.kernel_version.clone(),
                 output::mib(m.sizes.rootfs / (1024 * 1024)),
                 if m.agent { "yes".into() } else { "no".into() },
+                if users.is_empty() {
+                    "-".into()
+                } else {
+                    users.join(",")
+                },
             ]
         })
         .collect();
     output::print_table(
-        &["NAME", "ID", "ARCH", "BASE", "KERNEL", "ROOTFS", "AGENT"],
+        &[
+            "NAME", "ID", "ARCH", "BASE", "KERNEL", "ROOTFS", "AGENT", "USED BY",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
