@@ -258,10 +258,10 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
     };
     let argv0 = &req.argv[0];
     let spawned = launch.spawn();
-    // Our copy of the PTY slave goes, so the master sees EIO when the child ends.
-    let pty = launch.pty.take();
-    drop(launch);
-    let tty = pty.is_some();
+    // Only the PTY's master is kept: with our copy of the slave closed, the master sees EIO
+    // when the child ends.
+    let master = launch.pty.take().map(|(m, _)| m);
+    let tty = master.is_some();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return stream.fail(ErrorMsg::from_io(&format!("cannot run {argv0}"), &e)),
@@ -278,7 +278,6 @@ pub fn run(stream: AgentStream, req: ExecRequest) {
 
     let mut outputs = Vec::new();
     let stdin: Option<Box<dyn Write + Send>>;
-    let master = pty.map(|(m, _)| m);
     if let Some(m) = &master {
         let (Ok(r), Ok(w)) = (m.try_clone(), m.try_clone()) else {
             child.kill();

@@ -1,8 +1,8 @@
 //! Starting a command with `posix_spawn`: glibc starts the child with a vfork-style clone that
 //! shares the agent's memory until exec, where std's `Command` with a `pre_exec` hook forks,
 //! copying the agent's page tables and then faulting on every page either side writes. Under
-//! TCG that copy was most of the difference between `cove exec` and the guest's own
-//! fork+exec (measured in a guest: fork+exec+wait 8.1-16.5 ms, posix_spawn 6.2-11.6 ms).
+//! TCG that cost `cove exec VM true` 5-7 ms (p50 28-33 ms with posix_spawn against 35-39 ms
+//! with fork, alternating in one run; BENCHMARKS.md §4).
 //!
 //! `posix_spawn` covers what a plain command needs (its own session, every signal at its
 //! default, pipes, a working directory); switching user, a controlling terminal and tracing
@@ -111,7 +111,7 @@ pub(crate) fn spawn_piped(
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    // The child's ends close here with the rest; the agent keeps its own ends.
+    // The child has its own copies of its ends now; the agent keeps only the other ends.
     drop((in_r, out_w, err_w));
     Ok(Child {
         pid,
