@@ -229,7 +229,7 @@ fn image_prune_removes_superseded_builds_and_never_an_image_in_use() {
     let spec = spec.to_str().unwrap();
     let up = cove.ok(&["up", "--no-test", spec]);
     assert!(
-        up.contains("note: 1 earlier image build that no VM uses take")
+        up.contains("note: 1 earlier image build that no VM uses takes")
             && up.contains("`cove image prune` removes them"),
         "{up}"
     );

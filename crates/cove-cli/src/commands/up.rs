@@ -306,9 +306,13 @@ fn note_unused_builds(ctx: &Ctx) {
     }
     let bytes: u64 = unused.iter().map(|p| p.bytes).sum();
     let n = unused.len();
+    let (builds, take) = if n == 1 {
+        ("build", "takes")
+    } else {
+        ("builds", "take")
+    };
     println!(
-        "note: {n} earlier image build{} that no VM uses take {}; `cove image prune` removes them",
-        if n == 1 { "" } else { "s" },
+        "note: {n} earlier image {builds} that no VM uses {take} {}; `cove image prune` removes them",
         crate::output::mib(bytes / (1024 * 1024))
     );
 }
