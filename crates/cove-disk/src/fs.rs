@@ -35,9 +35,10 @@ impl std::fmt::Debug for Fs {
     }
 }
 
-/// ext4 superblock: magic at 1024+56, incompatible features at 1024+96.
 /// The longest symlink target Linux writes: PATH_MAX less its terminating NUL.
 const MAX_LINK_TARGET: u64 = 4095;
+
+/// ext4 superblock: magic at 1024+56, incompatible features at 1024+96.
 const SB_MAGIC_AT: u64 = 1024 + 56;
 const SB_INCOMPAT_AT: u64 = 1024 + 96;
 const EXT4_MAGIC: u16 = 0xef53;
