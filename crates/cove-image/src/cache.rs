@@ -72,15 +72,18 @@ pub fn remove(
             used_by: used_by.to_vec(),
         });
     }
-    store.delete_image(&m.id)?;
-    let dir = image_dir(paths, &m.id);
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err("cannot delete", dir)(e));
-        }
-        _ => {}
-    }
+    delete(paths, store, &m.id)?;
     Ok(m)
+}
+
+/// The record, then the files, of image `id` (already found and not in use).
+fn delete(paths: &Paths, store: &mut Store, id: &str) -> Result<()> {
+    store.delete_image(id)?;
+    let dir = image_dir(paths, id);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("cannot delete", dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// An image [`prune`] removed (or, in a dry run, would remove).
@@ -114,7 +117,8 @@ pub fn prune(
         }
         let bytes = allocated_bytes(&image_dir(paths, &m.id));
         if !dry_run {
-            remove(paths, store, &m.id, &[])?;
+            // `list` found and decoded it already.
+            delete(paths, store, &m.id)?;
         }
         pruned.push(Pruned {
             name: m.name,
