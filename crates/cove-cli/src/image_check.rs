@@ -60,10 +60,7 @@ pub fn verify(
     if report.ok() {
         return Ok(());
     }
-    let in_use = store
-        .list_vms()?
-        .iter()
-        .any(|vm| vm.image_id == manifest.id);
+    let in_use = crate::commands::image::users_by_image(store)?.contains_key(&manifest.id);
     if !in_use {
         cove_image::remove(paths, store, &manifest.id, &[])?;
     }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use cove_image::{ImageManifest, MinimalOptions, Progress, Pruned};
 use cove_state::Store;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -309,16 +310,11 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
         println!("no images; build one with `cove image build minimal`");
         return Ok(ExitCode::SUCCESS);
     }
-    let vms = store.list_vms()?;
+    let users = users_by_image(&store)?;
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|m| {
-            // Which VMs keep this build (`cove image prune` never removes those).
-            let users: Vec<&str> = vms
-                .iter()
-                .filter(|vm| vm.image_id == m.id)
-                .map(|vm| vm.name.as_str())
-                .collect();
+            let users = users.get(&m.id).map(Vec::as_slice).unwrap_or_default();
             vec![
                 m.name.clone(),
                 m.id[..12].to_owned(),
@@ -344,14 +340,23 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The VMs that use each image, by image id, names in order: what `rm`, `prune` and a failed
+/// kernel check must not take from under them, and `list`'s USED BY column.
+pub(crate) fn users_by_image(store: &Store) -> Result<HashMap<String, Vec<String>>> {
+    let mut users: HashMap<String, Vec<String>> = HashMap::new();
+    for vm in store.list_vms()? {
+        users
+            .entry(vm.image_id)
+            .or_default()
+            .push(vm.name.to_string());
+    }
+    Ok(users)
+}
+
 /// `cove_image::prune` with the images this installation's VMs use kept.
 pub(crate) fn prune_unused(ctx: &Ctx, all: bool, dry_run: bool) -> Result<Vec<Pruned>> {
     let mut store = Store::open(&ctx.paths)?;
-    let in_use = store
-        .list_vms()?
-        .into_iter()
-        .map(|vm| vm.image_id)
-        .collect();
+    let in_use = users_by_image(&store)?.into_keys().collect();
     Ok(cove_image::prune(
         &ctx.paths, &mut store, &in_use, all, dry_run,
     )?)
@@ -390,12 +395,9 @@ fn prune(ctx: &Ctx, all: bool, dry_run: bool) -> Result<ExitCode> {
 fn remove(ctx: &Ctx, name: &str) -> Result<ExitCode> {
     let mut store = Store::open(&ctx.paths)?;
     let image = cove_image::resolve(&store, name)?;
-    let used_by: Vec<String> = store
-        .list_vms()?
-        .into_iter()
-        .filter(|vm| vm.image_id == image.id)
-        .map(|vm| vm.name.to_string())
-        .collect();
+    let used_by = users_by_image(&store)?
+        .remove(&image.id)
+        .unwrap_or_default();
     let removed = cove_image::remove(&ctx.paths, &mut store, &image.id, &used_by)?;
     if ctx.json {
         output::print_json(&removed)?;
