@@ -10,6 +10,7 @@ mod create;
 mod exec;
 mod guest;
 mod idle;
+mod kernels;
 mod list;
 mod machine;
 mod memory;
@@ -26,9 +27,9 @@ use clap::Parser;
 use report::Section;
 use std::path::PathBuf;
 
-const ALL: [&str; 14] = [
-    "boot", "create", "memory", "exec", "cp", "trace", "shares", "arch", "net", "list", "snapshot",
-    "pgsnap", "density", "idle",
+const ALL: [&str; 15] = [
+    "boot", "create", "memory", "exec", "cp", "kernels", "trace", "shares", "arch", "net", "list",
+    "snapshot", "pgsnap", "density", "idle",
 ];
 
 #[derive(Parser, Debug)]
@@ -36,8 +37,8 @@ const ALL: [&str; 14] = [
     about = "Measure cove side by side with bare QEMU, ssh, scp and qemu-guest-agent; write BENCHMARKS.md"
 )]
 struct Args {
-    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, trace, shares, arch,
-    /// net, list, snapshot, pgsnap, density, idle (default: all; `net` needs root: it makes a network
+    /// Benchmarks to run, comma-separated: boot, create, memory, exec, cp, kernels, trace,
+    /// shares, arch, net, list, snapshot, pgsnap, density, idle (default: all; `net` needs root: it makes a network
     /// namespace). With a subset, the other sections of the report file are kept.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -170,6 +171,11 @@ fn main() -> Result<()> {
             need_images()?;
             create::run(&cove, runs, s)
         },
+    );
+    bench(
+        "kernels",
+        "6. Guest kernels: cove's own kernel vs Debian's cloud kernel (issue 13)",
+        &mut |s| kernels::run(&cove, runs, s),
     );
     bench(
         "list",
