@@ -66,11 +66,7 @@ impl Section {
                         g.what.clone(),
                         g.target.clone(),
                         g.measured.clone(),
-                        if g.met {
-                            "met".into()
-                        } else {
-                            "**NOT met**".into()
-                        },
+                        met_cell(g.met),
                     ]
                 })
                 .collect();
@@ -88,6 +84,55 @@ impl Section {
         }
         s
     }
+}
+
+fn met_cell(met: bool) -> String {
+    if met { "met" } else { "**NOT met**" }.into()
+}
+
+/// The heading of the table that gathers every section's goals.
+const GLANCE: &str = "## Goals at a glance\n\n";
+
+/// A goal's row in "Goals at a glance": its text followed by its section's number, which is
+/// also what a later run of that section finds the row by.
+fn glance_row(sec: &Section, g: &Goal) -> Vec<String> {
+    let number = sec
+        .title
+        .split_once(". ")
+        .map(|(n, _)| n)
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    let what = match number {
+        Some(n) => format!("{} (§{n})", g.what),
+        None => g.what.clone(),
+    };
+    vec![what, g.target.clone(), g.measured.clone(), met_cell(g.met)]
+}
+
+/// Puts the goals of `sections` into the "Goals at a glance" table of `doc`: a goal's row is
+/// replaced, a goal without one is added at the end; the other rows stay.
+fn update_glance(doc: &mut String, sections: &[Section]) {
+    let Some(at) = doc.find(GLANCE) else {
+        return;
+    };
+    let start = at + GLANCE.len();
+    let end = doc[start..]
+        .find("\n\n")
+        .map_or(doc.len(), |i| start + i + 1);
+    let mut lines: Vec<String> = doc[start..end].lines().map(str::to_owned).collect();
+    for sec in sections {
+        for g in &sec.goals {
+            let row = glance_row(sec, g);
+            let key = format!("| {} |", row[0]);
+            let line = format!("| {} |", row.join(" | "));
+            match lines.iter_mut().find(|l| l.starts_with(&key)) {
+                Some(l) => *l = line,
+                None => lines.push(line),
+            }
+        }
+    }
+    let mut table = lines.join("\n");
+    table.push('\n');
+    doc.replace_range(start..end, &table);
 }
 
 fn table(headers: &[String], rows: &[Vec<String>]) -> String {
@@ -130,23 +175,10 @@ pub fn document(machine: &Machine, command: &str, when: &str, sections: &[Sectio
     s.push('\n');
     let goals: Vec<Vec<String>> = sections
         .iter()
-        .flat_map(|sec| {
-            sec.goals.iter().map(|g| {
-                vec![
-                    g.what.clone(),
-                    g.target.clone(),
-                    g.measured.clone(),
-                    if g.met {
-                        "met".into()
-                    } else {
-                        "**NOT met**".into()
-                    },
-                ]
-            })
-        })
+        .flat_map(|sec| sec.goals.iter().map(|g| glance_row(sec, g)))
         .collect();
     if !goals.is_empty() {
-        s.push_str("## Goals at a glance\n\n");
+        s.push_str(GLANCE);
         s.push_str(&table(
             &["goal".into(), "target".into(), "measured".into(), "".into()],
             &goals,
@@ -186,6 +218,7 @@ pub fn splice(old: &str, command: &str, when: &str, sections: &[Section]) -> Str
             }
         }
     }
+    update_glance(&mut doc, sections);
     doc
 }
 
@@ -210,5 +243,29 @@ mod splice_tests {
             "{doc}"
         );
         assert!(doc.find("## 2. Create").unwrap() < doc.find("## 7. Arch").unwrap());
+    }
+
+    #[test]
+    fn a_rerun_section_updates_its_goals_at_a_glance_and_leaves_the_others() {
+        let old = "# cove benchmarks\n\n## Goals at a glance\n\n| goal | target | measured |  |\n\
+                   |---|---|---|---|\n| boot (§1) | ≤ 1 s | 2 s | **NOT met** |\n\
+                   | create (§2) | ≤ 1 s | 0.5 s | met |\n\n## 1. Boot\n\nold boot\n";
+        let mut boot = Section::new("1. Boot");
+        boot.goal("boot", "≤ 1 s", "0.8 s".into(), true);
+        boot.goal("restore", "≤ 0.3 s", "0.2 s".into(), true);
+        let doc = splice(old, "cove-bench --only boot", "today", &[boot]);
+        assert!(
+            doc.contains("| boot (§1) | ≤ 1 s | 0.8 s | met |\n"),
+            "{doc}"
+        );
+        assert!(!doc.contains("| 2 s |"), "{doc}");
+        assert!(
+            doc.contains("| create (§2) | ≤ 1 s | 0.5 s | met |\n"),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("| restore (§1) | ≤ 0.3 s | 0.2 s | met |\n\n## 1. Boot"),
+            "{doc}"
+        );
     }
 }
