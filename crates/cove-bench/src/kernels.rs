@@ -110,8 +110,9 @@ pub fn run(cove: &Cove, runs: usize, s: &mut Section) -> Result<()> {
     Ok(())
 }
 
-/// One phase's time in a `cove bench boot --json` answer; absent when the boot never
-/// printed that phase's line (an image with no initramfs mounts its root before `Run`).
+/// One phase's time in a `cove bench boot --json` answer; absent when the boot never printed
+/// that phase's console line. (Without an initramfs the root is mounted before `Run`: the
+/// phases are listed in the order of a boot with one.)
 fn phase_ms(boot: &Value, key: &str) -> Option<f64> {
     boot.get("p50_ms")?.get(key)?.as_f64()
 }
