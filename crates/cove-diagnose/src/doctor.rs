@@ -139,7 +139,13 @@ impl fmt::Display for DoctorReport {
 
 /// Run every host check.
 pub fn doctor(facts: &HostFacts) -> DoctorReport {
-    let mut checks = vec![qemu(), qemu_aarch64(), apt_arm64(), kvm(facts.kvm.as_ref())];
+    let mut checks = vec![
+        qemu(),
+        qemu_aarch64(),
+        apt_arm64(),
+        arm64_programs(),
+        kvm(facts.kvm.as_ref()),
+    ];
     checks.extend(protections(&facts.qemu_sandbox, facts.qemu_runs_as));
     checks.push(metadata_guard(&facts.metadata_guard));
     for (name, cannot_boot) in &facts.backends {
@@ -278,6 +284,49 @@ pub fn apt_arm64() -> Check {
         ),
         Err(e) => Check::new(name, Level::Warn, format!("cannot run dpkg: {e}"), fix),
     }
+}
+
+/// Where the kernel keeps the binfmt_misc handler Debian's qemu-user-static registers for arm64.
+const BINFMT_AARCH64: &str = "/proc/sys/fs/binfmt_misc/qemu-aarch64";
+
+/// Whether this host runs arm64 programs (through qemu-user, by binfmt_misc): mmdebstrap runs
+/// the maintainer scripts of an arm64 spec image's packages that way, and fails without it.
+pub fn arm64_programs() -> Check {
+    let name = "arm64 programs";
+    let fix = Some(
+        "sudo apt-get install qemu-user-static binfmt-support (for arm64 images with packages)",
+    );
+    match std::fs::read_to_string(BINFMT_AARCH64) {
+        Ok(text) => match binfmt_interpreter(&text) {
+            Some(interpreter) => Check::new(
+                name,
+                Level::Ok,
+                format!("run by {interpreter} (binfmt_misc)"),
+                None,
+            ),
+            None => Check::new(
+                name,
+                Level::Warn,
+                "the binfmt_misc handler for arm64 is disabled",
+                fix,
+            ),
+        },
+        Err(_) => Check::new(
+            name,
+            Level::Warn,
+            "no binfmt_misc handler for arm64 programs",
+            fix,
+        ),
+    }
+}
+
+/// The interpreter of a binfmt_misc handler, from its text under /proc, when it is enabled.
+fn binfmt_interpreter(text: &str) -> Option<&str> {
+    let mut lines = text.lines();
+    if lines.next()? != "enabled" {
+        return None;
+    }
+    lines.find_map(|l| l.strip_prefix("interpreter "))
 }
 
 fn qemu_named(name: &str, missing: Level, fix: &str) -> Check {
@@ -598,6 +647,18 @@ mod tests {
         assert_eq!(c.status, Level::Ok, "{c:?}");
         assert!(c.detail.contains("qemu-system-aarch64") && c.detail.contains("tcg"));
         assert_eq!(apt_arm64().status, Level::Ok);
+    }
+
+    #[test]
+    fn an_enabled_binfmt_handler_names_its_interpreter_and_a_disabled_one_none() {
+        let on = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\n";
+        assert_eq!(
+            binfmt_interpreter(on),
+            Some("/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
+        );
+        let off = on.replacen("enabled", "disabled", 1);
+        assert_eq!(binfmt_interpreter(&off), None);
+        assert_eq!(binfmt_interpreter(""), None);
     }
 
     #[test]
