@@ -58,18 +58,7 @@ impl Section {
             s.push('\n');
         }
         if !self.goals.is_empty() {
-            let rows: Vec<Vec<String>> = self
-                .goals
-                .iter()
-                .map(|g| {
-                    vec![
-                        g.what.clone(),
-                        g.target.clone(),
-                        g.measured.clone(),
-                        met_cell(g.met),
-                    ]
-                })
-                .collect();
+            let rows: Vec<Vec<String>> = self.goals.iter().map(Goal::cells).collect();
             s.push_str(&table(
                 &["goal".into(), "target".into(), "measured".into(), "".into()],
                 &rows,
@@ -86,8 +75,17 @@ impl Section {
     }
 }
 
-fn met_cell(met: bool) -> String {
-    if met { "met" } else { "**NOT met**" }.into()
+impl Goal {
+    /// Its row in a goal table: what, target, measured, met or not.
+    fn cells(&self) -> Vec<String> {
+        let met = if self.met { "met" } else { "**NOT met**" };
+        vec![
+            self.what.clone(),
+            self.target.clone(),
+            self.measured.clone(),
+            met.into(),
+        ]
+    }
 }
 
 /// The heading of the table that gathers every section's goals.
@@ -101,11 +99,11 @@ fn glance_row(sec: &Section, g: &Goal) -> Vec<String> {
         .split_once(". ")
         .map(|(n, _)| n)
         .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    let what = match number {
-        Some(n) => format!("{} (§{n})", g.what),
-        None => g.what.clone(),
-    };
-    vec![what, g.target.clone(), g.measured.clone(), met_cell(g.met)]
+    let mut cells = g.cells();
+    if let Some(n) = number {
+        cells[0] = format!("{} (§{n})", g.what);
+    }
+    cells
 }
 
 /// Puts the goals of `sections` into the "Goals at a glance" table of `doc`: a goal's row is
