@@ -400,19 +400,8 @@ fn unpack_source(rep: &Reporter, dir: &Path, deb: &Path) -> Result<PathBuf> {
 /// Holds an exclusive `flock` on `dir/.cove-lock` until dropped: make's output directory
 /// takes one build at a time. The kernel releases it if cove dies.
 fn lock(dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = dir.join(".cove-lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("cannot open", &path))?;
-    // SAFETY: flock on a descriptor we own; blocking until another build finishes.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_err("cannot lock", &path)(std::io::Error::last_os_error()));
-    }
-    Ok(f)
+    cove_util::lock::exclusive(&path).map_err(io_err("cannot lock", &path))
 }
 
 #[cfg(test)]

@@ -371,16 +371,7 @@ fn lock(paths: &Paths, network: &str) -> Result<std::fs::File, NetError> {
         what: format!("locking {}", path.display()),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io(e.into()))?;
-    Ok(file)
+    cove_util::lock::exclusive(&path).map_err(io)
 }
 
 fn ensure_dir(d: &Path) -> Result<(), NetError> {

@@ -5,32 +5,14 @@
 //! crash and is released by the kernel when the holder dies, so testing it
 //! is immune to pid reuse and needs no cooperation from the process.
 
-use rustix::fs::{FlockOperation, flock};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::Path;
 
-/// Opens (creating) a lock file and takes the lock without waiting.
-/// `Ok(None)` means somebody else holds it.
-///
-/// The lock belongs to the open file description: it is held for as long
-/// as any descriptor of it is open (in this process or a child that
-/// inherited it) and released when the last one closes. Dropping the
-/// returned file only closes this process's descriptor; it never unlocks
-/// on behalf of a child, which is how `cove start` hands the lock to the
-/// supervisor it spawns.
+/// Opens (creating) a VM's lock file and takes the lock without waiting; `Ok(None)` means
+/// somebody else holds it. See [`cove_util::lock`] for who holds a lock and when it is released.
 pub fn try_lock(path: &Path) -> io::Result<Option<File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path)?;
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(file)),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(io::Error::from(e)),
-    }
+    cove_util::lock::try_exclusive(path)
 }
 
 /// True when a live process holds the lock at `path`.

@@ -184,12 +184,14 @@ fn build_initrd(tree: &Path, out: &Path) {
     std::fs::rename(&tmp, out).unwrap();
 }
 
-/// Downloads and prepares everything once per test process.
+/// Downloads and prepares everything once per test process. The cache is shared by every test
+/// process (nextest runs each test in its own), so one prepares it at a time, under a lock.
 pub fn assets() -> &'static Assets {
     static ASSETS: OnceLock<Assets> = OnceLock::new();
     ASSETS.get_or_init(|| {
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cove-qemu-guest");
         std::fs::create_dir_all(&cache).unwrap();
+        let _lock = cove_util::lock::exclusive(&cache.join("lock")).unwrap();
         let tree = kernel_tree(&cache);
         let bzimage = only_file(&tree.join("boot"), "vmlinuz-");
         let vmlinux = cache.join("vmlinux");
