@@ -1,23 +1,22 @@
 //! Real artifacts for the tests: the Debian cloud kernel package, downloaded once with
 //! `apt-get download` and unpacked with `dpkg-deb -x` under cargo's per-target temp dir.
+//! Every test process shares it (nextest runs each test in its own), so it is prepared under
+//! a file lock and unpacked beside its place before a rename: nobody sees half a kernel.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-
-static LOCK: Mutex<()> = Mutex::new(());
 
 /// The unpacked `linux-image-<ver>-cloud-amd64` package: (vmlinuz, config) paths.
 pub fn debian_cloud_kernel() -> (PathBuf, PathBuf) {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-cloud-kernel");
+    std::fs::create_dir_all(&root).expect("create download dir");
+    let _lock = cove_util::lock::exclusive(&root.join("lock")).expect("lock download dir");
     let boot = root.join("x/boot");
     if let Some(found) = find_kernel(&boot) {
         return found;
     }
-    std::fs::create_dir_all(&root).expect("create download dir");
     // The meta package depends on the versioned one, which holds the files.
     let deps = run(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]));
     let pkg = deps
@@ -35,10 +34,10 @@ pub fn debian_cloud_kernel() -> (PathBuf, PathBuf) {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("apt-get download left a .deb");
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(root.join("x")));
+    let unpacking = root.join("x.tmp");
+    let _ = std::fs::remove_dir_all(&unpacking);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacking));
+    std::fs::rename(&unpacking, root.join("x")).expect("move the unpacked kernel into place");
     find_kernel(&boot).expect("package has /boot/vmlinuz-* and /boot/config-*")
 }
 
