@@ -1,4 +1,4 @@
-//! One function per request kind; each runs on its stream's own thread.
+//! One function per request kind; each runs on its stream's own (pooled) thread.
 
 use cove_proto::{ErrorKind, ErrorMsg, FileKind, FileMeta, MsgError, OpenRequest, StreamMsg};
 
@@ -18,7 +18,20 @@ pub fn run(stream: AgentStream, req: Result<OpenRequest, MsgError>) {
         OpenRequest::Shutdown { reboot } => shutdown(stream, reboot),
         OpenRequest::Fixup(r) => crate::fixup::run(stream, r),
         OpenRequest::MoveNics { nics } => crate::nic::run(stream, nics),
-        OpenRequest::Trace(r) => crate::trace::run(stream, r),
+        // ptrace binds a tracee to the thread that traces it, and the kernel detaches what a
+        // tracer leaves only when that thread ends: a trace gets a thread of its own rather
+        // than a pooled one that lives on.
+        OpenRequest::Trace(r) => {
+            let traced = std::thread::Builder::new()
+                .name("trace".into())
+                .spawn(move || crate::trace::run(stream, r));
+            match traced {
+                Ok(t) => {
+                    let _ = t.join();
+                }
+                Err(e) => crate::log(&format!("cannot start a thread for a trace: {e}")),
+            }
+        }
         OpenRequest::Ldd { path } => crate::ldd::run(stream, &path),
     }
 }

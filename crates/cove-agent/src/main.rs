@@ -11,6 +11,7 @@ mod ldd;
 mod mux;
 mod nic;
 mod pid1;
+mod pool;
 mod poweroff;
 mod procs;
 mod spawn;

@@ -205,9 +205,7 @@ impl Mux {
                     rx,
                     tx,
                 };
-                let spawned = std::thread::Builder::new()
-                    .name(format!("stream-{}", f.stream))
-                    .spawn(move || crate::handlers::run(stream, req));
+                let spawned = crate::pool::spawn(move || crate::handlers::run(stream, req));
                 if let Err(e) = spawned {
                     log(&format!(
                         "cannot start a thread for stream {}: {e}",

@@ -59,6 +59,20 @@ fn exec_propagates_exit_codes_and_keeps_streams_apart() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi /tmp from-stdin\n");
     let err = cove.fails(&["exec", "ex", "--", "/no/such/program"]);
     assert!(err.contains("/no/such/program"), "{err}");
+    // HOME, SHELL and the default working directory are the user's from /etc/passwd, read
+    // again when it changes (the agent keeps them between commands).
+    let home = || cove.ok(&["exec", "ex", "--", "sh", "-c", "echo $HOME $SHELL $(pwd)"]);
+    assert_eq!(home(), "/root /bin/sh /root\n");
+    cove.ok(&[
+        "exec",
+        "ex",
+        "--",
+        "sed",
+        "-i",
+        "s#^root:x:0:0:root:/root:/bin/sh#root:x:0:0:root:/var/tmp:/bin/ash#",
+        "/etc/passwd",
+    ]);
+    assert_eq!(home(), "/var/tmp /bin/ash /var/tmp\n");
 }
 
 #[test]

@@ -102,11 +102,11 @@ fn spawn(stream: AgentStream, req: ExecRequest, all: bool) {
     let mut outputs = Vec::new();
     if let Some(o) = child.stdout.take() {
         let s2 = s.clone();
-        outputs.extend(io_thread("stdout", move || pump(o, s2, Channel::Stdout)));
+        outputs.extend(io_thread(move || pump(o, s2, Channel::Stdout)));
     }
     if let Some(e) = child.stderr.take() {
         let s2 = s.clone();
-        outputs.extend(io_thread("stderr", move || pump(e, s2, Channel::Stderr)));
+        outputs.extend(io_thread(move || pump(e, s2, Channel::Stderr)));
     }
     let shared = Arc::new(Shared::default());
     let mut tracer = Tracer::new(pid, all, true, s.clone(), shared.clone());
