@@ -57,12 +57,23 @@ impl ExecIo {
     /// This process's stdin/stdout/stderr. Stdin is read on a detached thread so a finished
     /// command never waits for the user to press Enter.
     pub fn process_stdio() -> Self {
+        Self::process_stdio_with(Input::Chunks(spawn_stdin_reader()))
+    }
+
+    fn process_stdio_with(stdin: Input) -> Self {
         ExecIo {
-            stdin: Input::Chunks(spawn_stdin_reader()),
+            stdin,
             stdout: Box::new(tokio::io::stdout()),
             stderr: Box::new(tokio::io::stderr()),
             control: None,
         }
+    }
+
+    /// This process's stdout/stderr; the command's stdin is empty (as `docker exec` without
+    /// `-i`). This process's stdin is never read, so a `cove exec` inside a `while read` loop
+    /// leaves the loop's input to the loop.
+    pub fn without_stdin() -> Self {
+        Self::process_stdio_with(Input::None)
     }
 }
 

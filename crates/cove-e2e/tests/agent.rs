@@ -59,6 +59,21 @@ fn exec_propagates_exit_codes_and_keeps_streams_apart() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi /tmp from-stdin\n");
     let err = cove.fails(&["exec", "ex", "--", "/no/such/program"]);
     assert!(err.contains("/no/such/program"), "{err}");
+    // Without -i the caller's stdin is left alone (a `cove exec` in a `while read` loop once
+    // swallowed the rest of the loop's input).
+    let (mut ours, mut theirs) = std::io::pipe().unwrap();
+    theirs.write_all(b"for the loop\n").unwrap();
+    drop(theirs);
+    let st = cove
+        .command()
+        .args(["exec", "ex", "--", "true"])
+        .stdin(ours.try_clone().unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut left = String::new();
+    std::io::Read::read_to_string(&mut ours, &mut left).unwrap();
+    assert_eq!(left, "for the loop\n");
     // HOME, SHELL and the default working directory are the user's from /etc/passwd, read
     // again when it changes (the agent keeps them between commands).
     let home = || cove.ok(&["exec", "ex", "--", "sh", "-c", "echo $HOME $SHELL $(pwd)"]);

@@ -3,7 +3,7 @@
 use super::agent_client;
 use crate::context::Ctx;
 use anyhow::{Result, bail};
-use cove_agent_link::{ExecIo, ExecRequest, Input};
+use cove_agent_link::{ExecIo, ExecRequest};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -55,10 +55,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<ExitCode> {
         if args.tty {
             cove_agent_link::exec_tty(&opener, req).await
         } else {
-            let mut io = ExecIo::process_stdio();
-            if !args.interactive {
-                io.stdin = Input::None;
-            }
+            let io = if args.interactive {
+                ExecIo::process_stdio()
+            } else {
+                ExecIo::without_stdin()
+            };
             cove_agent_link::exec(&opener, req, io).await
         }
     })??;
