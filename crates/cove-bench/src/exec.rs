@@ -228,7 +228,10 @@ fn guest_spawn_cost(cove: &Cove) -> Option<Duration> {
 /// The same loop with the address space not randomized (`setarch -R`, which the loop's
 /// children inherit): how much of the floor is QEMU retranslating relocated libraries.
 fn guest_spawn_cost_without_aslr(cove: &Cove) -> Option<Duration> {
-    guest_loop_cost(cove, &["setarch", std::env::consts::ARCH, "-R", "bash", "-c"])
+    guest_loop_cost(
+        cove,
+        &["setarch", std::env::consts::ARCH, "-R", "bash", "-c"],
+    )
 }
 
 fn guest_loop_cost(cove: &Cove, shell: &[&str]) -> Option<Duration> {
