@@ -1,6 +1,7 @@
 //! The agent's side of the multiplexer: one reader (the main thread), one writer shared by all
-//! handler threads under a mutex, and a thread per stream. Plain threads instead of an async
-//! runtime: the agent handles a few streams at a time and must stay a small static binary.
+//! handler threads under a mutex, and a thread per stream (a reused one, see [`crate::pool`]).
+//! Plain threads instead of an async runtime: the agent handles a few streams at a time and
+//! must stay a small static binary.
 
 use std::collections::HashMap;
 use std::io::Write;
