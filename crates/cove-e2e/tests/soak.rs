@@ -41,6 +41,23 @@ fn open_fds(pid: u64) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// The supervisor's descriptors once the connections of the commands just run are gone: a CLI
+/// exits as soon as it has its answer, and the supervisor closes its end a moment later. The
+/// count that holds for half a second (or the last one after 10 s).
+fn settled_fds(pid: u64) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = open_fds(pid);
+    let mut same_since = Instant::now();
+    while Instant::now() < deadline && same_since.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = open_fds(pid);
+        if now != last {
+            (last, same_since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 fn rss_kib(pid: u64) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -321,7 +338,7 @@ fn soak_cycles_with_kill_9_leave_nothing_and_lose_no_acknowledged_write() {
     soak.cove.ok(&["start", ANCHOR]);
     soak.cove.ok(&["exec", ANCHOR, "--", "true"]);
     let supervisor = soak.show(ANCHOR)["supervisor_pid"].as_u64().unwrap();
-    let (fds_before, rss_before) = (open_fds(supervisor), rss_kib(supervisor));
+    let (fds_before, rss_before) = (settled_fds(supervisor), rss_kib(supervisor));
 
     for cycle in 0..cycles {
         soak.cycle(cycle);
@@ -335,7 +352,7 @@ fn soak_cycles_with_kill_9_leave_nothing_and_lose_no_acknowledged_write() {
         Some(supervisor),
         "the long-lived supervisor never restarted"
     );
-    let (fds_after, rss_after) = (open_fds(supervisor), rss_kib(supervisor));
+    let (fds_after, rss_after) = (settled_fds(supervisor), rss_kib(supervisor));
     assert_eq!(
         fds_after, fds_before,
         "the supervisor leaks file descriptors"
