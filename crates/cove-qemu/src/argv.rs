@@ -146,7 +146,7 @@ fn hostfwd(spec: &VmSpec) -> Result<String, BackendError> {
     Ok(out)
 }
 
-/// TCG with its translated-code buffer bounded (`tb-size`, MiB; QEMU's own default is 1 GiB).
+/// TCG's translated-code buffer, bounded (`tb-size`, MiB; QEMU's own default is 1 GiB).
 /// The buffer is QEMU memory a guest fills at will: QEMU 7.2 keys translations by virtual
 /// address, so every process whose libraries land at new random addresses is translated
 /// anew, and 300 `exec`s in a Debian guest grew QEMU's anonymous memory from 119 MiB to
@@ -154,8 +154,7 @@ fn hostfwd(spec: &VmSpec) -> Result<String, BackendError> {
 /// translation and starts again; 128 MiB holds a whole Debian boot's translations (anonymous
 /// memory after boot was the same as with the default), and the stale translations of exited
 /// processes are what a flush drops.
-const TCG: &str = "tcg,tb-size=128";
-const TCG_MULTI: &str = "tcg,thread=multi,tb-size=128";
+const TCG_TB_SIZE_MIB: u32 = 128;
 
 fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, BackendError> {
     check_opt_value("VM name", &spec.name)?;
@@ -246,9 +245,11 @@ fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Result<Vec<OsString>, Back
     match accel {
         Accel::Kvm if spec.machine == Machine::Virt => push(&["-accel", "kvm"]),
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        // One TCG thread per vCPU when there are several.
-        Accel::Tcg if spec.cpus > 1 => push(&["-accel", TCG_MULTI]),
-        Accel::Tcg => push(&["-accel", TCG]),
+        Accel::Tcg => {
+            // One TCG thread per vCPU when there are several.
+            let threads = if spec.cpus > 1 { "thread=multi," } else { "" };
+            push(&["-accel", &format!("tcg,{threads}tb-size={TCG_TB_SIZE_MIB}")]);
+        }
     }
     if accel == Accel::Tcg && spec.machine != Machine::Virt {
         // The default CPU model plus ARAT ("the APIC timer keeps running in
