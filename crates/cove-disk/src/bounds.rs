@@ -4,7 +4,7 @@
 //! groups asks for hundreds of GiB), reads a file for as long as its size says (16 TiB of holes
 //! is days of zeros), and a hard-linked directory makes a tree infinite. cove checks the
 //! superblock against the disk before loading, file sizes against the disk before reading,
-//! and the ancestors of every directory while copying.
+//! and how much of a tree it has walked while copying.
 
 use crate::error::{Error, Result};
 use crate::image::DiskImage;
@@ -12,9 +12,39 @@ use crate::image::DiskImage;
 /// Most block groups cove loads: 2^20 is 128 TiB with 4 KiB blocks, and about 64 MiB of
 /// descriptors in memory.
 pub(crate) const MAX_BLOCK_GROUPS: u64 = 1 << 20;
-/// Deepest directory tree `get` copies (PATH_MAX allows about 2048 one-letter levels; no
-/// real system comes near 1024).
-pub(crate) const MAX_DEPTH: usize = 1024;
+/// Deepest directory tree `get` copies. No real system comes near it, and ext4-view resolves
+/// no path of more than about 1000 components (it answers "path is too long"), so cove stops
+/// first and says why.
+pub(crate) const MAX_DEPTH: usize = 512;
+/// Smallest inode ext4 has: the inode table of `n` inodes takes `n * 128` bytes of the disk.
+const MIN_INODE_SIZE: u64 = 128;
+/// Smallest directory entry on disk (8 bytes of header, a name padded to 4).
+const MIN_DIR_ENTRY: u64 = 12;
+
+/// The most a walk of a whole tree meets on an intact filesystem. ext4 allows no hard link to
+/// a directory, so a walk enters each directory inode once, and reads each entry once from the
+/// block (or inode) that holds it. A crafted image that links one directory in several places
+/// (a cycle, or a chain of directories each linked many times into the next) walks past these:
+/// that is the one sign cove can rely on, as ext4-view does not name inodes, and two distinct
+/// directories may look alike in every field it does show (a reproducible build stamps all
+/// times alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TreeBudget {
+    /// Directories: the filesystem's inode count, which its inode tables must hold on disk.
+    pub dirs: u64,
+    /// Directory entries, `.` and `..` included.
+    pub entries: u64,
+}
+
+impl TreeBudget {
+    /// What a `len`-byte filesystem claiming `inodes` inodes can hold.
+    fn new(inodes: u64, len: u64) -> TreeBudget {
+        TreeBudget {
+            dirs: inodes.min(len / MIN_INODE_SIZE),
+            entries: len / MIN_DIR_ENTRY,
+        }
+    }
+}
 
 fn le(b: &[u8], at: usize, n: usize) -> u64 {
     b[at..at + n]
@@ -23,12 +53,20 @@ fn le(b: &[u8], at: usize, n: usize) -> u64 {
         .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
 }
 
-/// Checks the superblock at `start` (the filesystem's first byte) of a `len`-byte region.
-pub(crate) fn check_superblock(disk: &DiskImage, start: u64, len: u64, label: &str) -> Result<()> {
+/// Checks the superblock at `start` (the filesystem's first byte) of a `len`-byte region, and
+/// returns what a walk of its tree may meet.
+pub(crate) fn check_superblock(
+    disk: &DiskImage,
+    start: u64,
+    len: u64,
+    label: &str,
+) -> Result<TreeBudget> {
     let mut sb = [0u8; 1024];
     if disk.read_exact_at(&mut sb, start + 1024).is_err() {
-        return Ok(()); // ext4-view reports the short read itself
+        // ext4-view reports the short read itself
+        return Ok(TreeBudget::new(u64::MAX, len));
     }
+    let inodes = le(&sb, 0x00, 4);
     let blocks_lo = le(&sb, 0x04, 4);
     let first_data_block = le(&sb, 0x14, 4);
     let log_block = le(&sb, 0x18, 4);
@@ -68,5 +106,5 @@ pub(crate) fn check_superblock(disk: &DiskImage, start: u64, len: u64, label: &s
             format!("{per_group} blocks per group; cove reads at most {MAX_BLOCK_GROUPS}"),
         ));
     }
-    Ok(())
+    Ok(TreeBudget::new(inodes, len))
 }

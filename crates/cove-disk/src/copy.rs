@@ -78,10 +78,7 @@ impl Fs {
             .metadata(&resolved)
             .map_err(|e| crate::fs::map_err(self.label(), &src, e))?;
         match top.kind {
-            FileKind::Dir => {
-                let mut ancestors = Vec::new();
-                self.copy_dir(&resolved, &md, &target, &mut report, &mut ancestors)?
-            }
+            FileKind::Dir => self.copy_tree(&resolved, &md, &target, &mut report)?,
             FileKind::File => self.copy_file(&resolved, &md, &target, &mut report)?,
             other => {
                 return Err(Error::SpecialFile {
@@ -137,15 +134,78 @@ impl Fs {
         Ok(())
     }
 
-    fn copy_dir(
+    /// Copies a directory tree. The directories being filled are a stack on the heap, not
+    /// recursion: a tree [`MAX_DEPTH`] deep must not overflow the thread's stack.
+    fn copy_tree(
         &self,
         src: &ext4_view::PathBuf,
         md: &ExtMetadata,
         dest: &Path,
         report: &mut CopyReport,
-        ancestors: &mut Vec<(ExtMetadata, ext4_view::PathBuf)>,
     ) -> Result<()> {
-        self.check_not_a_loop(src, md, ancestors)?;
+        let mut walk = Walk::default();
+        let mut open = vec![self.open_dir(src, md, dest, report, &mut walk, 1)?];
+        while let Some(dir) = open.last_mut() {
+            let Some(entry) = dir.entries.next() else {
+                let done = open.pop().expect("the directory just read");
+                close_dir(&done)?;
+                continue;
+            };
+            let entry = entry.map_err(|e| crate::fs::map_err(self.label(), &dir.shown(), e))?;
+            walk.count_entry(self, &dir.src)?;
+            let name = entry.file_name();
+            let name_bytes: &[u8] = name.as_ref();
+            if name_bytes == b"." || name_bytes == b".." || name_bytes.contains(&b'/') {
+                continue;
+            }
+            let child_src = entry.path();
+            let child_str = String::from_utf8_lossy(child_src.as_ref()).into_owned();
+            let child_dest = dir.dest.join(OsStr::from_bytes(name_bytes));
+            let child_md = entry
+                .metadata()
+                .map_err(|e| crate::fs::map_err(self.label(), &child_str, e))?;
+            match FileKind::from_ext(child_md.file_type()) {
+                FileKind::Dir => {
+                    let depth = open.len() + 1;
+                    let child =
+                        self.open_dir(&child_src, &child_md, &child_dest, report, &mut walk, depth)?;
+                    open.push(child);
+                }
+                FileKind::File if child_md.len() > self.region_len() => {
+                    report.skipped.push(format!(
+                        "{child_str} (claims {} bytes, more than the whole disk: corrupt or crafted)",
+                        child_md.len()
+                    ))
+                }
+                FileKind::File => self.copy_file(&child_src, &child_md, &child_dest, report)?,
+                FileKind::Symlink => {
+                    let target = self
+                        .ext4()
+                        .read_link(&child_src)
+                        .map_err(|e| crate::fs::map_err(self.label(), &child_str, e))?;
+                    make_symlink(OsStr::from_bytes(target.as_ref()), &child_dest)?;
+                    report.symlinks += 1;
+                }
+                other => report.skipped.push(format!(
+                    "{child_str} (a {}; needs root to create)",
+                    other.describe()
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates `dest` (or takes the directory already there) and starts reading `src`.
+    fn open_dir(
+        &self,
+        src: &ext4_view::PathBuf,
+        md: &ExtMetadata,
+        dest: &Path,
+        report: &mut CopyReport,
+        walk: &mut Walk,
+        depth: usize,
+    ) -> Result<OpenDir> {
+        walk.enter_dir(self, src, depth)?;
         match std::fs::create_dir(dest) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -161,116 +221,100 @@ impl Fs {
         // Writable while we fill it, whatever the guest's mode says.
         std::fs::set_permissions(dest, Permissions::from_mode(0o700)).map_err(host(dest))?;
         report.dirs += 1;
-        let label = self.label().to_string();
-        let src_str = String::from_utf8_lossy(src.as_ref()).into_owned();
-        let entries = self
-            .ext4()
-            .read_dir(src)
-            .map_err(|e| crate::fs::map_err(&label, &src_str, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| crate::fs::map_err(&label, &src_str, e))?;
-            let name = entry.file_name();
-            let name_bytes: &[u8] = name.as_ref();
-            if name_bytes == b"." || name_bytes == b".." || name_bytes.contains(&b'/') {
-                continue;
-            }
-            let child_src = entry.path();
-            let child_str = String::from_utf8_lossy(child_src.as_ref()).into_owned();
-            let child_dest = dest.join(OsStr::from_bytes(name_bytes));
-            let child_md = entry
-                .metadata()
-                .map_err(|e| crate::fs::map_err(&label, &child_str, e))?;
-            match FileKind::from_ext(child_md.file_type()) {
-                FileKind::Dir => {
-                    ancestors.push((md.clone(), src.clone()));
-                    let r = self.copy_dir(&child_src, &child_md, &child_dest, report, ancestors);
-                    ancestors.pop();
-                    r?
-                }
-                FileKind::File if child_md.len() > self.region_len() => {
-                    report.skipped.push(format!(
-                        "{child_str} (claims {} bytes, more than the whole disk: corrupt or crafted)",
-                        child_md.len()
-                    ))
-                }
-                FileKind::File => self.copy_file(&child_src, &child_md, &child_dest, report)?,
-                FileKind::Symlink => {
-                    let target = self
-                        .ext4()
-                        .read_link(&child_src)
-                        .map_err(|e| crate::fs::map_err(&label, &child_str, e))?;
-                    make_symlink(OsStr::from_bytes(target.as_ref()), &child_dest)?;
-                    report.symlinks += 1;
-                }
-                other => report.skipped.push(format!(
-                    "{child_str} (a {}; needs root to create)",
-                    other.describe()
-                )),
-            }
+        let entries = self.ext4().read_dir(src).map_err(|e| {
+            crate::fs::map_err(self.label(), &String::from_utf8_lossy(src.as_ref()), e)
+        })?;
+        Ok(OpenDir {
+            src: src.clone(),
+            md: md.clone(),
+            dest: dest.to_path_buf(),
+            entries,
+        })
+    }
+}
+
+/// A directory of the image being copied, and its copy on the host.
+struct OpenDir {
+    src: ext4_view::PathBuf,
+    md: ExtMetadata,
+    dest: PathBuf,
+    entries: ext4_view::ReadDir,
+}
+
+impl OpenDir {
+    fn shown(&self) -> String {
+        String::from_utf8_lossy(self.src.as_ref()).into_owned()
+    }
+}
+
+/// Gives a filled directory its mode (less what must not cross) and its mtime.
+fn close_dir(dir: &OpenDir) -> Result<()> {
+    let dest = dir.dest.as_path();
+    std::fs::set_permissions(
+        dest,
+        Permissions::from_mode(cove_untrusted::host_mode(u32::from(dir.md.mode()))),
+    )
+    .map_err(host(dest))?;
+    // A directory opened read-only still takes futimens from its owner.
+    if let Ok(d) = File::open(dest) {
+        d.set_modified(mtime(&dir.md)).map_err(host(dest))?;
+    }
+    Ok(())
+}
+
+/// How much of the tree a copy has walked, against what the filesystem can hold intact
+/// ([`crate::bounds::TreeBudget`]): past it, a directory is linked in more than one place and the tree is a
+/// cycle or grows exponentially with its depth.
+#[derive(Debug, Default)]
+struct Walk {
+    dirs: u64,
+    entries: u64,
+}
+
+impl Walk {
+    /// Counts `dir`, `depth` directories below and including the copy's top.
+    fn enter_dir(&mut self, fs: &Fs, dir: &ext4_view::PathBuf, depth: usize) -> Result<()> {
+        let budget = fs.tree_budget();
+        self.dirs += 1;
+        if depth > MAX_DEPTH {
+            return Err(tree_loop(
+                fs,
+                dir,
+                format!("is more than {MAX_DEPTH} directories deep (a directory cycle?)"),
+            ));
         }
-        std::fs::set_permissions(
-            dest,
-            Permissions::from_mode(cove_untrusted::host_mode(u32::from(md.mode()))),
-        )
-        .map_err(host(dest))?;
-        // A directory opened read-only still takes futimens from its owner.
-        if let Ok(dir) = File::open(dest) {
-            dir.set_modified(mtime(md)).map_err(host(dest))?;
+        if self.dirs > budget.dirs {
+            return Err(tree_loop(fs, dir, linked_twice("directories", budget.dirs)));
+        }
+        Ok(())
+    }
+
+    fn count_entry(&mut self, fs: &Fs, dir: &ext4_view::PathBuf) -> Result<()> {
+        let budget = fs.tree_budget();
+        self.entries += 1;
+        if self.entries > budget.entries {
+            return Err(tree_loop(
+                fs,
+                dir,
+                linked_twice("directory entries", budget.entries),
+            ));
         }
         Ok(())
     }
 }
 
-impl Fs {
-    /// Refuses a directory that is one of its own ancestors (a hard-linked directory in a
-    /// crafted image makes the tree infinite) and trees deeper than [`MAX_DEPTH`]. ext4-view
-    /// does not expose inode numbers, so "the same directory" is: equal metadata (times to the
-    /// nanosecond, mode, owner, size) and the same entry names.
-    fn check_not_a_loop(
-        &self,
-        src: &ext4_view::PathBuf,
-        md: &ExtMetadata,
-        ancestors: &[(ExtMetadata, ext4_view::PathBuf)],
-    ) -> Result<()> {
-        let path = || String::from_utf8_lossy(src.as_ref()).into_owned();
-        if ancestors.len() >= MAX_DEPTH {
-            return Err(Error::TreeLoop {
-                disk: self.label().to_string(),
-                path: path(),
-                what: format!("is more than {MAX_DEPTH} directories deep"),
-            });
-        }
-        for (amd, apath) in ancestors {
-            if amd == md && self.names(apath)? == self.names(src)? {
-                return Err(Error::TreeLoop {
-                    disk: self.label().to_string(),
-                    path: path(),
-                    what: format!(
-                        "is the directory {} again (a directory cycle)",
-                        String::from_utf8_lossy(apath.as_ref())
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
+fn linked_twice(what: &str, max: u64) -> String {
+    format!(
+        "takes the copy past {max} {what}, more than the filesystem can hold: a directory is \
+         linked in more than one place (a directory cycle, or one directory linked many times)"
+    )
+}
 
-    fn names(&self, dir: &ext4_view::PathBuf) -> Result<Vec<Vec<u8>>> {
-        let label = self.label().to_string();
-        let shown = || String::from_utf8_lossy(dir.as_ref()).into_owned();
-        let mut out = Vec::new();
-        for e in self
-            .ext4()
-            .read_dir(dir)
-            .map_err(|e| crate::fs::map_err(&label, &shown(), e))?
-        {
-            let e = e.map_err(|e| crate::fs::map_err(&label, &shown(), e))?;
-            let name = e.file_name();
-            let bytes: &[u8] = name.as_ref();
-            out.push(bytes.to_vec());
-        }
-        out.sort();
-        Ok(out)
+fn tree_loop(fs: &Fs, dir: &ext4_view::PathBuf, what: String) -> Error {
+    Error::TreeLoop {
+        disk: fs.label().to_string(),
+        path: String::from_utf8_lossy(dir.as_ref()).into_owned(),
+        what,
     }
 }
 

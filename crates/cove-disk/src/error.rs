@@ -195,8 +195,8 @@ pub enum Error {
         max: u64,
     },
 
-    /// A directory that contains itself (a hard-linked directory), or a tree deeper than any
-    /// real one.
+    /// A tree larger than its filesystem can hold intact (a directory linked in more than one
+    /// place, as in a cycle), or deeper than any real one.
     #[error(
         "{path} in {disk} {what}; the filesystem is corrupt or crafted, so the copy stopped \
          (copy a smaller part of the tree, or run `e2fsck -fn` on a copy)"

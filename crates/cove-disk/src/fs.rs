@@ -4,6 +4,7 @@
 //! load, then only the blocks a request touches) and replays a dirty journal
 //! in memory, which is what a VM killed mid-write leaves behind.
 
+use crate::bounds::TreeBudget;
 use crate::entry::{Entry, FileKind};
 use crate::error::{Error, Result};
 use crate::image::DiskImage;
@@ -25,6 +26,8 @@ pub struct Fs {
     partition: Option<Partition>,
     /// Bytes of the region the filesystem lives in: no file can be larger.
     region_len: u64,
+    /// The most a walk of the whole tree can meet on this filesystem intact.
+    tree_budget: TreeBudget,
 }
 
 impl std::fmt::Debug for Fs {
@@ -109,7 +112,7 @@ impl Fs {
         let needs_recovery = disk
             .read_exact_at(&mut sb, start + SB_INCOMPAT_AT)
             .is_ok_and(|()| u32::from_le_bytes(sb) & INCOMPAT_RECOVER != 0);
-        crate::bounds::check_superblock(&disk, start, len, &label)?;
+        let tree_budget = crate::bounds::check_superblock(&disk, start, len, &label)?;
         let region = Region { disk, start, len };
         let ext4 = Ext4::load(Box::new(region)).map_err(|e| match e {
             e @ (Ext4Error::Incompatible(_) | Ext4Error::Corrupt(_)) if needs_recovery => {
@@ -125,6 +128,7 @@ impl Fs {
             label,
             partition: part,
             region_len: len,
+            tree_budget,
         })
     }
 
@@ -293,6 +297,10 @@ impl Fs {
 
     pub(crate) fn region_len(&self) -> u64 {
         self.region_len
+    }
+
+    pub(crate) fn tree_budget(&self) -> TreeBudget {
+        self.tree_budget
     }
 
     pub(crate) fn ext4(&self) -> &Ext4 {

@@ -1,6 +1,7 @@
 //! Crafted ext4 images (issue 10, finding 9): `cove disk ls/cat/get` fail cleanly, with
-//! bounded memory and time, on a huge block-group count, a sparse 16 TiB file and a directory
-//! cycle. Each image is a real `mkfs.ext4 -d` image the test then edits with `debugfs -w`.
+//! bounded memory and time, on a huge block-group count, a sparse 16 TiB file, a directory
+//! cycle and a directory linked many times; and a real tree that merely looks repetitive is
+//! copied whole. Each image is a real `mkfs.ext4 -d` image the test then edits with `debugfs -w`.
 
 mod common;
 
@@ -148,4 +149,125 @@ fn a_directory_cycle_stops_get_with_a_clear_error() {
     assert!(matches!(err, Error::TreeLoop { .. }), "{err}");
     assert!(err.to_string().contains("cycle"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// Debugfs commands that set every time of `path` to one instant, as a reproducible build
+/// stamps them.
+fn same_times(path: &str) -> Vec<String> {
+    ["atime", "ctime", "mtime", "crtime"]
+        .iter()
+        .flat_map(|f| {
+            [
+                format!("sif {path} {f} 20260101000000"),
+                format!("sif {path} {f}_extra 0"),
+            ]
+        })
+        .collect()
+}
+
+/// /p/q/q/leaf with /p and /p/q alike in everything ext4-view shows (times, mode, owner,
+/// size, entry names): a legitimate tree, which `get` once took for a cycle and refused.
+#[test]
+fn look_alike_nested_directories_are_copied_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    std::fs::create_dir_all(tree.join("p/q/q/leaf")).unwrap();
+    std::fs::write(tree.join("p/q/q/leaf/f"), b"deep\n").unwrap();
+    run(
+        d.path(),
+        "mkfs.ext4",
+        &["-q", "-b", "1024", "-d", "tree", "fs.raw", "2M"],
+    );
+    for e in same_times("/p").iter().chain(&same_times("/p/q")) {
+        run(d.path(), "debugfs", &["-w", "-R", e, "fs.raw"]);
+    }
+    let fs = open(&d.path().join("fs.raw")).unwrap();
+    let (p, q) = (fs.metadata("/p").unwrap(), fs.metadata("/p/q").unwrap());
+    let look = |e: &cove_disk::Entry| (e.mtime, e.mtime_nsec, e.mode, e.uid, e.size);
+    assert_eq!(look(&p), look(&q));
+    let out = tempfile::tempdir().unwrap();
+    let report = fs.copy_out("/p", out.path().join("p")).unwrap();
+    assert_eq!((report.dirs, report.files), (4, 1), "{report:?}");
+    let copied = std::fs::read(out.path().join("p/q/q/leaf/f")).unwrap();
+    assert_eq!(copied, b"deep\n");
+}
+
+/// /x0 holds three links to /x1, which holds three links to /x2, and so on to /x9: a few
+/// hundred bytes of directories that unfold into 3^9 copies of /x9. No directory repeats
+/// along one path, so only the walk's size gives it away: `get` stops within the inodes the
+/// filesystem has, instead of writing tens of thousands of directories.
+#[test]
+fn a_directory_linked_many_times_stops_get_within_the_filesystems_size() {
+    let d = tempfile::tempdir().unwrap();
+    let img = crafted(d.path(), &[]);
+    let mut cmds = String::new();
+    for i in 0..10 {
+        cmds += &format!("mkdir /x{i}\nwrite /dev/null /x{i}/marker{i}\n");
+    }
+    for i in 0..9 {
+        for j in 0..3 {
+            cmds += &format!("ln /x{} /x{i}/e{j}\n", i + 1);
+        }
+    }
+    std::fs::write(d.path().join("cmds"), cmds).unwrap();
+    run(d.path(), "debugfs", &["-w", "-f", "cmds", "fs.raw"]);
+    let fs = open(&img).unwrap();
+    let inodes: u64 = run(d.path(), "dumpe2fs", &["-h", "fs.raw"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Inode count:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let err = fs.copy_out("/x0", out.path().join("x0")).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, Error::TreeLoop { .. }), "{err}");
+    assert!(
+        err.to_string().contains("linked in more than one place"),
+        "{err}"
+    );
+    let made = walkdir(&out.path().join("x0"));
+    assert!(
+        made <= inodes,
+        "{made} directories written for {inodes} inodes"
+    );
+}
+
+/// Directories under `dir`, itself included.
+fn walkdir(dir: &Path) -> u64 {
+    1 + std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| walkdir(&e.path()))
+        .sum::<u64>()
+}
+
+/// A legitimate tree 500 directories deep (under the 512 `get` copies), each level alike:
+/// copied whole, on a test thread's 2 MiB stack, without recursion.
+#[test]
+fn a_tree_500_directories_deep_is_copied() {
+    let d = tempfile::tempdir().unwrap();
+    let mut deepest = d.path().join("tree");
+    for _ in 0..500 {
+        deepest.push("d");
+    }
+    std::fs::create_dir_all(&deepest).unwrap();
+    std::fs::write(deepest.join("f"), b"bottom\n").unwrap();
+    run(
+        d.path(),
+        "mkfs.ext4",
+        &["-q", "-b", "1024", "-d", "tree", "fs.raw", "8M"],
+    );
+    let fs = open(&d.path().join("fs.raw")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = fs.copy_out("/d", out.path().join("d")).unwrap();
+    assert_eq!((report.dirs, report.files), (500, 1), "{report:?}");
+    let copied = out
+        .path()
+        .join("d")
+        .join(deepest.strip_prefix(d.path().join("tree/d")).unwrap());
+    assert_eq!(std::fs::read(copied.join("f")).unwrap(), b"bottom\n");
 }
