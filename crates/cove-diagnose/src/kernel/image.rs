@@ -193,6 +193,7 @@ fn xz_like(mut stream: xz2::stream::Stream, data: &[u8], out: &mut Vec<u8>) -> s
 /// format, so the (tiny) legacy framing is done here.
 fn lz4_legacy(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     const MAGIC: u32 = 0x184c_2102;
+    const LZ4_MAX_RATIO: usize = 255;
     const BLOCK_MAX: usize = 8 << 20;
     let mut pos = 4;
     while pos + 4 <= data.len() {
@@ -209,7 +210,10 @@ fn lz4_legacy(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
             break;
         }
         let block = &data[pos + 4..pos + 4 + size];
-        let decoded = lz4_flex::block::decompress(block, BLOCK_MAX)
+        // LZ4 expands at most 255-fold (a length byte adds at most 255 bytes of output): no
+        // block needs more room, and a small block must not cost an 8 MiB zeroed buffer.
+        let room = size.saturating_mul(LZ4_MAX_RATIO).min(BLOCK_MAX);
+        let decoded = lz4_flex::block::decompress(block, room)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         out.extend_from_slice(&decoded);
         if out.len() > MAX_DECOMPRESSED {
@@ -390,6 +394,19 @@ mod bomb_tests {
         let err = Compression::Lzma.decompress(&crafted).unwrap_err();
         let chain = format!("{err}: {:?}", std::error::Error::source(&err));
         assert!(chain.to_lowercase().contains("memory"), "{chain}");
+    }
+
+    /// An LZ4 block as dense as LZ4 gets (zeros, about 255 to 1) decodes whole: the room a
+    /// block is given follows its size and must not cut the densest real block short.
+    #[test]
+    fn the_densest_lz4_block_decodes_whole() {
+        let zeros = vec![0u8; 4 << 20];
+        let block = lz4_flex::block::compress(&zeros);
+        assert!(zeros.len() / block.len() > 250, "{} bytes", block.len());
+        let mut legacy = 0x184c_2102u32.to_le_bytes().to_vec();
+        legacy.extend((block.len() as u32).to_le_bytes());
+        legacy.extend(&block);
+        assert_eq!(Compression::Lz4.decompress(&legacy).unwrap(), zeros);
     }
 
     /// Regression (issue 10): a small crafted stream decompressed without limit.

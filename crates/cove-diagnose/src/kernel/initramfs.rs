@@ -127,8 +127,10 @@ fn read_cpio<'a>(data: &'a [u8], found: &mut InitramfsModules) -> Result<&'a [u8
             .any(|ext| file_name.ends_with(ext));
         let is_regular = reader.entry().mode() & 0o170000 == 0o100000;
         if is_module && is_regular {
-            // Capacity capped: the size field comes from the archive, which may be corrupt.
-            let mut bytes = Vec::with_capacity((reader.entry().file_size() as usize).min(64 << 20));
+            // The size field comes from the archive, which may be corrupt: no more than the
+            // bytes left can follow.
+            let claimed = reader.entry().file_size() as usize;
+            let mut bytes = Vec::with_capacity(claimed.min(input.len()));
             reader.read_to_end(&mut bytes).map_err(bad)?;
             let info = module_info(&name, &file_name, &bytes)?;
             found.modules.insert(info.name.clone(), info);
