@@ -23,6 +23,9 @@ const MAX_CHAIN_DEPTH: usize = 32;
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+/// A feature name table is an array of entries of this size (type, bit, 46-byte name).
+const FEATURE_NAME_ENTRY: usize = 48;
 /// Incompatible feature bits.
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -394,6 +397,17 @@ fn read_extensions(
             }
             EXT_DATA_FILE => {
                 ext.data_file = Some(String::from_utf8_lossy(data).into_owned());
+            }
+            // imago 0.2.6 indexes past the end of a partial last entry and panics (found by
+            // the qcow2 fuzz target); QEMU writes whole entries only.
+            EXT_FEATURE_NAMES if len % FEATURE_NAME_ENTRY != 0 => {
+                return Err(Error::InvalidQcow2 {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "its feature name table is {len} bytes, not whole entries of \
+                         {FEATURE_NAME_ENTRY}"
+                    ),
+                });
             }
             _ => {}
         }

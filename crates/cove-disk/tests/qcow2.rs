@@ -500,3 +500,35 @@ fn a_backing_name_offset_near_the_end_of_the_address_space_is_refused() {
         "{e}"
     );
 }
+
+/// Found by the qcow2 fuzz target: a feature name table whose length is not whole 48-byte
+/// entries made imago index past its last entry and panic, so `cove disk` crashed.
+#[test]
+fn a_feature_name_table_of_partial_entries_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "f.qcow2", "1M"],
+    );
+    let mut image = std::fs::read(d.join("f.qcow2")).unwrap();
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    // Header extensions start at header_length (bytes 100..104 of a version 3 header).
+    let mut at = be32(&image, 100) as usize;
+    let table = loop {
+        let (kind, len) = (be32(&image, at), be32(&image, at + 4) as usize);
+        assert_ne!(kind, 0, "qemu-img wrote no feature name table");
+        if kind == 0x6803_f857 {
+            break at;
+        }
+        at += 8 + len.next_multiple_of(8);
+    };
+    let len = be32(&image, table + 4);
+    assert_eq!(len % 48, 0, "qemu-img writes whole entries");
+    image[table + 4..table + 8].copy_from_slice(&(len + 1).to_be_bytes());
+    std::fs::write(d.join("f.qcow2"), &image).unwrap();
+    let e = DiskImage::open(d.join("f.qcow2")).unwrap_err();
+    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    assert!(e.to_string().contains("feature name table"), "{e}");
+}
