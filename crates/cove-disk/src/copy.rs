@@ -263,8 +263,8 @@ fn close_dir(dir: &OpenDir) -> Result<()> {
 }
 
 /// How much of the tree a copy has walked, against what the filesystem can hold intact
-/// ([`crate::bounds::TreeBudget`]): past it, a directory is linked in more than one place and the tree is a
-/// cycle or grows exponentially with its depth.
+/// ([`crate::bounds::TreeBudget`]): past it, a directory is linked in more than one place,
+/// and the tree is a cycle or grows exponentially with its depth.
 #[derive(Debug, Default)]
 struct Walk {
     dirs: u64,
