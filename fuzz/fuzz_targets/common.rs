@@ -1,9 +1,11 @@
 //! Shared by the disk targets: the input written to a file in /dev/shm (cove-disk reads files
 //! by path, as `cove disk` does), then read the way `cove disk ls/cat/get` read it.
 
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+/// The input as a file of its own (one per process), overwritten in place: truncating and
+/// refilling it freed and cleared the tmpfs pages of a 200 KiB image on every execution.
 pub fn image_file(data: &[u8]) -> PathBuf {
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
@@ -11,8 +13,14 @@ pub fn image_file(data: &[u8]) -> PathBuf {
         std::env::temp_dir()
     };
     let path = dir.join(format!("cove-fuzz-{}.img", std::process::id()));
-    let mut f = std::fs::File::create(&path).expect("scratch file");
-    f.write_all(data).expect("write scratch file");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("scratch file");
+    f.write_all_at(data, 0).expect("write scratch file");
+    f.set_len(data.len() as u64).expect("size scratch file");
     path
 }
 
