@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 /// The input as a file of its own (one per process), overwritten in place: truncating and
-/// refilling it freed and cleared the tmpfs pages of a 200 KiB image on every execution.
+/// refilling it freed and cleared the tmpfs pages of the whole image on every execution.
 pub fn image_file(data: &[u8]) -> PathBuf {
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
