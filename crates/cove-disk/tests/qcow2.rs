@@ -352,6 +352,23 @@ fn open_err(dir: &std::path::Path, name: &str) -> Error {
     DiskImage::open(dir.join(name)).expect_err("open must fail")
 }
 
+/// A fresh 1 MiB qcow2 from `qemu-img create` with `edit` applied to its bytes: opening it is
+/// refused as an invalid qcow2, with this error.
+fn edited_qcow2_err(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<u8>)) -> Error {
+    let name = "edited.qcow2";
+    run(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", name, "1M"],
+    );
+    let mut image = std::fs::read(dir.join(name)).unwrap();
+    edit(&mut image);
+    std::fs::write(dir.join(name), &image).unwrap();
+    let e = open_err(dir, name);
+    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    e
+}
+
 #[test]
 fn encrypted_external_data_zstd_and_missing_backing_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -464,37 +481,20 @@ fn damaged_images_read_like_qemu_or_fail_clearly() {
     drop(file);
     assert_same_as_qemu(d, "overlay.qcow2");
     // A header with a nonsense cluster size.
-    let mut header = std::fs::read(d.join("base.raw")).unwrap();
-    header.truncate(0);
-    run(
-        d,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "bad.qcow2", "1M"],
-    );
-    header.extend(std::fs::read(d.join("bad.qcow2")).unwrap());
-    header[20..24].copy_from_slice(&40u32.to_be_bytes());
-    std::fs::write(d.join("bad.qcow2"), &header).unwrap();
-    let e = DiskImage::open(d.join("bad.qcow2")).unwrap_err();
-    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    let e = edited_qcow2_err(d, |header| {
+        header[20..24].copy_from_slice(&40u32.to_be_bytes());
+    });
     assert!(e.to_string().contains("cluster_bits is 40"), "{e}");
 }
 
 #[test]
 fn a_backing_name_offset_near_the_end_of_the_address_space_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    run(
-        d,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "b.qcow2", "1M"],
-    );
-    let mut header = std::fs::read(d.join("b.qcow2")).unwrap();
     // backing_file_offset (8..16) and backing_file_size (16..20): their sum wraps past 2^64.
-    header[8..16].copy_from_slice(&(u64::MAX - 3).to_be_bytes());
-    header[16..20].copy_from_slice(&16u32.to_be_bytes());
-    std::fs::write(d.join("b.qcow2"), &header).unwrap();
-    let e = DiskImage::open(d.join("b.qcow2")).unwrap_err();
-    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    let e = edited_qcow2_err(dir.path(), |header| {
+        header[8..16].copy_from_slice(&(u64::MAX - 3).to_be_bytes());
+        header[16..20].copy_from_slice(&16u32.to_be_bytes());
+    });
     assert!(
         e.to_string().contains("backing file name is out of bounds"),
         "{e}"
@@ -506,29 +506,21 @@ fn a_backing_name_offset_near_the_end_of_the_address_space_is_refused() {
 #[test]
 fn a_feature_name_table_of_partial_entries_is_refused_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    run(
-        d,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "f.qcow2", "1M"],
-    );
-    let mut image = std::fs::read(d.join("f.qcow2")).unwrap();
-    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
-    // Header extensions start at header_length (bytes 100..104 of a version 3 header).
-    let mut at = be32(&image, 100) as usize;
-    let table = loop {
-        let (kind, len) = (be32(&image, at), be32(&image, at + 4) as usize);
-        assert_ne!(kind, 0, "qemu-img wrote no feature name table");
-        if kind == 0x6803_f857 {
-            break at;
-        }
-        at += 8 + len.next_multiple_of(8);
-    };
-    let len = be32(&image, table + 4);
-    assert_eq!(len % 48, 0, "qemu-img writes whole entries");
-    image[table + 4..table + 8].copy_from_slice(&(len + 1).to_be_bytes());
-    std::fs::write(d.join("f.qcow2"), &image).unwrap();
-    let e = DiskImage::open(d.join("f.qcow2")).unwrap_err();
-    assert!(matches!(e, Error::InvalidQcow2 { .. }), "{e}");
+    let e = edited_qcow2_err(dir.path(), |image| {
+        let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+        // Header extensions start at header_length (bytes 100..104 of a version 3 header).
+        let mut at = be32(image, 100) as usize;
+        let table = loop {
+            let (kind, len) = (be32(image, at), be32(image, at + 4) as usize);
+            assert_ne!(kind, 0, "qemu-img wrote no feature name table");
+            if kind == 0x6803_f857 {
+                break at;
+            }
+            at += 8 + len.next_multiple_of(8);
+        };
+        let len = be32(image, table + 4);
+        assert_eq!(len % 48, 0, "qemu-img writes whole entries");
+        image[table + 4..table + 8].copy_from_slice(&(len + 1).to_be_bytes());
+    });
     assert!(e.to_string().contains("feature name table"), "{e}");
 }
