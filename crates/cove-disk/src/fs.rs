@@ -178,20 +178,17 @@ impl Fs {
     /// followed for the listed entries, only on the way to the directory.
     pub fn list(&self, path: &str) -> Result<Vec<Entry>> {
         let path = absolute(path);
-        let md = match self.ext4.metadata(path.as_str()) {
-            Ok(md) => md,
-            // A dangling symlink is listed as itself, as `ls` does.
-            Err(Ext4Error::NotFound) => return Ok(vec![self.symlink_metadata(&path)?]),
+        // The path is resolved once (it was twice: for its metadata, then to read it); a
+        // file, or a dangling symlink, is listed as itself, as `ls` does. Where the path
+        // itself is broken, `symlink_metadata` meets the same error.
+        let dir = match self.ext4.read_dir(path.as_str()) {
+            Ok(dir) => dir,
+            Err(Ext4Error::NotADirectory | Ext4Error::NotFound) => {
+                return Ok(vec![self.symlink_metadata(&path)?]);
+            }
             Err(e) => return Err(self.err(&path, e)),
         };
-        if !md.is_dir() {
-            return Ok(vec![self.symlink_metadata(&path)?]);
-        }
         let mut out = Vec::new();
-        let dir = self
-            .ext4
-            .read_dir(path.as_str())
-            .map_err(|e| self.err(&path, e))?;
         for entry in dir {
             let entry = entry.map_err(|e| self.err(&path, e))?;
             let name = entry.file_name();
