@@ -178,9 +178,9 @@ impl Fs {
     /// followed for the listed entries, only on the way to the directory.
     pub fn list(&self, path: &str) -> Result<Vec<Entry>> {
         let path = absolute(path);
-        // The path is resolved once (it was twice: for its metadata, then to read it); a
-        // file, or a dangling symlink, is listed as itself, as `ls` does. Where the path
-        // itself is broken, `symlink_metadata` meets the same error.
+        // One resolution of the path: `read_dir` refuses anything but a directory, and a
+        // file or a dangling symlink is then listed as itself, as `ls` does. Where the path
+        // itself is broken, `symlink_metadata` meets the same error and returns it.
         let dir = match self.ext4.read_dir(path.as_str()) {
             Ok(dir) => dir,
             Err(Ext4Error::NotADirectory | Ext4Error::NotFound) => {
