@@ -71,12 +71,9 @@ pub(crate) fn check_superblock(
     let first_data_block = le(&sb, 0x14, 4);
     let log_block = le(&sb, 0x18, 4);
     let per_group = le(&sb, 0x20, 4);
-    let incompat = le(&sb, 0x60, 4);
-    let blocks_hi = if incompat & 0x80 != 0 {
-        le(&sb, 0x150, 4)
-    } else {
-        0
-    };
+    // The high half counts whether or not the 64bit feature is set: Linux ignores it without
+    // the feature, but ext4-view reads it always, and sizes its descriptor table by it.
+    let blocks_hi = le(&sb, 0x150, 4);
     let blocks = (blocks_hi << 32) | blocks_lo;
     let bad = |claimed: String, detail: String| Error::ImplausibleFilesystem {
         disk: label.to_string(),
